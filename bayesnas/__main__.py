@@ -1,0 +1,5 @@
+import sys
+
+from bayesnas.cli import main
+
+sys.exit(main())

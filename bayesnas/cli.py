@@ -1,0 +1,220 @@
+"""Command line: ``bayesnas search | train | diagnose``.
+
+Every error a user can cause (unknown names, missing data, malformed files, a diverged loss, a bad
+checkpoint) ends with one line on stderr and a non-zero exit, and nothing already written is overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bayesnas.config import DEFAULT_PRESET, PRESETS, ConfigError, SearchConfig, load_config_file, preset
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="digits (embedded), mnist, fashion-mnist, cifar10 or cifar100 "
+                   "(default: the preset's)")
+    p.add_argument("--data-dir", help="folder holding the torchvision files of mnist/fashion-mnist/cifar")
+    p.add_argument("--download", action="store_true", help="let torchvision download missing files")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, help="random seed of splits, initialisation and sampling "
+                   "(default: the preset's, 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bayesnas", formatter_class=_Formatter,
+        description="Bayesian neural architecture search in Pyro (PGNAS, VINNAS, GDAS, PC-NAS).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    search = sub.add_parser(
+        "search", formatter_class=_Formatter, help="run an architecture search",
+        description="Run an architecture search and write a run folder (config.json, checkpoint.pt, "
+                    "metrics.jsonl, genotype.json, summary.json, posterior.nc, plots).\n\nPresets: "
+                    + ", ".join(PRESETS))
+    search.add_argument("--method", help="search method (pgnas); default: the preset's")
+    search.add_argument("--preset", default=None,
+                        help=f"named settings to start from (default: {DEFAULT_PRESET}, or <method>-digits)")
+    search.add_argument("--config", help="JSON file of options applied over the preset "
+                        "(keys of SearchConfig; 'space' and 'options' objects merge key by key)")
+    search.add_argument("--epochs", type=int, help="search epochs (default: the preset's)")
+    search.add_argument("--batch-size", type=int, help="mini-batch size (default: the preset's)")
+    search.add_argument("--lr", type=float, help="SGD learning rate (default: the preset's)")
+    search.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method option, VALUE in JSON (e.g. --option num_candidates=200)")
+    search.add_argument("--out", help="run folder (default: runs/<preset>-seed<seed>-<time>)")
+    search.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint")
+    _add_common(search)
+
+    train = sub.add_parser("train", formatter_class=_Formatter, help="train a genotype from scratch",
+                           description="Train the discrete network of GENOTYPE.json from scratch with the "
+                                       "standard recipe (SGD + cosine, weight decay, optional cutout, "
+                                       "auxiliary head and drop-path) and report its test accuracy.")
+    train.add_argument("genotype", help="genotype JSON file (e.g. a run folder's genotype.json)")
+    train.add_argument("--epochs", type=int, default=30, help="training epochs")
+    train.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
+    train.add_argument("--lr", type=float, default=0.05, help="initial SGD learning rate")
+    train.add_argument("--weight-decay", type=float, default=3e-4, help="weight decay")
+    train.add_argument("--cutout", type=int, default=0, help="cutout square side (0: off; CIFAR: 16)")
+    train.add_argument("--auxiliary", type=float, default=0.0, help="auxiliary head loss weight (0: off)")
+    train.add_argument("--drop-path", type=float, default=0.0, help="drop-path probability of branches")
+    train.add_argument("--out", help="folder for train_summary.json (default: next to the genotype)")
+    train.set_defaults(dataset="digits")
+    _add_common(train)
+
+    diagnose = sub.add_parser("diagnose", formatter_class=_Formatter, help="summarise search posteriors",
+                              description="Print az.summary of one or more run folders (several runs with "
+                                          "different seeds become chains, so r_hat is meaningful) and write "
+                                          "plots into the first folder (or --out).")
+    diagnose.add_argument("runs", nargs="+", help="run folders")
+    diagnose.add_argument("--out", help="folder for the plots (default: the first run folder)")
+    return parser
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--option expects KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def search_config(args: argparse.Namespace) -> SearchConfig:
+    name = args.preset or (f"{args.method}-digits" if args.method else DEFAULT_PRESET)
+    config = preset(name)
+    if args.config:
+        config = config.merged(load_config_file(args.config))
+    overrides: dict[str, Any] = {}
+    for key in ("method", "dataset", "seed", "epochs", "batch_size", "lr"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.option:
+        overrides["options"] = dict(_parse_option(o) for o in args.option)
+    return config.merged(overrides)
+
+
+def _describe(genotype: Any) -> str:
+    lines = []
+    for layer, branches in genotype.choices.items():
+        cells = [f"{b}:{len(idx):>3}" for b, idx in branches.items()]
+        lines.append(f"  {layer:<8} kept input channels  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from bayesnas.infer import run_search
+    from bayesnas.spaces import load_genotype
+
+    config = search_config(args)
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out, the run folder to continue")
+    out = Path(args.out or f"runs/{args.preset or config.method + '-' + config.dataset}-seed{config.seed}-"
+                            f"{time.strftime('%Y%m%d-%H%M%S')}")
+    summary = run_search(config, out, device=args.device, resume=args.resume, data_dir=args.data_dir,
+                         download=args.download, progress=not args.no_progress)
+    genotype = load_genotype(out / summary["genotype"])
+    print(f"chosen architecture ({config.method} on {config.dataset}):")
+    print(_describe(genotype))
+    print(f"validation accuracy {summary['val_accuracy']:.4f}   test accuracy {summary['test_accuracy']:.4f}")
+    print(f"parameters {summary['params']:,} (super-network {summary['supernet_params']:,})")
+    if "baseline_test_accuracy" in summary:
+        print(f"random baseline (fixed drop rate {summary['baseline_drop_rate']}): "
+              f"test accuracy {summary['baseline_test_accuracy']:.4f}, parameters {summary['baseline_params']:,}")
+    print(f"run folder: {out}  (summary.json, genotype.json, posterior.nc, training.png, "
+          f"{', '.join(p.name for p in sorted(out.glob('*.png')) if p.name != 'training.png')})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bayesnas.data import load_dataset
+    from bayesnas.infer import resolve_device
+    from bayesnas.io import write_json
+    from bayesnas.spaces import get_space, load_genotype
+    from bayesnas.spaces.branches import count_params
+    from bayesnas.train import TrainRecipe, accuracy, train_network
+
+    genotype = load_genotype(args.genotype)
+    device = resolve_device(args.device)
+    seed = args.seed or 0
+    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, seed=seed).to(device)
+    space = get_space(genotype.space, genotype.config)
+    if (data.in_channels, data.num_classes) != (space.config.in_channels, space.config.num_classes):
+        raise ConfigError(f"genotype expects {space.config.in_channels} input channels and "
+                          f"{space.config.num_classes} classes; {data.name} has {data.in_channels} and "
+                          f"{data.num_classes}")
+    net = space.build(genotype, auxiliary=args.auxiliary > 0, drop_path=args.drop_path).to(device)
+    recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, cutout=args.cutout, aux_weight=args.auxiliary)
+    history = train_network(net, data.train, data.val, recipe, seed, progress=not args.no_progress)
+    result = {"genotype": str(args.genotype), "dataset": data.name, "params": count_params(net),
+              "val_accuracy": accuracy(net, data.val), "test_accuracy": accuracy(net, data.test),
+              "epochs": args.epochs, "history": history}
+    out = Path(args.out) if args.out else Path(args.genotype).parent
+    write_json(out / "train_summary.json", result)
+    print(f"trained {args.genotype} on {data.name}: test accuracy {result['test_accuracy']:.4f}, "
+          f"parameters {result['params']:,} -> {out / 'train_summary.json'}")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from bayesnas import diagnostics
+
+    idata = diagnostics.load_runs(args.runs)
+    out = Path(args.out or args.runs[0])
+    with pd.option_context("display.max_rows", 500, "display.max_columns", 20, "display.width", 200):
+        print(diagnostics.summary(idata))
+    if "constant_data" in idata.groups() and "drop_rate" in idata.constant_data:
+        rates = idata.constant_data["drop_rate"].mean("run")
+        diagnostics.plot_matrix(rates.values, [str(v) for v in idata.posterior.coords["layer"].values],
+                                [str(v) for v in idata.posterior.coords["branch"].values],
+                                f"drop rate p, mean over {len(args.runs)} run(s)", out / "diagnose_drop_rates.png")
+    diagnostics.plot_forest(idata, "keep_fraction", out / "diagnose_forest.png")
+    for run in args.runs:
+        diagnostics.plot_training(Path(run))
+    print(f"plots written to {out}")
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "train": cmd_train, "diagnose": cmd_diagnose}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bayesnas.data import DatasetCorruptedError, DatasetNotFoundError, UnknownDatasetError
+    from bayesnas.diagnostics import DiagnosticsError
+    from bayesnas.infer import SearchError
+    from bayesnas.methods import UnknownMethodError
+    from bayesnas.spaces import GenotypeError, UnknownSpaceError
+
+    args = build_parser().parse_args(argv)
+    known = (ConfigError, SearchError, GenotypeError, UnknownSpaceError, UnknownMethodError,
+             UnknownDatasetError, DatasetNotFoundError, DatasetCorruptedError, DiagnosticsError)
+    try:
+        return COMMANDS[args.command](args)
+    except known as err:
+        print(f"bayesnas {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"bayesnas {args.command}: interrupted; continue with --resume --out <run folder>", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

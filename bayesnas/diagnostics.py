@@ -1,0 +1,116 @@
+"""ArviZ export of posteriors, multi-run summaries (seeds as chains) and the run folder's plots."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+with warnings.catch_warnings():  # arviz 0.x announces its 1.0 refactor on import
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from bayesnas.io import atomic_write, read_jsonl  # noqa: E402
+
+POSTERIOR_FILE = "posterior.nc"
+
+
+class DiagnosticsError(ValueError):
+    pass
+
+
+def save_posterior(run_dir: Path, draws: dict[str, np.ndarray], coords: dict[str, list[str]], dims: list[str],
+                   constant: dict[str, np.ndarray] | None = None, attrs: dict[str, Any] | None = None) -> Path:
+    """Write posterior draws ``{name: (chain, draw, *dims)}`` as ``InferenceData`` to ``posterior.nc``.
+
+    Variational parameters that are not draws (drop rates, SNRs) go to the ``constant_data`` group.
+    """
+    idata = az.from_dict(posterior=draws, coords=coords, dims={name: dims for name in draws},
+                         constant_data=constant or None,
+                         constant_data_dims={name: dims for name in constant or {}}, attrs=attrs or {})
+    path = Path(run_dir) / POSTERIOR_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    idata.to_netcdf(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def load_runs(run_dirs: Sequence[str | os.PathLike]) -> az.InferenceData:
+    """Several runs' posteriors as one ``InferenceData`` whose chains are the runs (different seeds), so that
+    ``r_hat`` measures whether independent searches agree."""
+    datasets, constants = [], []
+    for run in run_dirs:
+        path = Path(run) / POSTERIOR_FILE
+        if not path.exists():
+            raise DiagnosticsError(f"no {POSTERIOR_FILE} in {run}: is it a finished search run folder?")
+        idata = az.from_netcdf(str(path))
+        datasets.append(idata.posterior.load())
+        if "constant_data" in idata.groups():
+            constants.append(idata.constant_data.load())
+    shapes = {tuple(ds.sizes.items()) for ds in datasets}
+    if len(shapes) > 1:
+        raise DiagnosticsError("runs have posteriors of different shapes (different spaces?): "
+                               + "; ".join(str(s) for s in shapes))
+    posterior = xr.concat(datasets, dim="chain").assign_coords(chain=np.arange(len(datasets)))
+    groups: dict[str, xr.Dataset] = {"posterior": posterior}
+    if len(constants) == len(datasets):
+        groups["constant_data"] = xr.concat(constants, dim="run")
+    return az.InferenceData(**groups)
+
+
+def summary(idata: az.InferenceData) -> Any:
+    """``az.summary`` of every posterior variable (mean, sd, HDI, ESS, r_hat)."""
+    return az.summary(idata, kind="all" if idata.posterior.sizes["chain"] > 1 else "stats")
+
+
+def plot_matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.45 * len(rows)))
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(float(np.max(values)), 1e-6), aspect="auto")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < values.max() / 2 else "k",
+                fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax)
+    _save(fig, path)
+
+
+def plot_training(run_dir: Path) -> Path:
+    """Loss (negative ELBO per example) and accuracies over the search, from ``metrics.jsonl``."""
+    rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
+    if not rows:
+        raise DiagnosticsError(f"no metrics.jsonl rows in {run_dir}")
+    epochs = [r["epoch"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    left.plot(epochs, [r["loss"] for r in rows], marker=".")
+    left.set(xlabel="epoch", ylabel="loss (negative ELBO / N)", title="search loss")
+    right.plot(epochs, [r["train_accuracy"] for r in rows], marker=".", label="train")
+    right.plot(epochs, [r["val_accuracy"] for r in rows], marker=".", label="validation")
+    right.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    right.legend()
+    path = Path(run_dir) / "training.png"
+    _save(fig, path)
+    return path
+
+
+def plot_forest(idata: az.InferenceData, var_name: str, path: Path) -> Path:
+    """Forest plot (HDI per chain) of one posterior variable."""
+    axes = az.plot_forest(idata, var_names=[var_name], combined=False, figsize=(6, 8))
+    _save(np.ravel(axes)[0].figure, path)
+    return path
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    plt.close(fig)

@@ -1,0 +1,178 @@
+"""Distributions of the hybrid network representation and the KL divergences registered for them.
+
+PGNAS (papers/pgnas.md, Sec. 2.2) writes each searchable convolution kernel as the hybrid variable
+``phi = w * alpha``: an input-channel slice ``phi[:, k]`` is switched off when ``alpha_k = 0``.
+
+* :class:`SpikeAndSlab` is the prior ``u * delta(0) + (1 - u) * N(0, 1/d^2)`` on every input-channel slice.
+* :class:`ConcreteDropout` is the variational family ``phi = m * eps`` of Eq. 12-13 with the relaxed
+  Bernoulli ``eps`` of Eq. 16 (one drop rate ``p`` per kernel, shared by its slices).
+* ``kl_divergence(ConcreteDropout, SpikeAndSlab)`` is the closed form of Eq. 15 and is registered with
+  :func:`torch.distributions.kl.register_kl`, so :class:`pyro.infer.TraceMeanField_ELBO` uses it instead of a
+  Monte Carlo estimate.
+
+Both distributions have an empty batch shape and the kernel's shape as event shape, so the KL lookup is
+never hidden behind an ``Independent`` wrapper (which would make Pyro silently fall back to Monte Carlo).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from pyro.distributions import TorchDistribution
+from torch.distributions import constraints
+from torch.distributions.kl import register_kl
+
+_NO_SAMPLE_SHAPE = torch.Size()
+
+SLICE_DIM = 1
+"""Dimension of a kernel ``(out, in, *kernel)`` that indexes the input-channel slices ``w_{l,k}``."""
+
+
+def _slice_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum a kernel-shaped tensor over everything but the input-channel dimension: shape ``(K,)``."""
+    dims = [d for d in range(x.dim()) if d != SLICE_DIM]
+    return x.sum(dims)
+
+
+def _slice_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-slice vector ``(K,)`` so that it broadcasts against a kernel ``like``."""
+    shape = [1] * like.dim()
+    shape[SLICE_DIM] = -1
+    return v.reshape(shape)
+
+
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """H(p) = -p log p - (1 - p) log(1 - p), the entropy term of Eq. 15."""
+    return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
+
+
+class SpikeAndSlab(TorchDistribution):
+    """Spike-and-slab prior on the input-channel slices of a kernel (PGNAS Sec. 2.2).
+
+    Each slice ``phi[:, k]`` is exactly zero with probability ``spike_prob`` (u), else its entries are
+    i.i.d. ``N(0, slab_scale^2)`` with ``slab_scale = 1/d``. The paper uses ``u = 0``.
+    """
+
+    arg_constraints = {"spike_prob": constraints.unit_interval, "slab_scale": constraints.positive}
+    support = constraints.real
+    has_rsample = False
+
+    def __init__(self, spike_prob: float | torch.Tensor, slab_scale: float | torch.Tensor,
+                 shape: torch.Size | tuple[int, ...], validate_args: bool | None = None) -> None:
+        self.spike_prob = torch.as_tensor(spike_prob, dtype=torch.get_default_dtype())
+        self.slab_scale = torch.as_tensor(slab_scale, dtype=torch.get_default_dtype())
+        super().__init__(torch.Size(), torch.Size(shape), validate_args=validate_args)
+
+    @property
+    def num_slices(self) -> int:
+        return self.event_shape[SLICE_DIM]
+
+    def sample(self, sample_shape: torch.Size = _NO_SAMPLE_SHAPE) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            device = self.slab_scale.device
+            slab = torch.randn(shape, device=device) * self.slab_scale
+            keep = torch.rand(self.num_slices, device=device) >= self.spike_prob
+            return slab * _slice_view(keep.to(slab.dtype), slab)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Per slice: ``log u`` for an all-zero slice, else ``log(1-u) + sum log N(phi; 0, 1/d^2)``."""
+        scale = self.slab_scale.to(value)
+        normal = -0.5 * (value / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)
+        slab = torch.log1p(-self.spike_prob.to(value)) + _slice_sum(normal)
+        is_zero = _slice_sum(value.abs()) == 0
+        spike = torch.log(self.spike_prob.to(value)).expand_as(slab)
+        return torch.where(is_zero & (self.spike_prob > 0), spike, slab).sum()
+
+
+def relaxed_keep_mask(drop_rate: torch.Tensor, temperature: float,
+                      shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Keep variables ``eps`` of Eq. 16, drawn for every entry of ``shape``.
+
+    ``eps = sigmoid((log(1-p) - log p + log u - log(1-u)) / tau)`` with ``u ~ U(0, 1)``: a relaxed
+    Bernoulli with keep probability ``1 - p`` (the logistic noise ``log u - log(1-u)`` equals Eq. 16's
+    ``log(log r2) - log(log r1)`` in distribution).
+    """
+    u = torch.rand(shape, dtype=drop_rate.dtype, device=drop_rate.device).clamp(1e-6, 1 - 1e-6)
+    keep_logit = torch.log1p(-drop_rate) - torch.log(drop_rate)
+    return torch.sigmoid((keep_logit + torch.log(u) - torch.log1p(-u)) / temperature)
+
+
+class ConcreteDropout(TorchDistribution):
+    """Variational posterior ``q(phi) : phi = m * eps`` (PGNAS Eq. 12-13, relaxation Eq. 16).
+
+    ``m`` is the deterministic kernel (a point parameter), ``drop_rate`` the scalar ``p_l^s`` shared by
+    the ``K`` input-channel slices, ``eps_k`` a relaxed Bernoulli keep variable per slice. With
+    ``rescale=True`` kept slices are divided by ``1 - p`` as in Gal's concrete dropout (the PGNAS authors'
+    code does not rescale).
+    """
+
+    arg_constraints = {"drop_rate": constraints.unit_interval}
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(self, weight: torch.Tensor, drop_rate: torch.Tensor, temperature: float,
+                 rescale: bool = False, validate_args: bool | None = None) -> None:
+        self.weight = weight
+        self.drop_rate = drop_rate
+        self.temperature = float(temperature)
+        self.rescale = rescale
+        super().__init__(torch.Size(), weight.shape, validate_args=validate_args)
+
+    @property
+    def num_slices(self) -> int:
+        return self.event_shape[SLICE_DIM]
+
+    @property
+    def keep_scale(self) -> torch.Tensor | float:
+        return 1.0 / (1.0 - self.drop_rate) if self.rescale else 1.0
+
+    def mean_kernel(self) -> torch.Tensor:
+        """``E_q[phi] = m (1 - p)`` (times ``1 / (1 - p)`` with rescaling): dropout's weight-scaling rule."""
+        return self.weight * (1 - self.drop_rate) * self.keep_scale
+
+    def rsample(self, sample_shape: torch.Size = _NO_SAMPLE_SHAPE) -> torch.Tensor:
+        if sample_shape:
+            return torch.stack([self.rsample() for _ in range(math.prod(sample_shape))]).reshape(
+                self._extended_shape(sample_shape))
+        eps = relaxed_keep_mask(self.drop_rate, self.temperature, (self.num_slices,))
+        return self.weight * _slice_view(eps, self.weight) * self.keep_scale
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Density of the keep variables behind ``value``.
+
+        ``phi`` lives on the K-dimensional set ``{m * eps}``; ``eps_k`` is recovered by projecting slice k
+        of ``value`` onto slice k of ``m``, and scored under the relaxed Bernoulli of Eq. 16.
+        """
+        m = self.weight
+        eps = _slice_sum(value * m) / _slice_sum(m * m).clamp_min(1e-12)
+        eps = (eps / self.keep_scale).clamp(1e-6, 1 - 1e-6)
+        keep = torch.distributions.RelaxedBernoulli(
+            torch.as_tensor(self.temperature, dtype=m.dtype, device=m.device), probs=1 - self.drop_rate)
+        return keep.log_prob(eps).sum()
+
+    def local_reparameterize(self, op: Callable[..., torch.Tensor], x: torch.Tensor, *args,
+                             **kwargs) -> torch.Tensor:
+        """``op(x * eps_i, m)`` with a fresh relaxed mask ``eps_i`` per example (Algorithm 1, line 3).
+
+        Masking slice k of the kernel equals masking input channel k of the activations, so each
+        example gets its own architecture at the cost of one elementwise product.
+        """
+        eps = relaxed_keep_mask(self.drop_rate, self.temperature, x.shape[:2])
+        eps = eps.reshape(*x.shape[:2], *([1] * (x.dim() - 2)))
+        return op(x * (eps * self.keep_scale), self.weight, *args, **kwargs)
+
+
+@register_kl(ConcreteDropout, SpikeAndSlab)
+def kl_concrete_dropout_spike_and_slab(q: ConcreteDropout, p: SpikeAndSlab) -> torch.Tensor:
+    """PGNAS Eq. 15 (Gal's approximation, prior with ``u = 0``), for one kernel ``(l, s)``:
+
+    ``KL ~= d^2 (1 - p) / 2 * sum_k ||m_k||^2 - K * H(p)``, with ``d = 1 / slab_scale``.
+    """
+    if bool((p.spike_prob != 0).any()):
+        raise ValueError("the KL of PGNAS Eq. 15 is derived for a spike probability u = 0 (the paper's prior)")
+    d2 = p.slab_scale.to(q.weight).pow(-2)
+    keep = 1 - q.drop_rate
+    return d2 * keep / 2 * q.weight.pow(2).sum() - q.num_slices * binary_entropy(q.drop_rate)

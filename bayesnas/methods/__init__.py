@@ -1,0 +1,116 @@
+"""Search methods: each is a thin model/guide (or proposal) pair behind the hooks the search loop calls.
+
+The loop in :mod:`bayesnas.infer` knows nothing of any method. A method says which modules it trains and
+checkpoints, how its parameters group for the optimiser, the training loss of one mini-batch, an accuracy
+to show while training, how it turns its posterior into one architecture, and what it exports for ArviZ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bayesnas.config import ConfigError, SearchConfig
+from bayesnas.data import DataBundle, Split
+
+
+class UnknownMethodError(ValueError):
+    pass
+
+
+@dataclass
+class Selection:
+    """What a method's final selection returns: the architecture and the figures of ``summary.json``."""
+
+    genotype: Any
+    network: nn.Module
+    val_accuracy: float
+    test_accuracy: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_options(options_type: type, options: dict[str, Any], method: str) -> Any:
+    """Build a method's options dataclass from a dict, with one-line errors for unknown keys or types."""
+    known = {f.name: f for f in dataclasses.fields(options_type)}
+    unknown = set(options) - set(known)
+    if unknown:
+        raise ConfigError(f"method {method!r}: unknown option(s) {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(known)}")
+    hints = typing.get_type_hints(options_type)
+    for key, value in options.items():
+        allowed = typing.get_args(hints[key]) if isinstance(hints[key], types.UnionType) else (hints[key],)
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if not any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ConfigError(f"method {method!r}: option {key!r} must be {names}, got {value!r}")
+    try:
+        return options_type(**options)
+    except ValueError as err:
+        raise ConfigError(f"method {method!r}: {err}") from None
+
+
+class SearchMethod(ABC):
+    """Hooks of one search method (NASLib-style): the search loop calls only these."""
+
+    name: ClassVar[str]
+    options_type: ClassVar[type]
+
+    def __init__(self, config: SearchConfig, data: DataBundle, device: torch.device) -> None:
+        self.config = config
+        self.data = data
+        self.device = device
+        self.options = parse_options(self.options_type, config.options, self.name)
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """Everything trained and checkpointed, by name."""
+
+    @abstractmethod
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups (each may override ``lr``, ``weight_decay``, ...)."""
+
+    @abstractmethod
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Loss to minimise for one mini-batch (per training example) and the number classified right."""
+
+    @abstractmethod
+    def accuracy(self, split: Split) -> float:
+        """Accuracy of the current posterior's mean network on ``split`` (shown while training)."""
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        """Method-specific figures logged each epoch in ``metrics.jsonl``."""
+        return {}
+
+    @abstractmethod
+    def select(self, progress: bool = True) -> Selection:
+        """Turn the trained posterior into one architecture."""
+
+    @abstractmethod
+    def export(self, run_dir: Path) -> None:
+        """Write the posterior (ArviZ NetCDF) and method-specific plots into the run folder."""
+
+
+METHODS: dict[str, type[SearchMethod]] = {}
+
+
+def register(cls: type[SearchMethod]) -> type[SearchMethod]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[SearchMethod]:
+    if name not in METHODS:
+        raise UnknownMethodError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+from bayesnas.methods import pgnas  # noqa: E402,F401  (registers the method)

@@ -1,0 +1,79 @@
+"""Local reparameterisation: weight noise drawn per example on activations, as one poutine messenger.
+
+Layers of a search space call :func:`conv2d` and :func:`linear` instead of ``torch.nn.functional``'s.
+Outside any Pyro handler these are the plain functions. Inside :class:`LocalReparameterization`:
+
+1. ``_pyro_post_sample`` records, for every sample drawn from a guide distribution that knows how to
+   reparameterise locally (it has a ``local_reparameterize`` method), the mapping value -> distribution;
+2. when the model later feeds that very tensor (replayed from the guide) to a layer, ``_pyro_layer``
+   replaces ``op(x, phi)`` by ``q.local_reparameterize(op, x, ...)``, which draws the noise per example.
+
+The sample sites, and so the ELBO and its analytic KL terms, stay untouched. PGNAS's per-example dropout
+masks (Algorithm 1, line 3) are :meth:`~bayesnas.distributions.ConcreteDropout.local_reparameterize`; the
+Gaussian case (output mean from ``mu``, variance from ``sigma^2`` on ``x^2``) is a second distribution with the
+same method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import effectful
+
+
+def _layer(op: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Make ``op(x, weight, *args, **kwargs)`` an effectful operation of type ``"layer"``."""
+    def call(x: torch.Tensor, weight: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return op(x, weight, *args, **kwargs)
+
+    call.__name__ = op.__name__
+    call.__doc__ = f"``torch.nn.functional.{op.__name__}`` that :class:`LocalReparameterization` can intercept."
+    return effectful(call, type="layer")
+
+
+conv2d = _layer(F.conv2d)
+linear = _layer(F.linear)
+
+
+class LocalReparameterization(Messenger):
+    """Draw the noise of locally reparameterisable weight sites per example, on activations.
+
+    Use one instance around both model and guide so that the guide's samples are recognised when the
+    model (replayed from the guide) uses them::
+
+        reparam = LocalReparameterization()
+        loss = TraceMeanField_ELBO()(reparam(model), reparam(guide))
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_site: dict[str, tuple[torch.Tensor, object]] = {}
+        self._by_id: dict[int, tuple[torch.Tensor, object]] = {}
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        fn = msg["fn"]
+        while hasattr(fn, "base_dist") and not hasattr(fn, "local_reparameterize"):
+            fn = fn.base_dist
+        if msg["is_observed"] or not hasattr(fn, "local_reparameterize"):
+            return
+        # one entry per site: a new draw replaces the last one (this also keeps the recorded tensors
+        # alive, so an id can never be reused by an unrelated tensor while it is in the table)
+        old = self._by_site.pop(msg["name"], None)
+        if old is not None:
+            self._by_id.pop(id(old[0]), None)
+        entry = (msg["value"], fn)
+        self._by_site[msg["name"]] = entry
+        self._by_id[id(msg["value"])] = entry
+
+    def _pyro_layer(self, msg: dict) -> None:
+        x, weight, *args = msg["args"]
+        entry = self._by_id.get(id(weight))
+        if entry is None or entry[0] is not weight:
+            return
+        dist = entry[1]
+        op = msg["fn"]
+        msg["value"] = dist.local_reparameterize(op, x, *args, **msg["kwargs"])
+        msg["done"] = True

@@ -1,0 +1,61 @@
+"""Genotypes: the discrete architecture a search returns, as JSON that names its space and configuration.
+
+A genotype file is ``{"space": NAME, "config": {...}, "choices": {...}}``; ``choices`` is space-specific
+(kept input channels per layer and branch for ``branches``). :func:`load_genotype` validates the outer
+form; the space validates the choices against its configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class GenotypeError(ValueError):
+    """A genotype file or value that does not describe an architecture of its space."""
+
+
+@dataclass(frozen=True)
+class Genotype:
+    space: str
+    config: dict[str, Any]
+    choices: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"space": self.space, "config": self.config, "choices": self.choices}, indent=1)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from bayesnas.io import atomic_write_text
+
+        atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str = "genotype") -> Genotype:
+        if not isinstance(data, dict):
+            raise GenotypeError(f"{origin}: expected a JSON object with keys space, config, choices")
+        missing = {"space", "config", "choices"} - set(data)
+        if missing:
+            raise GenotypeError(f"{origin}: missing key(s) {', '.join(sorted(missing))}")
+        if not isinstance(data["space"], str) or not isinstance(data["config"], dict) \
+                or not isinstance(data["choices"], dict):
+            raise GenotypeError(f"{origin}: 'space' must be a string, 'config' and 'choices' objects")
+        return cls(data["space"], data["config"], data["choices"])
+
+
+def load_genotype(path: str | os.PathLike) -> Genotype:
+    """Read and validate a genotype JSON file (one-line :class:`GenotypeError` on any problem)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GenotypeError(f"genotype file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise GenotypeError(f"{path}: not valid JSON ({err})") from None
+    genotype = Genotype.from_dict(data, origin=str(path))
+    from bayesnas.spaces import get_space
+
+    get_space(genotype.space, genotype.config).validate(genotype)
+    return genotype

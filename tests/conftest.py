@@ -1,0 +1,15 @@
+import pytest
+
+from bayesnas.config import preset
+
+TINY = {
+    "epochs": 3, "batch_size": 64, "lr": 0.05,
+    "space": {"stem_channels": 8, "widths": [8, 16], "depths": [1, 1], "kernel_sizes": [1, 3]},
+    "options": {"num_candidates": 4, "posterior_draws": 8},
+}
+
+
+@pytest.fixture
+def tiny_config():
+    """A PGNAS search on digits that takes a few seconds."""
+    return preset("pgnas-digits").merged(TINY)

@@ -1,0 +1,146 @@
+"""The command line: help texts, bad inputs (one line, non-zero exit, nothing overwritten), train, diagnose."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bayesnas.cli import EXIT_ERROR, build_parser, main
+from tests.conftest import TINY
+
+
+def _tiny_config_file(tmp_path, **extra):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({**TINY, "epochs": 1, **extra}))
+    return str(path)
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_every_subcommand_documents_its_options_and_defaults():
+    parser = build_parser()
+    text = parser.format_help()
+    for command in ("search", "train", "diagnose"):
+        assert command in text
+    sub = parser._subparsers._group_actions[0].choices
+    search_help = sub["search"].format_help()
+    assert "--method" in search_help and "--resume" in search_help and "(default: auto)" in search_help
+    assert "pgnas-digits" in search_help
+    assert "(default: 30)" in sub["train"].format_help()
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "bayesnas", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "search" in out.stdout
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["search", "--method", "darts"], "unknown preset 'darts-digits'"),
+    (["search", "--preset", "nope"], "unknown preset 'nope'"),
+    (["search", "--dataset", "imagenet"], "unknown"),
+    (["search", "--option", "temperature=\"hot\""], "option 'temperature' must be float"),
+    (["search", "--option", "bogus=1"], "unknown option(s) bogus"),
+    (["search", "--dataset", "mnist"], "--data-dir"),
+    (["search", "--device", "tpu"], "unknown device"),
+])
+def test_bad_search_inputs_fail_with_one_line(argv, match, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out), "--no-progress"]) == EXIT_ERROR
+    assert match in _error_line(capsys)
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_unknown_method_in_config_file(tmp_path, capsys):
+    assert main(["search", "--config", _tiny_config_file(tmp_path, method="darts"), "--out",
+                 str(tmp_path / "run")]) == EXIT_ERROR
+    assert "unknown method 'darts'" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_folder_says_where_it_looked(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["search", "--dataset", "mnist", "--data-dir", str(missing), "--out",
+                 str(tmp_path / "run")]) == EXIT_ERROR
+    line = _error_line(capsys)
+    assert str(missing) in line and "mnist" in line.lower()
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{broken", "not valid JSON"),
+    ("[1]", "JSON object"),
+    ('{"epochs": "many"}', "option 'epochs' must be int"),
+    ('{"learning_rate": 0.1}', "unknown option(s) learning_rate"),
+    ('{"epochs": 0}', "epochs must be >= 1"),
+    ('{"space": {"widths": [8], "depths": [1, 2]}}', "widths and depths"),
+])
+def test_malformed_config_files(tmp_path, capsys, content, match):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    assert main(["search", "--config", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == EXIT_ERROR
+    assert match in _error_line(capsys)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_malformed_genotype_for_train(tmp_path, capsys):
+    path = tmp_path / "genotype.json"
+    path.write_text('{"space": "branches", "config": {}, "choices": {"s0.b0.a": {"k3": [0]}}}')
+    assert main(["train", str(path), "--no-progress"]) == EXIT_ERROR
+    assert "do not fit the space" in _error_line(capsys)
+
+
+def test_nan_loss_stops_with_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["search", "--config", _tiny_config_file(tmp_path), "--lr", "1e30", "--out", str(run),
+                 "--no-progress"])
+    assert code == EXIT_ERROR
+    line = _error_line(capsys)
+    assert "loss became" in line and "search stopped" in line
+    assert not (run / "summary.json").exists()
+
+
+def test_search_train_diagnose_round_trip(tmp_path, capsys):
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"run{seed}"
+        assert main(["search", "--config", _tiny_config_file(tmp_path), "--seed", str(seed), "--out", str(run),
+                     "--no-progress"]) == 0
+        runs.append(str(run))
+    out = capsys.readouterr().out
+    assert "chosen architecture" in out and "test accuracy" in out and "run folder" in out
+    before = (tmp_path / "run0/summary.json").read_bytes()
+    # a second search into the same folder is refused and leaves it untouched
+    assert main(["search", "--config", _tiny_config_file(tmp_path), "--out", runs[0], "--no-progress"]) \
+        == EXIT_ERROR
+    assert "already holds a search run" in _error_line(capsys)
+    assert (tmp_path / "run0/summary.json").read_bytes() == before
+
+    assert main(["train", f"{runs[0]}/genotype.json", "--epochs", "1", "--no-progress"]) == 0
+    trained = json.loads((tmp_path / "run0/train_summary.json").read_text())
+    assert 0 <= trained["test_accuracy"] <= 1 and trained["params"] > 0
+
+    assert main(["diagnose", *runs]) == 0
+    summary = capsys.readouterr().out
+    assert "r_hat" in summary and "keep_fraction" in summary
+    assert (tmp_path / "run0/diagnose_forest.png").exists()
+    assert (tmp_path / "run0/diagnose_drop_rates.png").exists()
+
+
+def test_diagnose_rejects_a_folder_without_posterior(tmp_path, capsys):
+    assert main(["diagnose", str(tmp_path)]) == EXIT_ERROR
+    assert "no posterior.nc" in _error_line(capsys)
+
+
+def test_corrupted_checkpoint_via_cli(tmp_path, capsys):
+    run = tmp_path / "run"
+    config = _tiny_config_file(tmp_path)
+    assert main(["search", "--config", config, "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    (run / "checkpoint.pt").write_bytes(b"garbage")
+    assert main(["search", "--config", config, "--out", str(run), "--resume", "--no-progress"]) == EXIT_ERROR
+    assert "corrupted or unreadable" in _error_line(capsys)
+    assert (run / "checkpoint.pt").read_bytes() == b"garbage"
