@@ -183,8 +183,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         print(diagnostics.summary(idata))
     if "constant_data" in idata.groups() and "drop_rate" in idata.constant_data:
         rates = idata.constant_data["drop_rate"].mean("run")
-        diagnostics.plot_matrix(rates.values, [str(v) for v in idata.posterior.coords["layer"].values],
-                                [str(v) for v in idata.posterior.coords["branch"].values],
+        diagnostics.plot_matrix(rates.values, [str(v) for v in rates.coords["layer"].values],
+                                [str(v) for v in rates.coords["branch"].values],
                                 f"drop rate p, mean over {len(args.runs)} run(s)", out / "diagnose_drop_rates.png")
     diagnostics.plot_forest(idata, "keep_fraction", out / "diagnose_forest.png")
     for run in args.runs:

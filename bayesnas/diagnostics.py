@@ -8,18 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 with warnings.catch_warnings():  # arviz 0.x announces its 1.0 refactor on import
     warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
+    import arviz as az
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
 
-from bayesnas.io import atomic_write, read_jsonl  # noqa: E402
+from bayesnas.io import atomic_write, read_jsonl
 
 POSTERIOR_FILE = "posterior.nc"
 
@@ -34,9 +31,9 @@ def save_posterior(run_dir: Path, draws: dict[str, np.ndarray], coords: dict[str
 
     Variational parameters that are not draws (drop rates, SNRs) go to the ``constant_data`` group.
     """
-    idata = az.from_dict(posterior=draws, coords=coords, dims={name: dims for name in draws},
-                         constant_data=constant or None,
-                         constant_data_dims={name: dims for name in constant or {}}, attrs=attrs or {})
+    constant = constant or {}
+    idata = az.from_dict(posterior=draws, constant_data=constant or None, coords=coords,
+                         dims={name: dims for name in [*draws, *constant]}, attrs=attrs or {})
     path = Path(run_dir) / POSTERIOR_FILE
     tmp = path.with_name(f".{path.name}.tmp")
     idata.to_netcdf(str(tmp))
@@ -73,7 +70,8 @@ def summary(idata: az.InferenceData) -> Any:
 
 
 def plot_matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.45 * len(rows)))
+    fig = Figure(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.45 * len(rows)))
+    ax = fig.subplots()
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(float(np.max(values)), 1e-6), aspect="auto")
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows)
@@ -91,7 +89,8 @@ def plot_training(run_dir: Path) -> Path:
     if not rows:
         raise DiagnosticsError(f"no metrics.jsonl rows in {run_dir}")
     epochs = [r["epoch"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    left, right = fig.subplots(1, 2)
     left.plot(epochs, [r["loss"] for r in rows], marker=".")
     left.set(xlabel="epoch", ylabel="loss (negative ELBO / N)", title="search loss")
     right.plot(epochs, [r["train_accuracy"] for r in rows], marker=".", label="train")
@@ -110,7 +109,8 @@ def plot_forest(idata: az.InferenceData, var_name: str, path: Path) -> Path:
     return path
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
+    """Write a figure atomically; figures made by pyplot (ArviZ's) are closed afterwards."""
     fig.tight_layout()
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)

@@ -21,7 +21,7 @@ from typing import Any
 import pyro
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from bayesnas import diagnostics
 from bayesnas.config import SearchConfig

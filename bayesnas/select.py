@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 Candidate = TypeVar("Candidate")
 

@@ -63,7 +63,8 @@ def test_architecture_samples_and_genotype(method):
 
 
 def test_search_learns_and_writes_a_complete_run_folder(tiny_config, tmp_path):
-    summary = run_search(tiny_config, tmp_path / "run", progress=False)
+    summary = run_search(tiny_config.merged({"options": {"finetune_epochs": 1}}), tmp_path / "run",
+                         progress=False)
     run = tmp_path / "run"
     for name in ("config.json", "checkpoint.pt", "metrics.jsonl", "genotype.json", "summary.json",
                  "posterior.nc", "training.png", "drop_rates.png"):
@@ -75,7 +76,7 @@ def test_search_learns_and_writes_a_complete_run_folder(tiny_config, tmp_path):
     assert rows[-1]["val_accuracy"] > rows[0]["val_accuracy"]
     assert summary["params"] <= summary["supernet_params"]
     for key in ("method", "dataset", "val_accuracy", "test_accuracy", "params", "supernet_params",
-                "search_seconds", "genotype", "baseline_test_accuracy"):
+                "search_seconds", "genotype", "baseline_test_accuracy", "finetuned_test_accuracy"):
         assert key in summary
     assert json.loads((run / "summary.json").read_text()) == summary
 
