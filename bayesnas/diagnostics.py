@@ -65,8 +65,14 @@ def load_runs(run_dirs: Sequence[str | os.PathLike]) -> az.InferenceData:
 
 
 def summary(idata: az.InferenceData) -> Any:
-    """``az.summary`` of every posterior variable (mean, sd, HDI, ESS, r_hat)."""
-    return az.summary(idata, kind="all" if idata.posterior.sizes["chain"] > 1 else "stats")
+    """``az.summary`` of every posterior variable (mean, sd, HDI, ESS, r_hat).
+
+    A variable that is constant in every draw (a branch always on) has no within-chain variance: its r_hat is
+    NaN, and the 0/0 warnings numpy raises for it are silenced here.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return az.summary(idata, kind="all" if idata.posterior.sizes["chain"] > 1 else "stats")
 
 
 def plot_matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: Path) -> None:
