@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from bayesnas import diagnostics
 from bayesnas.config import SearchConfig
-from bayesnas.data import load_dataset
+from bayesnas.data import Split, load_dataset
 from bayesnas.io import atomic_write, read_jsonl, write_json, write_jsonl
-from bayesnas.methods import SearchMethod, get_method
+from bayesnas.methods import Phase, SearchMethod, get_method
 from bayesnas.spaces.branches import count_params
 from bayesnas.train import augment, epoch_batches
 
@@ -81,11 +81,12 @@ class Checkpoint:
         self.path = run_dir / CHECKPOINT
 
     def save(self, config: SearchConfig, epoch: int, modules: dict[str, nn.Module],
-             optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+             optimizers: dict[str, tuple[torch.optim.Optimizer, Any]]) -> None:
         state = {
             "format": CHECKPOINT_FORMAT, "config": config.to_dict(), "epoch": epoch,
             "modules": {name: m.state_dict() for name, m in modules.items()},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "optimizers": {name: {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+                           for name, (opt, sched) in optimizers.items()},
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -93,8 +94,8 @@ class Checkpoint:
         torch.save(state, buffer)
         atomic_write(self.path, lambda fh: fh.write(buffer.getvalue()))
 
-    def load(self, config: SearchConfig, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
-             scheduler: Any, device: torch.device) -> int:
+    def load(self, config: SearchConfig, modules: dict[str, nn.Module],
+             optimizers: dict[str, tuple[torch.optim.Optimizer, Any]], device: torch.device) -> int:
         """Restore the state and return the last completed epoch."""
         try:
             state = torch.load(self.path, map_location=device, weights_only=True)
@@ -110,8 +111,9 @@ class Checkpoint:
         try:
             for name, module in modules.items():
                 module.load_state_dict(state["modules"][name])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            for name, (optimizer, scheduler) in optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][name]["optimizer"])
+                scheduler.load_state_dict(state["optimizers"][name]["scheduler"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise CheckpointError(f"checkpoint {self.path} does not match this search "
                                   f"({str(err).splitlines()[0]})") from None
@@ -140,14 +142,6 @@ def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> None:
     write_json(saved, config.to_dict())
 
 
-def _optimizer(config: SearchConfig, method: SearchMethod) -> tuple[torch.optim.Optimizer, Any]:
-    optimizer = torch.optim.SGD(method.param_groups(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov and config.momentum > 0,
-                                weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs, eta_min=config.lr_min)
-    return optimizer, scheduler
-
-
 def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch.device = "auto",
                resume: bool = False, data_dir: str | Path | None = None, download: bool = False,
                progress: bool = True, on_step: Callable[[StepEvent], None] | None = None) -> dict[str, Any]:
@@ -162,57 +156,84 @@ def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch
     method = method_cls(config, data, device)  # validates options and space before anything is written
     prepare_run_dir(run_dir, config, resume)
     modules = method.modules()
-    optimizer, scheduler = _optimizer(config, method)
+    phases = method.phases()
+    optimizers = {phase.name: phase.make_optimizer(config.epochs) for phase in phases}
     checkpoint = Checkpoint(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
     start = 0
     if resume and checkpoint.path.exists():
-        start = checkpoint.load(config, modules, optimizer, scheduler, device) + 1
+        start = checkpoint.load(config, modules, optimizers, device) + 1
     rows = [r for r in read_jsonl(metrics_path) if r["epoch"] < start]
     write_jsonl(metrics_path, rows)
 
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    steps = math.ceil(len(data.train) / config.batch_size)
+    weight_half, arch_half = data.halves(config.seed)
+    splits = {"train": data.train, "weights": weight_half, "architecture": arch_half}
+    steps = math.ceil(len(splits[phases[0].split]) / config.batch_size)
     bar = tqdm(total=steps * config.epochs, initial=steps * start, desc=f"{config.method} search",
                disable=not progress, dynamic_ncols=True)
     for epoch in range(start, config.epochs):
-        tic, total, correct = time.perf_counter(), 0.0, 0
+        method.begin_epoch(epoch)
+        tic = time.perf_counter()
+        totals = {phase.name: [0.0, 0, 0] for phase in phases}  # loss sum, right, examples
         for module in modules.values():
             module.train()
-        for step, index in enumerate(epoch_batches(len(data.train), config.batch_size, config.seed, epoch,
-                                                   device)):
-            x = augment(data.train.x[index], config.shift, config.flip)
-            with pyro.validation_enabled(False):  # diverged parameters must reach the NaN guard below
-                loss, right = method.training_loss(x, data.train.y[index], index)
-            value = loss.item()
-            if not math.isfinite(value):
-                bar.close()
-                kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {checkpoint.path}"
-                        if checkpoint.path.exists() else "no checkpoint was written yet")
-                raise SearchDivergedError(f"loss became {value} at epoch {epoch}, step {step}: search stopped; "
-                                          f"{kept}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            total += value * len(index)
-            correct += right
+        active = [(i, p) for i, p in enumerate(phases) if epoch >= p.start_epoch]
+        batches = {p.name: epoch_batches(len(splits[p.split]), config.batch_size, config.seed + 7919 * i, epoch,
+                                         device) for i, p in active}
+        for step in range(steps):
+            for _, phase in active:
+                index = batches[phase.name][step % len(batches[phase.name])]
+                value, right = _update(phase, optimizers[phase.name][0], splits[phase.split], index, config)
+                if not math.isfinite(value):
+                    bar.close()
+                    kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {checkpoint.path}"
+                            if checkpoint.path.exists() else "no checkpoint was written yet")
+                    raise SearchDivergedError(f"{phase.name} loss became {value} at epoch {epoch}, step {step}: "
+                                              f"search stopped; {kept}")
+                total = totals[phase.name]
+                total[0] += value * len(index)
+                total[1] += right
+                total[2] += len(index)
+                if on_step is not None:
+                    on_step(StepEvent(epoch, step, value))
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{value:.4f}", refresh=False)
-            if on_step is not None:
-                on_step(StepEvent(epoch, step, value))
-        scheduler.step()
-        row = {"epoch": epoch, "loss": total / len(data.train), "train_accuracy": correct / len(data.train),
-               "val_accuracy": method.accuracy(data.val), "lr": optimizer.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - tic, **method.epoch_metrics()}
+        for _, scheduler in optimizers.values():
+            scheduler.step()
+        first = totals[phases[0].name]
+        row = {"epoch": epoch, "loss": first[0] / first[2], "train_accuracy": first[1] / first[2],
+               "val_accuracy": method.accuracy(data.val), "lr": optimizers[phases[0].name][0].param_groups[0]["lr"],
+               "seconds": time.perf_counter() - tic}
+        for phase in phases[1:]:
+            loss_sum, right, n = totals[phase.name]
+            row[f"{phase.name}_loss"] = loss_sum / n if n else None
+            row[f"{phase.name}_accuracy"] = right / n if n else None
+        row.update(method.epoch_metrics())
         bar.set_postfix(epoch=epoch, loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
                         val=f"{row['val_accuracy']:.3f}")
         rows.append(row)
         write_jsonl(metrics_path, rows)
-        checkpoint.save(config, epoch, modules, optimizer, scheduler)
+        checkpoint.save(config, epoch, modules, optimizers)
     bar.close()
     return finish_search(method, run_dir, rows, progress)
+
+
+def _update(phase: Phase, optimizer: torch.optim.Optimizer, split: Split, index: torch.Tensor,
+            config: SearchConfig) -> tuple[float, int]:
+    """One optimiser step of ``phase`` on the mini-batch ``index`` of ``split``; returns (loss, right)."""
+    x = augment(split.x[index], config.shift, config.flip)
+    with pyro.validation_enabled(False):  # diverged parameters must reach the NaN guard, not a ValueError
+        loss, right = phase.loss(x, split.y[index], index)
+    value = loss.item()
+    if not math.isfinite(value):
+        return value, right
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if phase.grad_clip:
+        nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
+                                 phase.grad_clip)
+    optimizer.step()
+    return value, right
 
 
 def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]],

@@ -11,6 +11,7 @@ import dataclasses
 import types
 import typing
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +25,62 @@ from bayesnas.data import DataBundle, Split
 
 class UnknownMethodError(ValueError):
     pass
+
+
+@dataclass
+class Phase:
+    """One update of a search step: a loss on mini-batches of one split, minimised over some parameters.
+
+    PGNAS has one phase on the whole training split; methods that alternate (GDAS, VINNAS) have a weight
+    phase on one half and an architecture phase on the other, each with its own optimiser. ``start_epoch``
+    delays a phase (warm-up).
+    """
+
+    name: str
+    split: str
+    """``train`` (the whole training split), ``weights`` or ``architecture`` (its two halves)."""
+    param_groups: list[dict[str, Any]]
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, int]]
+    """``loss(x, y, index) -> (loss per example, number classified right)``."""
+    lr: float
+    optimizer: str = "sgd"
+    """``sgd`` or ``adam``."""
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 0.0
+    schedule: str = "cosine"
+    """``cosine`` (to ``lr_min`` over the search) or ``constant``."""
+    start_epoch: int = 0
+
+    @classmethod
+    def sgd(cls, config: SearchConfig, name: str, split: str, param_groups: list[dict[str, Any]],
+            loss: Callable[..., tuple[torch.Tensor, int]], **overrides: Any) -> Phase:
+        """A phase with the search configuration's SGD settings."""
+        settings = {"lr": config.lr, "lr_min": config.lr_min, "momentum": config.momentum,
+                    "nesterov": config.nesterov, "weight_decay": config.weight_decay,
+                    "grad_clip": config.grad_clip, **overrides}
+        return cls(name, split, param_groups, loss, **settings)
+
+    def make_optimizer(self, epochs: int) -> tuple[torch.optim.Optimizer, Any]:
+        if self.optimizer == "sgd":
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                self.param_groups, lr=self.lr, momentum=self.momentum,
+                nesterov=self.nesterov and self.momentum > 0, weight_decay=self.weight_decay)
+        elif self.optimizer == "adam":
+            optimizer = torch.optim.Adam(self.param_groups, lr=self.lr, betas=self.betas,
+                                         weight_decay=self.weight_decay)
+        else:
+            raise ConfigError(f"phase {self.name!r}: unknown optimizer {self.optimizer!r} (sgd or adam)")
+        if self.schedule == "cosine":
+            scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, eta_min=self.lr_min)
+        elif self.schedule == "constant":
+            scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        else:
+            raise ConfigError(f"phase {self.name!r}: unknown schedule {self.schedule!r} (cosine or constant)")
+        return optimizer, scheduler
 
 
 @dataclass
@@ -75,12 +132,11 @@ class SearchMethod(ABC):
         """Everything trained and checkpointed, by name."""
 
     @abstractmethod
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Optimiser parameter groups (each may override ``lr``, ``weight_decay``, ...)."""
+    def phases(self) -> list[Phase]:
+        """The updates of one search step, in order (the first one's split sets the steps per epoch)."""
 
-    @abstractmethod
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Loss to minimise for one mini-batch (per training example) and the number classified right."""
+    def begin_epoch(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        """Called before each epoch (temperature and KL-weight schedules)."""
 
     @abstractmethod
     def accuracy(self, split: Split) -> float:

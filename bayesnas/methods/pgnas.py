@@ -14,7 +14,7 @@ from pyro.infer import TraceMeanField_ELBO
 from bayesnas import diagnostics
 from bayesnas.config import ConfigError
 from bayesnas.guides.pgnas import ConcreteDropoutGuide
-from bayesnas.methods import SearchMethod, Selection, register
+from bayesnas.methods import Phase, SearchMethod, Selection, register
 from bayesnas.models.pgnas import PGNASModel
 from bayesnas.reparam import LocalReparameterization
 from bayesnas.select import posterior_guided_sampling
@@ -83,6 +83,9 @@ class PGNAS(SearchMethod):
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model, "guide": self.guide}
+
+    def phases(self) -> list[Phase]:
+        return [Phase.sgd(self.config, "search", "train", self.param_groups(), self.training_loss)]
 
     def param_groups(self) -> list[dict[str, Any]]:
         drop_lr = self.options.drop_rate_lr or self.config.lr
