@@ -7,10 +7,11 @@ hand-set proposal is the "Random" baseline of PGNAS Table 3.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import torch
 from tqdm import tqdm
 
 Candidate = TypeVar("Candidate")
@@ -37,3 +38,20 @@ def posterior_guided_sampling(draw: Callable[[], Candidate], score: Callable[[Ca
         if value > best_score:
             best, best_score = candidate, value
     return SamplingResult(best, best_score, scores)
+
+
+def derive_cell(strength: torch.Tensor, op_names: Sequence[str], edges: Sequence[tuple[int, int]],
+                inputs_per_state: int = 2, exclude: Sequence[str] = ("none",)) -> list[list[list]]:
+    """Discrete cell from per-(edge, op) strengths ``(E, K)``: for each state keep the ``inputs_per_state``
+    incoming edges whose strongest allowed op is strongest, with that op (GDAS Sec. 3.3: strength =
+    softmax(A); VINNAS Sec. III-D: strength = positive SNR). Returns ``[[[op, input], ...], ...]`` per state."""
+    allowed = torch.tensor([name not in exclude for name in op_names], device=strength.device)
+    masked = strength.masked_fill(~allowed, float("-inf"))
+    best, best_op = masked.max(-1)
+    cell: list[list[list]] = []
+    states = max(j for j, _ in edges) + 1
+    for j in range(states):
+        incoming = [e for e, (state, _) in enumerate(edges) if state == j]
+        ranked = sorted(incoming, key=lambda e: float(best[e]), reverse=True)[:inputs_per_state]
+        cell.append([[op_names[int(best_op[e])], edges[e][1]] for e in sorted(ranked, key=lambda e: edges[e][1])])
+    return cell

@@ -90,7 +90,7 @@ def test_genotype_json_round_trip(space, tmp_path):
     ("{not json", "not valid JSON"),
     ("[1, 2]", "JSON object"),
     ('{"space": "branches", "config": {}}', "missing key"),
-    ('{"space": "cells", "config": {}, "choices": {}}', "unknown search space"),
+    ('{"space": "lattice", "config": {}, "choices": {}}', "unknown search space"),
     ('{"space": "branches", "config": {"widths": [8]}, "choices": {}}', "invalid configuration"),
     ('{"space": "branches", "config": {}, "choices": {"s0.b0.a": {}}}', "do not fit the space"),
 ])

@@ -6,16 +6,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from bayesnas.spaces.branches import BranchSpace
+from bayesnas.spaces.cell import CellSpace
 from bayesnas.spaces.genotype import Genotype, GenotypeError, load_genotype
 
-SPACES = {"branches": BranchSpace}
+SPACES = {"branches": BranchSpace, "cells": CellSpace}
 
 
 class UnknownSpaceError(ValueError):
     pass
 
 
-def get_space(name: str, config: Mapping[str, Any] | None = None) -> BranchSpace:
+def get_space(name: str, config: Mapping[str, Any] | None = None) -> Any:
     """The space called ``name`` configured by ``config`` (one-line error for unknown names or options)."""
     if name not in SPACES:
         raise UnknownSpaceError(f"unknown search space {name!r}; choose one of: {', '.join(SPACES)}")
@@ -25,4 +26,5 @@ def get_space(name: str, config: Mapping[str, Any] | None = None) -> BranchSpace
         raise GenotypeError(f"space {name!r}: invalid configuration ({err})") from None
 
 
-__all__ = ["SPACES", "BranchSpace", "Genotype", "GenotypeError", "UnknownSpaceError", "get_space", "load_genotype"]
+__all__ = ["SPACES", "BranchSpace", "CellSpace", "Genotype", "GenotypeError", "UnknownSpaceError", "get_space",
+           "load_genotype"]

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bayesnas import reparam
 from bayesnas.spaces.genotype import Genotype, GenotypeError
+from bayesnas.spaces.ops import SearchConv2d
+from bayesnas.spaces.profile import count_params  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -66,19 +67,12 @@ class SearchableLayer:
     module_path: str
 
 
-class BranchConv(nn.Module):
-    """A bias-free ``s x s`` convolution whose kernel is a searchable site (calls :func:`reparam.conv2d`)."""
+class BranchConv(SearchConv2d):
+    """A bias-free ``s x s`` convolution whose kernel is a searchable site ``(l, s)``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
-        super().__init__()
-        self.kernel_shape = (out_channels, in_channels, kernel_size, kernel_size)
-        self.stride = stride
-        self.padding = kernel_size // 2
-        self.weight = nn.Parameter(torch.empty(self.kernel_shape))
+        super().__init__(in_channels, out_channels, kernel_size, stride, kernel_size // 2)
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reparam.conv2d(x, self.weight, None, self.stride, self.padding)
 
 
 class Branch(nn.Module):
@@ -295,8 +289,3 @@ def _sliced_state(net: BranchNet, kept: Mapping[str, Mapping[str, list[int]]],
                 source = source.index_select(1, idx_b)
         state[name] = source.to(target.dtype).reshape(target.shape)
     return state
-
-
-def count_params(net: nn.Module) -> int:
-    """Number of trainable parameters (PyroSample weights of a converted super-network excluded)."""
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)

@@ -1,0 +1,146 @@
+"""Candidate operations of the DARTS cell space (Liu et al. 2019), as used by VINNAS and GDAS.
+
+Every convolution is a :class:`SearchConv2d`, which calls :func:`bayesnas.reparam.conv2d`, so a method whose
+weights are Pyro sample sites (VINNAS) gets local reparameterisation on every op without the ops knowing.
+Details follow the GDAS authors' code (``xautodl/models/cell_operations.py``): ``sep`` is two stacked
+(ReLU, depthwise, 1x1, BN) blocks, ``dil`` one such block with dilation 2, average pooling does not count
+padding, no BN after pooling, ``skip`` is a factorized reduction when striding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from bayesnas import reparam
+
+
+class SearchConv2d(nn.Conv2d):
+    """``nn.Conv2d`` routed through :func:`bayesnas.reparam.conv2d` (bias-free by default)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride=1,
+                 padding=0, dilation=1, groups: int = 1, bias: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.kernel_shape = tuple(self.weight.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reparam.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def bn(channels: int, affine: bool) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, affine=affine)
+
+
+class ReLUConvBN(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, kernel: int | tuple[int, int], stride, padding, dilation=1,
+                 groups: int = 1, affine: bool = True) -> None:
+        super().__init__(nn.ReLU(), SearchConv2d(c_in, c_out, kernel, stride, padding, dilation, groups),
+                         bn(c_out, affine))
+
+
+class DilConv(nn.Sequential):
+    """ReLU, depthwise k x k (dilation d), pointwise 1x1, BN."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, dilation: int, affine: bool) -> None:
+        padding = dilation * (kernel - 1) // 2
+        super().__init__(nn.ReLU(), SearchConv2d(c_in, c_in, kernel, stride, padding, dilation, groups=c_in),
+                         SearchConv2d(c_in, c_out, 1), bn(c_out, affine))
+
+
+class SepConv(nn.Sequential):
+    """Two stacked dilation-1 ``DilConv`` blocks, the first one striding."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, affine: bool) -> None:
+        super().__init__(DilConv(c_in, c_in, kernel, stride, 1, affine), DilConv(c_in, c_out, kernel, 1, 1, affine))
+
+
+class Conv7x1x1x7(nn.Sequential):
+    """ReLU, 1x7 then 7x1 convolution, BN."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, affine: bool) -> None:
+        super().__init__(nn.ReLU(), SearchConv2d(c_in, c_in, (1, 7), (1, stride), (0, 3)),
+                         SearchConv2d(c_in, c_out, (7, 1), (stride, 1), (3, 0)), bn(c_out, affine))
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution without losing pixels: two 1x1 stride-2 convolutions on offset grids."""
+
+    def __init__(self, c_in: int, c_out: int, affine: bool) -> None:
+        super().__init__()
+        self.conv_1 = SearchConv2d(c_in, c_out // 2, 1, 2)
+        self.conv_2 = SearchConv2d(c_in, c_out - c_out // 2, 1, 2)
+        self.bn = bn(c_out, affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(x)
+        shifted = nn.functional.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+
+
+class Zero(nn.Module):
+    """The ``none`` op: zeros of the output's shape."""
+
+    def __init__(self, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.c_out, self.stride = c_out, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return x.new_zeros(x.shape[0], self.c_out, *x.shape[2:])
+
+
+class Pool(nn.Module):
+    def __init__(self, kind: str, c_in: int, c_out: int, stride: int, affine: bool) -> None:
+        super().__init__()
+        self.pool = (nn.MaxPool2d(3, stride, 1) if kind == "max"
+                     else nn.AvgPool2d(3, stride, 1, count_include_pad=False))
+        self.project = None if c_in == c_out else ReLUConvBN(c_in, c_out, 1, 1, 0, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.project(x) if self.project is not None else x
+        return self.pool(x)
+
+
+def _skip(c_in: int, c_out: int, stride: int, affine: bool) -> nn.Module:
+    if stride == 1 and c_in == c_out:
+        return nn.Identity()
+    if stride == 2:
+        return FactorizedReduce(c_in, c_out, affine)
+    return ReLUConvBN(c_in, c_out, 1, 1, 0, affine=affine)
+
+
+OpFactory = Callable[[int, int, int, bool], nn.Module]
+
+OPS: dict[str, OpFactory] = {
+    "none": lambda c_in, c_out, stride, affine: Zero(c_out, stride),
+    "skip_connect": _skip,
+    "max_pool_3x3": lambda c_in, c_out, stride, affine: Pool("max", c_in, c_out, stride, affine),
+    "avg_pool_3x3": lambda c_in, c_out, stride, affine: Pool("avg", c_in, c_out, stride, affine),
+    "sep_conv_3x3": lambda c_in, c_out, stride, affine: SepConv(c_in, c_out, 3, stride, affine),
+    "sep_conv_5x5": lambda c_in, c_out, stride, affine: SepConv(c_in, c_out, 5, stride, affine),
+    "sep_conv_7x7": lambda c_in, c_out, stride, affine: SepConv(c_in, c_out, 7, stride, affine),
+    "dil_conv_3x3": lambda c_in, c_out, stride, affine: DilConv(c_in, c_out, 3, stride, 2, affine),
+    "dil_conv_5x5": lambda c_in, c_out, stride, affine: DilConv(c_in, c_out, 5, stride, 2, affine),
+    "conv_7x1_1x7": lambda c_in, c_out, stride, affine: Conv7x1x1x7(c_in, c_out, stride, affine),
+}
+
+OP_SETS: dict[str, tuple[str, ...]] = {
+    # VINNAS, K = 10 (papers/vinnas.md Sec. IV)
+    "vinnas": ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5",
+               "sep_conv_7x7", "dil_conv_3x3", "dil_conv_5x5", "conv_7x1_1x7"),
+    # GDAS / DARTS, K = 8 (papers/gdas.md Sec. 4)
+    "gdas": ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5",
+             "dil_conv_3x3", "dil_conv_5x5"),
+}
+
+
+class UnknownOpError(ValueError):
+    pass
+
+
+def make_op(name: str, c_in: int, c_out: int, stride: int, affine: bool = True) -> nn.Module:
+    if name not in OPS:
+        raise UnknownOpError(f"unknown operation {name!r}; known: {', '.join(OPS)}")
+    return OPS[name](c_in, c_out, stride, affine)

@@ -1,0 +1,40 @@
+"""Size and cost of a network: trainable parameters and multiply-accumulates (FLOPs as MACs)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def count_params(net: nn.Module) -> int:
+    """Number of trainable parameters (PyroSample weights of a converted super-network excluded)."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def count_flops(net: nn.Module, input_shape: tuple[int, ...], **forward_kwargs) -> int:
+    """Multiply-accumulates of one forward pass of a single input of ``input_shape`` (C, H, W), counted by
+    hooks on every convolution and linear layer."""
+    total = 0
+
+    def conv_hook(module: nn.Conv2d, inputs, output) -> None:
+        nonlocal total
+        kernel = module.weight.shape[1] * module.weight.shape[2] * module.weight.shape[3]
+        total += output.numel() * kernel
+
+    def linear_hook(module: nn.Linear, inputs, output) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+               for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    was_training = net.training
+    net.eval()
+    try:
+        device = next(net.parameters()).device
+        net(torch.zeros(1, *input_shape, device=device), **forward_kwargs)
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    return int(total)
