@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -131,3 +132,15 @@ def train_network(net: nn.Module, train: Split, val: Split, recipe: TrainRecipe,
         bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['val_accuracy']:.3f}")
         history.append(row)
     return history
+
+
+def retrain(space: Any, genotype: Any, train: Split, val: Split, test: Split, recipe: TrainRecipe,
+            seed: int = 0, progress: bool = True, **build_options: Any) -> tuple[nn.Module, float, float]:
+    """Build ``genotype`` in ``space`` and train it from scratch; returns ``(network, val acc, test acc)``.
+
+    How every method turns its derived architecture into the figures of ``summary.json``.
+    """
+    torch.manual_seed(seed)
+    net = space.build(genotype, **build_options).to(train.x.device)
+    train_network(net, train, val, recipe, seed, progress, desc="retrain")
+    return net, accuracy(net, val), accuracy(net, test)
