@@ -176,3 +176,139 @@ def kl_concrete_dropout_spike_and_slab(q: ConcreteDropout, p: SpikeAndSlab) -> t
     d2 = p.slab_scale.to(q.weight).pow(-2)
     keep = 1 - q.drop_rate
     return d2 * keep / 2 * q.weight.pow(2).sum() - q.num_slices * binary_entropy(q.drop_rate)
+
+
+# ----------------------------------------------------------------------------------------------- VINNAS
+# VINNAS (papers/vinnas.md Eq. 4-5): log-uniform priors on every weight and op strength, factorised Normal
+# guides, KL by the Molchanov et al. (2017) approximation. Like the PGNAS pair above, both distributions have
+# an empty batch shape and the tensor's shape as event shape, so the registered KL is always found.
+
+MOLCHANOV_K1, MOLCHANOV_K2, MOLCHANOV_K3 = 0.63576, 1.8732, 1.48695
+"""Constants of the KL(Normal || LogUniform) approximation (Molchanov et al. 2017, Eq. 14)."""
+
+LOG_LAMBDA_EPS = 1e-8
+"""Added to ``mu^2`` in ``log lambda = log sigma^2 - log mu^2`` so a mean of exactly 0 stays finite."""
+
+
+def log_lambda(loc: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """``log lambda = log(sigma^2 / mu^2)``, the log dropout rate of a Gaussian weight (large: prunable)."""
+    return log_var - torch.log(loc * loc + LOG_LAMBDA_EPS)
+
+
+def kl_normal_log_uniform_elementwise(loc: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``KL(N(mu, sigma^2) || LogUniform)`` up to its (infinite) constant, Molchanov et al. 2017:
+
+    ``-KL ~= k1 sigmoid(k2 + k3 log lambda) - 0.5 log1p(1 / lambda) - k1``, ``lambda = sigma^2 / mu^2``.
+
+    The constant ``-k1`` makes the KL vanish as ``lambda -> inf`` (a weight switched off costs nothing). The
+    VINNAS paper prints the right-hand side without the minus sign of ``-KL``; this follows Molchanov et al.
+    ``log1p(1 / lambda)`` is computed as ``softplus(-log lambda)``: finite values and gradients for any lambda.
+    """
+    log_lam = log_lambda(loc, log_var)
+    neg_kl = (MOLCHANOV_K1 * torch.sigmoid(MOLCHANOV_K2 + MOLCHANOV_K3 * log_lam)
+              - 0.5 * torch.nn.functional.softplus(-log_lam) - MOLCHANOV_K1)
+    return -neg_kl
+
+
+class LogUniform(TorchDistribution):
+    """Improper log-uniform prior ``p(x) ~ 1/|x|`` on every entry of a tensor of shape ``event_shape``
+    (``batch_shape + event_shape`` with a batch shape; the default and VINNAS's sites have none).
+
+    ``log_prob(x) = -sum log|x|`` (unnormalised: the normaliser is infinite). It cannot be sampled: every site
+    with this prior needs a guide. Its KL divergence from a :class:`LocalNormal` guide is registered.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real
+    has_rsample = False
+
+    def __init__(self, event_shape: torch.Size | tuple[int, ...], batch_shape: torch.Size | tuple[int, ...] = (),
+                 validate_args: bool | None = None) -> None:
+        super().__init__(torch.Size(batch_shape), torch.Size(event_shape), validate_args=validate_args)
+
+    def sample(self, sample_shape: torch.Size = _NO_SAMPLE_SHAPE) -> torch.Tensor:
+        raise NotImplementedError("LogUniform is improper and cannot be sampled: give the site a guide")
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(value.dim() - len(self.event_shape), value.dim()))
+        return -torch.log(value.abs()).sum(dims)
+
+
+class LocalNormal(TorchDistribution):
+    """Factorised Normal ``N(loc, exp(log_var))`` over a weight tensor (VINNAS Eq. 5), parametrised by the
+    log-variance as in the paper, with Gaussian local reparameterisation (Kingma et al. 2015).
+
+    Batch shape is empty, the event shape is ``loc.shape``. Under
+    :class:`~bayesnas.reparam.LocalReparameterization` a convolution or linear layer fed with a sample of this
+    distribution computes its output distribution instead: mean ``op(x, mu)``, variance
+    ``op(x^2, sigma^2)``, one Gaussian draw per activation (:meth:`local_reparameterize`).
+    """
+
+    arg_constraints = {"loc": constraints.real, "log_var": constraints.real}
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(self, loc: torch.Tensor, log_var: torch.Tensor, validate_args: bool | None = None) -> None:
+        if loc.shape != log_var.shape:
+            raise ValueError(f"loc and log_var must have the same shape, got {tuple(loc.shape)} and "
+                             f"{tuple(log_var.shape)}")
+        self.loc, self.log_var = loc, log_var
+        super().__init__(torch.Size(), loc.shape, validate_args=validate_args)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.log_var)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return torch.exp(self.log_var)
+
+    def rsample(self, sample_shape: torch.Size = _NO_SAMPLE_SHAPE) -> torch.Tensor:
+        eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + self.scale * eps
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        lp = -0.5 * ((value - self.loc) ** 2 * torch.exp(-self.log_var) + self.log_var + math.log(2 * math.pi))
+        dims = tuple(range(lp.dim() - len(self.event_shape), lp.dim()))
+        return lp.sum(dims)
+
+    def entropy(self) -> torch.Tensor:
+        return (0.5 * (self.log_var + math.log(2 * math.pi * math.e))).sum()
+
+    def log_lambda(self) -> torch.Tensor:
+        """``log(sigma^2 / mu^2)`` per entry; weights with ``log lambda >= 3`` are pruned (Molchanov et al.)."""
+        return log_lambda(self.loc, self.log_var)
+
+    def local_reparameterize(self, op: Callable[..., torch.Tensor], x: torch.Tensor, *args,
+                             **kwargs) -> torch.Tensor:
+        """``op(x, mu) + sqrt(op(x^2, sigma^2)) * eps`` with ``eps ~ N(0, 1)`` per output activation.
+
+        ``args``/``kwargs`` are the layer's (bias, stride, padding, dilation, groups for ``conv2d``; bias for
+        ``linear``): the mean uses them all, the variance all but the bias.
+        """
+        mean = op(x, self.loc, *args, **kwargs)
+        var_kwargs = {k: v for k, v in kwargs.items() if k != "bias"}
+        var = op(x * x, torch.exp(self.log_var), None, *args[1:], **var_kwargs)
+        return mean + torch.sqrt(var.clamp_min(0) + 1e-8) * torch.randn_like(mean)
+
+
+@register_kl(LocalNormal, LogUniform)
+def kl_local_normal_log_uniform(q: LocalNormal, p: LogUniform) -> torch.Tensor:
+    """Sum over the tensor of :func:`kl_normal_log_uniform_elementwise` (returns the empty batch shape)."""
+    if q.event_shape != p.event_shape or q.batch_shape != p.batch_shape:
+        raise ValueError(f"KL(LocalNormal || LogUniform) needs equal shapes, got event {tuple(q.event_shape)} vs "
+                         f"{tuple(p.event_shape)}, batch {tuple(q.batch_shape)} vs {tuple(p.batch_shape)}")
+    return kl_normal_log_uniform_elementwise(q.loc, q.log_var).sum()
+
+
+@register_kl(torch.distributions.Normal, LogUniform)
+def kl_normal_log_uniform(q: torch.distributions.Normal, p: LogUniform) -> torch.Tensor:
+    """Elementwise version for a plain ``Normal`` against a ``LogUniform`` with no event dimensions."""
+    if p.event_shape != torch.Size() or q.batch_shape != p.batch_shape:
+        raise ValueError(f"KL(Normal || LogUniform) needs a LogUniform of batch shape {tuple(q.batch_shape)} and "
+                         f"no event dimensions, got batch {tuple(p.batch_shape)}, event {tuple(p.event_shape)}")
+    return kl_normal_log_uniform_elementwise(q.loc, 2 * torch.log(q.scale))

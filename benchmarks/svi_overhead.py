@@ -15,11 +15,22 @@ the median seconds per step of each and, last, ``ratio=<ours/plain>``. ``--profi
 the Pyro step.
 
     python benchmarks/svi_overhead.py --steps 20
+
+``--method vinnas`` times one stage of VINNAS's Algorithm 1 instead (``--stage weights``, the default, or
+``architecture``): *ours* is ``VINNAS.weight_loss`` (the Pyro model and guide with a sample site per weight
+tensor and per cell type's alpha, Gaussian local reparameterisation through the messenger, Eq. 8 with every
+gamma switched on, ``TraceMeanField_ELBO`` with the registered KL) plus an Adam step; *plain* is the same
+super-network whose convolutions and classifier are hand-written locally reparameterised Gaussian layers
+(mean ``conv(x, mu)``, variance ``conv(x^2, sigma^2)``), alphas drawn by hand, and the same loss: smoothed
+cross-entropy, the Molchanov KLs and the op entropy.
+
+    python benchmarks/svi_overhead.py --method vinnas --steps 20
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import cProfile
 import io
 import json
@@ -29,6 +40,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import pyro
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,8 +48,9 @@ from torch.distributions import kl_divergence
 
 from bayesnas.config import SearchConfig
 from bayesnas.data import DataBundle, Split
-from bayesnas.distributions import SpikeAndSlab
+from bayesnas.distributions import SpikeAndSlab, kl_normal_log_uniform_elementwise
 from bayesnas.methods.pgnas import PGNAS
+from bayesnas.methods.vinnas import VINNAS
 from bayesnas.spaces.branches import BranchNet, BranchSpaceConfig
 
 DEFAULT_SPACE = {"in_channels": 3, "stem_channels": 32, "widths": [32, 64, 128], "depths": [1, 1, 1],
@@ -151,37 +164,10 @@ def make_step(loss_fn: Callable[[], tuple[torch.Tensor, int]], optimizer: torch.
     return step
 
 
-def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per implementation (all rounds)")
-    parser.add_argument("--rounds", type=int, default=0,
-                        help="ours/plain alternations the timed steps are split into (0: alternate every step)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each before timing")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--num-train", type=int, default=45000, help="training-set size N")
-    parser.add_argument("--space", type=json.loads, default=DEFAULT_SPACE, help="JSON space options")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="after timing, cProfile N Pyro steps and print the top functions")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="wall-clock time, or this process's CPU time (less disturbed by other load)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device here")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    torch.manual_seed(args.seed)
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
-
-    space = BranchSpaceConfig.from_dict({"num_classes": args.num_classes, **args.space})
+def pgnas_steps(args: argparse.Namespace, device: torch.device, sync: Callable[[], None],
+                clock: Callable[[], float]) -> tuple[Callable[[], float], Callable[[], float]]:
+    """The timed PGNAS step (ours) and its hand-written twin (plain); prints the set-up."""
+    space = BranchSpaceConfig.from_dict({"num_classes": args.num_classes, **(args.space or DEFAULT_SPACE)})
     config = SearchConfig(space=space.to_dict(), options=dict(DEFAULT_OPTIONS))
     data = synthetic_bundle(args.num_train, space.in_channels, args.image_size, args.num_classes)
     method = PGNAS(config, data, device)
@@ -206,9 +192,179 @@ def main(argv: list[str] | None = None) -> float:
                          torch.optim.SGD(plain.param_groups(), **sgd), sync, clock)
 
     print(f"device={device} threads={torch.get_num_threads()} clock={args.clock} batch={args.batch_size} "
-          f"image={space.in_channels}x{args.image_size}x{args.image_size} space={json.dumps(args.space)} "
+          f"image={space.in_channels}x{args.image_size}x{args.image_size} "
+          f"space={json.dumps(args.space or DEFAULT_SPACE)} "
           f"searchable_kernels={len(plain.convs)} params={sum(p.numel() for p in plain.parameters())}")
     print(f"registered KL (Eq. 15) = {ours_kl.item():.4f}, plain regulariser = {plain_kl.item():.4f}")
+    return ours, baseline
+
+
+# the search step of the vinnas-digits preset: its super-network (K = 10 ops, a reduction and a normal cell with
+# 2 states, C = 8) on 1x8x8 images (``--image-size`` defaults to 8 for VINNAS, 32 for PGNAS)
+VINNAS_SPACE = {"in_channels": 1, "channels": 8, "layout": "RN", "states": 2}
+# every term of Eq. 8 switched on (gamma_1..3 at these end values; the step is timed at the last epoch)
+VINNAS_OPTIONS = {"gamma_w": 0.1, "gamma_alpha": 0.1, "gamma_entropy": 0.05, "warmup_epochs": 0}
+
+
+class PlainLocalGaussian(nn.Module):
+    """Plain-PyTorch Gaussian weight with local reparameterisation: ``op(x, mu) + sqrt(op(x^2, sigma^2)) * eps``."""
+
+    def __init__(self, layer: nn.Module, mu: torch.Tensor, log_var: torch.Tensor) -> None:
+        super().__init__()
+        self.mu = nn.Parameter(mu.detach().clone())
+        self.log_var = nn.Parameter(log_var.detach().clone())
+        if isinstance(layer, nn.Conv2d):
+            self.op, self.args = F.conv2d, (layer.stride, layer.padding, layer.dilation, layer.groups)
+            self.bias = None
+        else:
+            self.op, self.args = F.linear, ()
+            self.bias = nn.Parameter(layer.bias.detach().clone())
+        self.frozen = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu, log_var = (self.mu.detach(), self.log_var.detach()) if self.frozen else (self.mu, self.log_var)
+        mean = self.op(x, mu, self.bias, *self.args)
+        var = self.op(x * x, torch.exp(log_var), None, *self.args)
+        return mean + torch.sqrt(var.clamp_min(0) + 1e-8) * torch.randn_like(mean)
+
+    def kl(self) -> torch.Tensor:
+        return kl_normal_log_uniform_elementwise(self.mu, self.log_var).sum()
+
+
+class PlainVINNAS(nn.Module):
+    """The VINNAS super-network with :class:`PlainLocalGaussian` layers and Normal alphas, Eq. 8 by hand,
+    initialised from a :class:`VINNAS` method's current parameters."""
+
+    def __init__(self, method: VINNAS) -> None:
+        super().__init__()
+        guide, o = method.guide, method.options
+        self.net = copy.deepcopy(method.model.net)
+        self.layers: list[PlainLocalGaussian] = []
+        for site in guide.weight_sites:
+            path = site.removeprefix("net.").removesuffix(".weight")
+            parent, _, name = path.rpartition(".")
+            key = site.replace(".", "/")
+            new = PlainLocalGaussian(self.net.get_submodule(path), guide.mu_w[key], guide.log_var_w[key])
+            setattr(self.net.get_submodule(parent) if parent else self.net, name, new)
+            self.layers.append(new)
+        self.mu_alpha = nn.ParameterDict({k: nn.Parameter(v.detach().clone()) for k, v in guide.mu_alpha.items()})
+        self.log_var_alpha = nn.ParameterDict({k: nn.Parameter(v.detach().clone())
+                                               for k, v in guide.log_var_alpha.items()})
+        self.register_buffer("zero_op", method.model.zero_op.clone())
+        self.zero_max, self.smoothing, self.samples = o.zero_alpha_max, o.label_smoothing, o.entropy_samples
+        self.gammas = method.model.gammas
+        self.frozen_alpha = True
+
+    def _alpha(self, kind: str, shape: tuple[int, ...] = ()) -> torch.Tensor:
+        mu, log_var = self.mu_alpha[kind], self.log_var_alpha[kind]
+        if self.frozen_alpha:
+            mu, log_var = mu.detach(), log_var.detach()
+        alpha = mu + torch.exp(0.5 * log_var) * torch.randn(*shape, *mu.shape, device=mu.device)
+        return torch.where(self.zero_op, alpha.clamp(max=self.zero_max), alpha)
+
+    def regularisers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        kl_w = sum(layer.kl() for layer in self.layers)
+        kl_a = sum(kl_normal_log_uniform_elementwise(self.mu_alpha[k], self.log_var_alpha[k]).sum()
+                   for k in self.mu_alpha)
+        return kl_w, kl_a
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, num_train: int) -> tuple[torch.Tensor, int]:
+        g_w, g_a, g_e = self.gammas
+        entropy = 0.0
+        for k in self.mu_alpha:
+            z = torch.softmax(self._alpha(k, (self.samples,)), -1).mean(0)
+            entropy = entropy - torch.xlogy(z, z).sum()
+        logits = self.net(x, {k: torch.softmax(self._alpha(k), -1) for k in self.mu_alpha})
+        nll = F.cross_entropy(logits, y, label_smoothing=self.smoothing)
+        kl_w, kl_a = self.regularisers()
+        loss = nll + (g_w * kl_w + g_a * kl_a) / num_train + g_e * entropy
+        return loss, int((logits.argmax(-1) == y).sum())
+
+
+def vinnas_steps(args: argparse.Namespace, device: torch.device, sync: Callable[[], None],
+                 clock: Callable[[], float]) -> tuple[Callable[[], float], Callable[[], float]]:
+    """The timed VINNAS stage (ours: ``VINNAS.weight_loss`` or ``architecture_loss`` + Adam) and its twin."""
+    space = {"num_classes": args.num_classes, "ops": "vinnas", **(args.space or VINNAS_SPACE)}
+    config = SearchConfig(method="vinnas", epochs=2, lr=3e-3, space=space, options=dict(VINNAS_OPTIONS))
+    data = synthetic_bundle(args.num_train, space["in_channels"], args.image_size, args.num_classes)
+    method = VINNAS(config, data, device)
+    method.begin_epoch(config.epochs - 1)
+    plain = PlainVINNAS(method).to(device)
+    stage = 0 if args.stage == "weights" else 1
+    phase = method.phases()[stage]
+    num = len(method.weight_half if stage == 0 else method.arch_half)
+    plain.frozen_alpha = stage == 0
+    for layer in plain.layers:
+        layer.frozen = stage == 1
+
+    # fairness: the hand-written KLs are the ones TraceMeanField_ELBO takes from the registry
+    with torch.no_grad():
+        plain_kl = sum(plain.regularisers())
+        ours_kl = sum(method.kl_terms())
+    if abs(float(plain_kl) - ours_kl) > 1e-4 * abs(ours_kl):
+        raise AssertionError(f"plain KL {float(plain_kl)} != registered KL {ours_kl}")
+
+    x = torch.randn(args.batch_size, space["in_channels"], args.image_size, args.image_size, device=device)
+    y = torch.randint(args.num_classes, (args.batch_size,), device=device)
+    index = torch.randperm(num, device=device)[:args.batch_size]
+    for module in (method.model, method.guide, plain):
+        module.train()
+    plain_params = ([p for layer in plain.layers for p in layer.parameters()] if stage == 0
+                    else [*plain.mu_alpha.values(), *plain.log_var_alpha.values()])
+
+    def ours_loss() -> tuple[torch.Tensor, int]:
+        with pyro.validation_enabled(False):  # as the search loop runs every step
+            return phase.loss(x, y, index)
+
+    ours = make_step(ours_loss, torch.optim.Adam(phase.param_groups, lr=phase.lr), sync, clock)
+    baseline = make_step(lambda: plain.loss(x, y, num), torch.optim.Adam(plain_params, lr=phase.lr), sync, clock)
+
+    print(f"device={device} threads={torch.get_num_threads()} clock={args.clock} batch={args.batch_size} "
+          f"image={space['in_channels']}x{args.image_size}x{args.image_size} "
+          f"space={json.dumps(args.space or VINNAS_SPACE)} "
+          f"stage={args.stage} weight_sites={len(plain.layers)} "
+          f"weights={sum(layer.mu.numel() for layer in plain.layers)} gammas={method.model.gammas}")
+    print(f"registered KL_w + KL_alpha = {ours_kl:.2f}, plain = {float(plain_kl):.2f}")
+    return ours, baseline
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per implementation (all rounds)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="ours/plain alternations the timed steps are split into (0: alternate every step)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each before timing")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--image-size", type=int, default=None, help="default: 32 (PGNAS), 8 (VINNAS)")
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--num-train", type=int, default=45000, help="training-set size N")
+    parser.add_argument("--method", choices=["pgnas", "vinnas"], default="pgnas", help="the search method timed")
+    parser.add_argument("--stage", choices=["weights", "architecture"], default="weights",
+                        help="VINNAS: the stage of Algorithm 1 timed (theta_w or theta_alpha)")
+    parser.add_argument("--space", type=json.loads, default=None,
+                        help="JSON space options (default: the method's DEFAULT_SPACE / VINNAS_SPACE)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after timing, cProfile N Pyro steps and print the top functions")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall-clock time, or this process's CPU time (less disturbed by other load)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    if args.image_size is None:
+        args.image_size = 8 if args.method == "vinnas" else 32
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.manual_seed(args.seed)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+
+    ours, baseline = (vinnas_steps if args.method == "vinnas" else pgnas_steps)(args, device, sync, clock)
     for _ in range(args.warmup):
         ours()
         baseline()
@@ -219,7 +375,8 @@ def main(argv: list[str] | None = None) -> float:
         times["ours"] += [ours() for _ in range(n)]
         times["plain"] += [baseline() for _ in range(n)]
     med = {name: statistics.median(t) for name, t in times.items()}
-    for name, label in (("ours", "ours  (Pyro PGNAS.training_loss)"), ("plain", "plain (hand-written PyTorch)    ")):
+    labels = (("ours", f"ours  (Pyro {args.method.upper()} step)"), ("plain", "plain (hand-written PyTorch)"))
+    for name, label in labels:
         print(f"{label}: median {med[name]:.4f} s/step (min {min(times[name]):.4f}, n={len(times[name])})")
     pairs = statistics.median(a / b for a, b in zip(times["ours"], times["plain"], strict=True))
     print(f"median of step-by-step ratios {pairs:.3f}, ratio of minima "

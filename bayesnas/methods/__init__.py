@@ -170,3 +170,6 @@ def get_method(name: str) -> type[SearchMethod]:
 
 
 from bayesnas.methods import pgnas  # noqa: E402,F401  (registers the method)
+
+# isort: split
+from bayesnas.methods import vinnas  # noqa: E402,F401  (registers VINNAS)

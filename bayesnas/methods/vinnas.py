@@ -1,0 +1,286 @@
+"""VINNAS (papers/vinnas.md, Eq. 4-8, Algorithm 1): variational dropout with log-uniform (ARD) priors over the
+weights and op strengths of a DARTS cell super-network, then selection by the positive SNR of alpha.
+
+Algorithm 1 as the search loop runs it: every step does stage 1 (theta_w and Psi on a mini-batch of one half
+of the training split) and, from epoch ``warmup_epochs`` on ("weight epochs"), stage 2 (theta_alpha on a
+mini-batch of the other half); both minimise Eq. 8 with the gammas of the epoch. After each epoch the error of
+the posterior-mean super-network on the architecture half is measured and theta_alpha is copied when it is the
+best so far; selection restores that copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pyro.infer import TraceMeanField_ELBO
+
+from bayesnas import diagnostics
+from bayesnas.config import ConfigError
+from bayesnas.data import Split
+from bayesnas.distributions import kl_normal_log_uniform_elementwise
+from bayesnas.guides.vinnas import VINNASGuide
+from bayesnas.methods import Phase, SearchMethod, Selection, register
+from bayesnas.models.vinnas import VINNASModel
+from bayesnas.reparam import LocalReparameterization
+from bayesnas.select import derive_cell
+from bayesnas.spaces.cell import CellSpace
+from bayesnas.spaces.profile import count_params
+from bayesnas.train import TrainRecipe, retrain
+
+
+@dataclass(frozen=True)
+class VINNASOptions:
+    arch_lr: float = 3e-3
+    """Adam learning rate of theta_alpha, constant over the search (Sec. V-A; the weights use the search lr
+    with a cosine schedule)."""
+    warmup_epochs: int = 5
+    """"Weight epochs" of Algorithm 1: stage 2 starts at this epoch."""
+    gamma_w: float = 1.0
+    """Final gamma_1 (weight on KL_w; 1 is the ELBO's own weight)."""
+    gamma_alpha: float = 1.0
+    """Final gamma_2 (weight on KL_alpha)."""
+    gamma_entropy: float = 0.1
+    """Final gamma_3 (weight on sum H(E_q[z]), in per-example units like the mean NLL)."""
+    gamma_start: int | None = None
+    """Epoch at which the gammas leave 0 and start rising linearly to their final values at the last epoch
+    (null: ``warmup_epochs``)."""
+    label_smoothing: float = 0.1
+    init_log_var: float = -10.0
+    """Initial log sigma^2 of every weight and strength (Sec. V-A)."""
+    alpha_init_std: float = 1e-3
+    """mu_alpha ~ N(0, std^2): the paper's N(0, 0.001) read as a standard deviation (DARTS's 1e-3 * randn)."""
+    zero_alpha_max: float | None = 0.0
+    """Clip of the zero op's sampled strength (Sec. V-A "we clip the strength of the zero operation"; null: off)."""
+    entropy_samples: int = 16
+    """Draws of alpha that estimate E_q[z] in the entropy term."""
+    prune_threshold: float = 3.0
+    """Weights with log(sigma^2 / mu^2) >= this are pruned (Molchanov et al.; Sec. V-B)."""
+    retrain_epochs: int = 40
+    retrain_lr: float = 0.05
+    retrain_batch_size: int = 64
+    retrain_weight_decay: float = 3e-4
+    posterior_draws: int = 200
+    """Draws of alpha exported to ArviZ."""
+
+    def __post_init__(self) -> None:
+        if self.arch_lr <= 0 or self.retrain_lr <= 0:
+            raise ValueError("learning rates must be > 0")
+        if min(self.gamma_w, self.gamma_alpha, self.gamma_entropy) < 0:
+            raise ValueError("gammas must be >= 0")
+        if self.warmup_epochs < 0 or (self.gamma_start is not None and self.gamma_start < 0):
+            raise ValueError("warmup_epochs and gamma_start must be >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError("label_smoothing must lie in [0, 1)")
+        if min(self.entropy_samples, self.posterior_draws, self.retrain_batch_size) < 1 or self.retrain_epochs < 0:
+            raise ValueError("entropy_samples, posterior_draws, retrain_batch_size must be >= 1, "
+                             "retrain_epochs >= 0")
+
+
+def edge_labels(edges: list[tuple[int, int]]) -> list[str]:
+    """``s1<-c-1``: state 1 fed by the output of cell c-1 (inputs 0, 1 are cells c-2, c-1; then states)."""
+    def node(i: int) -> str:
+        return ("c-2", "c-1")[i] if i < 2 else f"s{i - 2}"
+
+    return [f"s{j}<-{node(i)}" for j, i in edges]
+
+
+@register
+class VINNAS(SearchMethod):
+    """VINNAS: ARD over ops and weights by variational dropout (Eq. 4-8), two-stage Algorithm 1, SNR selection."""
+
+    name = "vinnas"
+    options_type = VINNASOptions
+
+    def __init__(self, config, data, device) -> None:
+        super().__init__(config, data, device)
+        o = self.options
+        if o.warmup_epochs >= config.epochs:
+            raise ConfigError(f"method 'vinnas': warmup_epochs ({o.warmup_epochs}) must be below epochs "
+                              f"({config.epochs}), or the architecture is never trained")
+        try:
+            self.space = CellSpace.from_dict({"in_channels": data.in_channels, "num_classes": data.num_classes,
+                                              "ops": "vinnas", **config.space})
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"space of method {self.name!r}: {err}") from None
+        self.cell_types = self.space.config.searched_types()
+        if not self.cell_types:
+            raise ConfigError("space of method 'vinnas': no searched cell type (fixed_reduction with no N cell?)")
+        shape = self.space.arch_shape()
+        self.model = VINNASModel(self.space.supernet(), self.cell_types, shape, self.space.op_names,
+                                 o.label_smoothing, o.zero_alpha_max).to(device)
+        self.guide = VINNASGuide(self.model.initial_weights, self.cell_types, shape, o.init_log_var,
+                                 o.alpha_init_std).to(device)
+        self.reparam = LocalReparameterization()
+        self.elbo = TraceMeanField_ELBO()
+        self.weight_half, self.arch_half = data.halves(config.seed)
+        self.epoch = 0
+        self._nll = [0.0, 0]
+        self.set_gammas(0)
+
+    # ------------------------------------------------------------------ hooks
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model, "guide": self.guide}
+
+    def phases(self) -> list[Phase]:
+        c, o = self.config, self.options
+        weights = Phase("weights", "weights", [
+            {"name": "theta_w", "params": list(self.guide.weight_parameters())},
+            {"name": "psi", "params": list(self.model.parameters())},
+        ], self.weight_loss, lr=c.lr, optimizer="adam", lr_min=c.lr_min, weight_decay=c.weight_decay,
+            grad_clip=c.grad_clip, schedule="cosine")
+        architecture = Phase("architecture", "architecture", [
+            {"name": "theta_alpha", "params": list(self.guide.alpha_parameters())},
+        ], self.architecture_loss, lr=o.arch_lr, optimizer="adam", schedule="constant", grad_clip=c.grad_clip,
+            start_epoch=o.warmup_epochs)
+        return [weights, architecture]
+
+    def gammas_at(self, epoch: int) -> tuple[float, float, float]:
+        """Linear rise from 0 (before ``gamma_start``) to the final values at the last epoch (Algorithm 1, l. 19)."""
+        o = self.options
+        start = o.warmup_epochs if o.gamma_start is None else o.gamma_start
+        if epoch < start:
+            return 0.0, 0.0, 0.0
+        frac = min(1.0, (epoch - start + 1) / max(self.config.epochs - start, 1))
+        return o.gamma_w * frac, o.gamma_alpha * frac, o.gamma_entropy * frac
+
+    def set_gammas(self, epoch: int) -> None:
+        self.model.gammas = self.guide.gammas = self.gammas_at(epoch)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.set_gammas(epoch)
+        self._nll = [0.0, 0]
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, size: int,
+              frozen: set[str]) -> tuple[torch.Tensor, int]:
+        """Eq. 8 per example: ``mean NLL + (g1 KL_w + g2 KL_alpha) / N + g3 sum H(E_q[z])``."""
+        o = self.options
+        self.guide.frozen = frozen
+        entropy = None
+        if self.model.gammas[2] > 0:
+            entropy = self.guide.op_entropy(o.entropy_samples, o.zero_alpha_max, self.model.zero_op)
+        loss = self.elbo.differentiable_loss(self.reparam(self.model), self.reparam(self.guide), x, y, index, size,
+                                             op_entropy=entropy)
+        logits = self.model.last_logits
+        return loss / size, int((logits.argmax(-1) == y).sum())
+
+    def weight_loss(self, x, y, index):
+        """Stage 1: theta_w and Psi on the weight half (theta_alpha enters detached)."""
+        loss, right = self._loss(x, y, index, len(self.weight_half), {"alpha"})
+        with torch.no_grad():
+            nll = F.cross_entropy(self.model.last_logits, y, label_smoothing=self.options.label_smoothing)
+        self._nll[0] += float(nll) * len(y)
+        self._nll[1] += len(y)
+        return loss, right
+
+    def architecture_loss(self, x, y, index):
+        """Stage 2: theta_alpha on the architecture half (theta_w enters detached)."""
+        return self._loss(x, y, index, len(self.arch_half), {"weights"})
+
+    @torch.no_grad()
+    def accuracy(self, split: Split, alphas: dict[str, torch.Tensor] | None = None) -> float:
+        """Accuracy of the posterior-mean super-network (weights with log lambda >= threshold pruned)."""
+        weights = self.guide.weight_means(self.options.prune_threshold)
+        alphas = self.guide.alpha_means() if alphas is None else alphas
+        was_training = self.model.training
+        self.model.eval()
+        correct = sum(int((self.model.predict(split.x[i:i + 512], weights, alphas).argmax(-1)
+                           == split.y[i:i + 512]).sum()) for i in range(0, len(split), 512))
+        self.model.train(was_training)
+        return correct / max(len(split), 1)
+
+    @torch.no_grad()
+    def kl_terms(self) -> tuple[float, float]:
+        """Unweighted ``sum KL_w`` and ``sum KL_alpha`` (nats) of the current guide."""
+        kl_w = sum(float(kl_normal_log_uniform_elementwise(self.guide.mu_w[k], self.guide.log_var_w[k]).sum())
+                   for k in self.guide.mu_w)
+        kl_a = sum(float(kl_normal_log_uniform_elementwise(self.guide.mu_alpha[k], self.guide.log_var_alpha[k])
+                         .sum()) for k in self.cell_types)
+        return kl_w, kl_a
+
+    @torch.no_grad()
+    def pruned_params(self) -> int:
+        """Super-network weights left after pruning at log lambda >= threshold, plus the point parameters."""
+        kept = sum(int((ll < self.options.prune_threshold).sum()) for ll in self.guide.log_lambdas().values())
+        return kept + sum(p.numel() for p in self.model.parameters())
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        o = self.options
+        row: dict[str, Any] = {}
+        if self.epoch >= o.warmup_epochs:  # Algorithm 1, lines 15-18
+            error = 1.0 - self.accuracy(self.arch_half)
+            self.guide.remember_best(error, self.epoch)
+            row["arch_error"] = error
+        kl_w, kl_a = self.kl_terms()
+        with torch.no_grad():
+            entropy = float(self.guide.op_entropy(64, o.zero_alpha_max, self.model.zero_op))
+        g_w, g_a, g_e = self.model.gammas
+        row.update({
+            "nll": self._nll[0] / max(self._nll[1], 1), "kl_w": kl_w, "kl_alpha": kl_a, "op_entropy": entropy,
+            "gamma_w": g_w, "gamma_alpha": g_a, "gamma_entropy": g_e,
+            "pruned_params": self.pruned_params(),
+            "best_arch_error": float(self.guide.best_error) if int(self.guide.best_epoch) >= 0 else None,
+        })
+        return row
+
+    # ------------------------------------------------------------------ selection
+    def derive(self) -> dict[str, list]:
+        """Genotype choices from the positive SNR: per state, the two incoming edges whose best non-zero op
+        has the highest SNR, with that op."""
+        snr = self.guide.snr()
+        return {k: derive_cell(snr[k].detach().cpu(), self.space.op_names, self.space.config.edges())
+                for k in self.cell_types}
+
+    def select(self, progress: bool = True) -> Selection:
+        o, c = self.options, self.config
+        restored = self.guide.restore_best()
+        choices = self.derive()
+        genotype = self.space.genotype(choices)
+        recipe = TrainRecipe(epochs=o.retrain_epochs, batch_size=o.retrain_batch_size, lr=o.retrain_lr,
+                             weight_decay=o.retrain_weight_decay, shift=c.shift, flip=c.flip)
+        net, val_acc, test_acc = retrain(self.space, genotype, self.data.train, self.data.val, self.data.test,
+                                         recipe, c.seed, progress)
+        supernet = count_params(self.space.supernet())
+        pruned = self.pruned_params()
+        extra = {
+            "supernet_params": supernet, "pruned_params": pruned, "pruned_fraction": 1 - pruned / supernet,
+            "prune_threshold": o.prune_threshold,
+            "cells": choices, "supernet_val_accuracy": self.accuracy(self.data.val),
+            "best_arch_error": float(self.guide.best_error) if restored else None,
+            "best_arch_epoch": int(self.guide.best_epoch) if restored else None,
+            "retrain_epochs": o.retrain_epochs,
+            "snr": {k: v.detach().cpu().tolist() for k, v in self.guide.snr().items()},
+        }
+        return Selection(genotype, net, val_acc, test_acc, extra)
+
+    @torch.no_grad()
+    def export(self, run_dir: Path) -> None:
+        """Draws of alpha and z = softmax(alpha) as ArviZ ``InferenceData`` (``posterior.nc``; dims cell, edge,
+        op), the SNR and q's parameters as constant data, and one SNR plot per cell type."""
+        o = self.options
+        draws = o.posterior_draws
+        alpha = np.stack([self.guide.alpha_distribution(k).sample((draws,)).cpu().numpy()
+                          for k in self.cell_types], 1)[None]
+        z = np.stack([self.model.op_weights({k: self.guide.alpha_distribution(k).sample((draws,))})[k].cpu().numpy()
+                      for k in self.cell_types], 1)[None]
+
+        def stacked(values: dict[str, torch.Tensor]) -> np.ndarray:
+            return np.stack([values[k].detach().cpu().numpy() for k in self.cell_types])
+
+        snr = stacked(self.guide.snr())
+        labels = edge_labels(self.space.config.edges())
+        diagnostics.save_posterior(
+            run_dir, {"alpha": alpha, "op_weight": z},
+            coords={"cell": self.cell_types, "edge": labels, "op": list(self.space.op_names)},
+            dims=["cell", "edge", "op"],
+            constant={"snr": snr, "mu_alpha": stacked(self.guide.alpha_means()),
+                      "sigma_alpha": stacked({k: torch.exp(0.5 * v) for k, v in self.guide.log_var_alpha.items()})},
+            attrs={"method": self.name, "seed": self.config.seed})
+        for i, kind in enumerate(self.cell_types):
+            diagnostics.plot_matrix(snr[i], labels, list(self.space.op_names),
+                                    f"positive SNR mu/sigma^2 of alpha ({kind} cell)", run_dir / f"snr_{kind}.png")

@@ -1,0 +1,158 @@
+"""VINNAS model (papers/vinnas.md Eq. 3-4 and 8): log-uniform priors on every weight of the DARTS cell
+super-network and on the op strengths alpha of each cell type; the super-network, mixing its ops by
+``z = softmax(alpha)``, as the likelihood under a subsampled data plate.
+
+Which weights are random (the paper: "every weight w"): every convolution kernel of the super-network (stem,
+the cells' preprocessing, every candidate op) and the classifier's weight matrix, one sample site per tensor.
+Point estimates (the paper's Psi): the classifier's bias. BatchNorm has neither affine parameters nor running
+statistics during the search (Sec. V-A), so it always normalises with the statistics of the batch.
+
+The objective's weights gamma_1..3 (Eq. 8) are set by the method each epoch. The KL terms are scaled on the
+sample sites (the guide applies the same handlers: ``TraceMeanField_ELBO`` takes the analytic KL's scale
+from the guide site); a weight of 0 leaves its term out (``poutine.mask(False)``) because
+``poutine.scale(0)`` raises. The entropy term enters as a ``pyro.factor``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from torch import nn
+
+from bayesnas import reparam
+from bayesnas.distributions import LogUniform
+from bayesnas.spaces.cell import CellNetwork
+from bayesnas.spaces.ops import SearchConv2d
+
+
+class SearchLinear(nn.Linear):
+    """``nn.Linear`` routed through :func:`bayesnas.reparam.linear` (so its weight can be a sample site)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reparam.linear(x, self.weight, self.bias)
+
+
+class SmoothedCategorical(dist.Categorical):
+    """Categorical likelihood with label smoothing (Mueller et al. 2019; VINNAS Sec. V-A):
+    ``log p(y) = (1 - eps) log softmax(logits)_y + eps * mean_k log softmax(logits)_k`` (unnormalised)."""
+
+    def __init__(self, logits: torch.Tensor, smoothing: float, validate_args: bool | None = None) -> None:
+        self.smoothing = float(smoothing)
+        super().__init__(logits=logits, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(SmoothedCategorical, _instance)
+        new.smoothing = self.smoothing
+        return super().expand(batch_shape, _instance=new)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return -F.cross_entropy(self.logits, value, reduction="none", label_smoothing=self.smoothing)
+
+
+def kl_weight(gamma: float) -> AbstractContextManager:
+    """The handler that weights a KL term by ``gamma``; ``gamma = 0`` leaves the term out."""
+    return poutine.scale(scale=gamma) if gamma > 0 else poutine.mask(mask=False)
+
+
+def strip_batchnorm(net: nn.Module) -> None:
+    """BatchNorm without running statistics: batch statistics in training and evaluation alike."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+
+
+def alpha_site(kind: str) -> str:
+    return f"alpha.{kind}"
+
+
+class VINNASModel(nn.Module):
+    """``p(alpha) p(w) prod_i p(y_i | x_i, w, softmax(alpha))`` with log-uniform ``p(alpha)`` and ``p(w)``.
+
+    ``initial_weights`` holds the Xavier-uniform initial means of the guide (paper, Sec. V-A), by site.
+    """
+
+    def __init__(self, net: CellNetwork, cell_types: Sequence[str], arch_shape: tuple[int, int],
+                 op_names: Sequence[str], label_smoothing: float = 0.1, zero_alpha_max: float | None = 0.0) -> None:
+        super().__init__()
+        strip_batchnorm(net)
+        old = net.classifier
+        net.classifier = SearchLinear(old.in_features, old.out_features)
+        with torch.no_grad():
+            net.classifier.bias.copy_(old.bias)
+        self.net = net
+        self.cell_types = list(cell_types)
+        self.arch_shape = tuple(arch_shape)
+        self.label_smoothing = float(label_smoothing)
+        self.zero_alpha_max = zero_alpha_max
+        self.register_buffer("zero_op", torch.tensor([name == "none" for name in op_names]))
+        self.gammas = (0.0, 0.0, 0.0)
+        """(gamma_1, gamma_2, gamma_3) of Eq. 8: weights of KL_w, KL_alpha and the op entropy."""
+        self.layers: dict[str, nn.Module] = {}
+        self.initial_weights: dict[str, torch.Tensor] = {}
+        for path, module in net.named_modules():
+            if isinstance(module, SearchConv2d | SearchLinear):
+                site = f"net.{path}.weight"
+                mu = torch.empty_like(module.weight)
+                nn.init.xavier_uniform_(mu)
+                del module.weight  # now a plain attribute, set to a sample in every forward
+                module.weight = mu.clone()
+                self.layers[site] = module
+                self.initial_weights[site] = mu
+        self._weight_priors = {site: LogUniform(m.weight.shape) for site, m in self.layers.items()}
+        self._alpha_prior = LogUniform(self.arch_shape)
+        self.last_logits: torch.Tensor | None = None
+
+    @property
+    def weight_sites(self) -> list[str]:
+        return list(self.layers)
+
+    def op_weights(self, alphas: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``z = softmax(alpha)`` per edge (Eq. 3). The zero op's strength is clipped at ``zero_alpha_max``
+        (Sec. V-A: "we clip the strength of the zero operation to avoid scaling problems")."""
+        out = {}
+        for kind, alpha in alphas.items():
+            if self.zero_alpha_max is not None:
+                alpha = torch.where(self.zero_op, alpha.clamp(max=self.zero_alpha_max), alpha)
+            out[kind] = torch.softmax(alpha, -1)
+        return out
+
+    def set_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        for site, w in weights.items():
+            self.layers[site].__dict__["weight"] = w
+
+    def predict(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor],
+                alphas: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the super-network with fixed weights and strengths, outside Pyro."""
+        self.set_weights(weights)
+        return self.net(x, self.op_weights(alphas))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, index: torch.Tensor | None = None,
+                size: int | None = None, op_entropy: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: a mini-batch of a split of size ``size``, ``index``: its positions; ``op_entropy``:
+        ``sum_{i,j} H(E_q[z^{i,j}])``, computed by the guide from its parameters (the model has none)."""
+        g_w, g_alpha, g_entropy = self.gammas
+        with kl_weight(g_w):
+            for site, module in self.layers.items():
+                # a plain attribute since __init__ (not a Parameter): set it without nn.Module's __setattr__
+                module.__dict__["weight"] = pyro.sample(site, self._weight_priors[site])
+        with kl_weight(g_alpha):
+            alphas = {kind: pyro.sample(alpha_site(kind), self._alpha_prior) for kind in self.cell_types}
+        size = size or len(x)
+        if g_entropy > 0 and op_entropy is not None:
+            # per-example units like the mean NLL: the ELBO is a sum over the split, hence the factor size
+            with poutine.scale(scale=g_entropy * size):
+                pyro.factor("op_entropy", -op_entropy)
+        if index is None:
+            index = torch.arange(len(x), device=x.device)
+        with pyro.plate("data", size, subsample=index):
+            logits = self.net(x, self.op_weights(alphas))
+            pyro.sample("y", SmoothedCategorical(logits, self.label_smoothing), obs=y)
+        self.last_logits = logits
+        return logits

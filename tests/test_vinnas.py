@@ -1,0 +1,281 @@
+"""VINNAS: model/guide sites, Eq. 8 terms and gammas, Algorithm 1's stages, SNR selection, pruning, run folder."""
+
+import json
+
+import pytest
+import torch
+from pyro import poutine
+
+import bayesnas.distributions as bd
+from bayesnas.config import ConfigError, preset
+from bayesnas.data import load_dataset
+from bayesnas.distributions import LocalNormal, LogUniform
+from bayesnas.infer import run_search
+from bayesnas.methods import get_method
+from bayesnas.spaces import GenotypeError, get_space, load_genotype
+from bayesnas.spaces.ops import SearchConv2d
+
+TINY = {
+    "epochs": 2, "batch_size": 64, "data_fraction": 0.4,
+    "space": {"channels": 4, "layout": "RN", "states": 2, "eval_channels": 4},
+    "options": {"warmup_epochs": 1, "retrain_epochs": 1, "posterior_draws": 8, "entropy_samples": 4},
+}
+
+
+@pytest.fixture
+def config():
+    return preset("vinnas-digits").merged(TINY)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("digits", seed=0, fraction=0.4)
+
+
+@pytest.fixture
+def method(config, data):
+    torch.manual_seed(0)
+    return get_method("vinnas")(config, data, torch.device("cpu"))
+
+
+def _batch(method, n=16):
+    split = method.weight_half
+    return split.x[:n], split.y[:n], torch.arange(n)
+
+
+def test_every_weight_and_both_strengths_are_sites(method):
+    x, y, index = _batch(method)
+    method.set_gammas(method.config.epochs - 1)
+    guide_trace = poutine.trace(method.guide).get_trace()
+    model_trace = poutine.trace(poutine.replay(method.model, guide_trace)).get_trace(x, y, index, 100)
+    convs = [n for n, m in method.model.net.named_modules() if isinstance(m, SearchConv2d)]
+    weights = [n for n in guide_trace.stochastic_nodes if n.startswith("net.")]
+    assert len(weights) == len(convs) + 1  # every convolution (stem, preprocessing, ops) and the classifier
+    assert "net.classifier.weight" in weights and "net.stem.0.weight" in weights
+    E, K = method.space.arch_shape()
+    for kind in ("normal", "reduce"):
+        site = model_trace.nodes[f"alpha.{kind}"]
+        assert site["value"].shape == (E, K) and isinstance(site["fn"], LogUniform)
+        assert isinstance(guide_trace.nodes[f"alpha.{kind}"]["fn"], LocalNormal)
+    for name in weights:
+        assert model_trace.nodes[name]["cond_indep_stack"] == ()  # global
+        assert model_trace.nodes[name]["value"].shape == model_trace.nodes[name]["fn"].event_shape
+    obs = model_trace.nodes["y"]
+    assert obs["is_observed"] and obs["cond_indep_stack"][0].full_size == 100
+    # BatchNorm: no affine parameters, no running statistics; the only point parameter is the classifier bias
+    bns = [m for m in method.model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.affine and m.running_mean is None for m in bns)
+    assert [n for n, _ in method.model.named_parameters()] == ["net.classifier.bias"]
+
+
+def test_guide_initialisation(method):
+    g = method.guide
+    assert all(float(v.detach().max()) == -10.0 == float(v.detach().min())
+               for v in [*g.log_var_w.values(), *g.log_var_alpha.values()])
+    mu = torch.cat([m.flatten() for m in g.mu_alpha.values()])
+    assert 0.0003 < float(mu.detach().std()) < 0.003  # N(0, 0.001), 0.001 read as the standard deviation
+    w = g.mu_w["net/classifier/weight"]
+    bound = (6 / sum(w.shape)) ** 0.5  # Xavier uniform
+    assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.5 * bound
+
+
+def test_loss_is_eq8_with_each_term_weighted_by_its_gamma(method, monkeypatch):
+    x, y, index = _batch(method)
+    n = len(method.weight_half)
+    kl_w, kl_a = method.kl_terms()
+
+    def loss(gammas, seed=0):
+        method.model.gammas = method.guide.gammas = gammas
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return method.weight_loss(x, y, index)[0].item()
+
+    base = loss((0.0, 0.0, 0.1))
+    assert loss((0.5, 0.25, 0.1)) - base == pytest.approx((0.5 * kl_w + 0.25 * kl_a) / n, rel=1e-4)
+    torch.manual_seed(0)
+    entropy = float(method.guide.op_entropy(method.options.entropy_samples, 0.0, method.model.zero_op))
+    assert loss((0.0, 0.0, 0.3)) - base == pytest.approx(0.2 * entropy, rel=1e-4)
+    assert 0 < entropy <= 2 * 5 * torch.log(torch.tensor(10.0)).item() + 1e-4  # 2 cells x 5 edges x log K
+    # the KLs come from the registered closed form, one call per site, never from Monte Carlo
+    calls = []
+    original = bd.kl_normal_log_uniform_elementwise
+    monkeypatch.setattr(bd, "kl_normal_log_uniform_elementwise", lambda *a: calls.append(1) or original(*a))
+    loss((1.0, 1.0, 0.0))
+    assert len(calls) == len(method.model.weight_sites) + 2
+
+
+def test_gammas_rise_linearly_after_the_warm_up(config, data):
+    cfg = config.merged({"epochs": 10, "options": {"warmup_epochs": 4, "gamma_w": 1.0, "gamma_alpha": 0.5,
+                                                    "gamma_entropy": 0.2}})
+    m = get_method("vinnas")(cfg, data, torch.device("cpu"))
+    gammas = [m.gammas_at(e) for e in range(10)]
+    assert gammas[:4] == [(0.0, 0.0, 0.0)] * 4
+    assert gammas[-1] == pytest.approx((1.0, 0.5, 0.2))
+    steps = [b[0] - a[0] for a, b in zip(gammas[3:], gammas[4:], strict=False)]
+    assert steps == pytest.approx([1 / 6] * 6)
+    late = config.merged({"epochs": 10, "options": {"warmup_epochs": 2, "gamma_start": 6}})
+    assert get_method("vinnas")(late, data, torch.device("cpu")).gammas_at(5) == (0.0, 0.0, 0.0)
+
+
+def test_two_stages_train_disjoint_parameters(method):
+    weights, arch = method.phases()
+    assert (weights.split, arch.split) == ("weights", "architecture")
+    assert (weights.optimizer, arch.optimizer) == ("adam", "adam")
+    assert (weights.schedule, arch.schedule) == ("cosine", "constant")
+    assert (weights.start_epoch, arch.start_epoch) == (0, method.options.warmup_epochs)
+    w_ids = {id(p) for g in weights.param_groups for p in g["params"]}
+    a_ids = {id(p) for g in arch.param_groups for p in g["params"]}
+    assert not w_ids & a_ids and a_ids == {id(p) for p in method.guide.alpha_parameters()}
+    method.set_gammas(method.config.epochs - 1)
+    x, y, index = _batch(method)
+    loss, right = weights.loss(x, y, index)
+    loss.backward()
+    assert all(p.grad is None for p in method.guide.alpha_parameters())  # stage 1: alpha detached
+    assert all(p.grad is not None for p in method.guide.weight_parameters())
+    method.guide.zero_grad(set_to_none=True)
+    arch.loss(x, y, index)[0].backward()
+    assert all(p.grad is None for p in method.guide.weight_parameters())  # stage 2: weights detached
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.guide.alpha_parameters())
+
+
+def test_best_alpha_is_kept_and_restored(method):
+    g = method.guide
+    assert not g.restore_best()  # stage 2 never ran
+    assert g.remember_best(0.5, 3)
+    best = {k: v.detach().clone() for k, v in g.mu_alpha.items()}
+    with torch.no_grad():
+        for v in g.mu_alpha.values():
+            v.add_(1.0)
+    assert not g.remember_best(0.6, 4)  # worse: not kept
+    assert g.restore_best()
+    for k, v in g.mu_alpha.items():
+        torch.testing.assert_close(v.detach(), best[k])
+    assert int(g.best_epoch) == 3
+
+
+def test_selection_ranks_ops_by_positive_snr_not_by_mean(method):
+    g = method.guide
+    ops = list(method.space.op_names)
+    with torch.no_grad():
+        for kind in ("normal", "reduce"):
+            g.mu_alpha[kind].fill_(0.0)
+            g.log_var_alpha[kind].fill_(0.0)
+            # edge 0 (state 0 <- c-2): a large mean with a large variance loses to a small, certain one
+            g.mu_alpha[kind][0, ops.index("sep_conv_3x3")] = 5.0
+            g.log_var_alpha[kind][0, ops.index("sep_conv_3x3")] = 4.0  # SNR 5 / e^4 ~ 0.09
+            g.mu_alpha[kind][0, ops.index("dil_conv_5x5")] = 0.5
+            g.log_var_alpha[kind][0, ops.index("dil_conv_5x5")] = -4.0  # SNR 0.5 e^4 ~ 27
+            g.mu_alpha[kind][1, ops.index("max_pool_3x3")] = 0.2
+            g.log_var_alpha[kind][1, ops.index("max_pool_3x3")] = -2.0
+            g.mu_alpha[kind][3, ops.index("none")] = 100.0  # the zero op is never chosen
+            g.mu_alpha[kind][4, ops.index("skip_connect")] = 1.0
+            g.mu_alpha[kind][3, ops.index("conv_7x1_1x7")] = 0.5
+    cells = method.derive()
+    for kind in ("normal", "reduce"):
+        assert cells[kind][0] == [["dil_conv_5x5", 0], ["max_pool_3x3", 1]]
+        assert cells[kind][1] == [["conv_7x1_1x7", 1], ["skip_connect", 2]]
+    method.space.genotype(cells)  # a valid genotype of the space
+
+
+def test_pruned_params_count_weights_below_the_threshold(method):
+    total = method.pruned_params()
+    everything = sum(p.numel() for p in method.guide.mu_w.values()) + method.model.net.classifier.bias.numel()
+    assert 0.98 * everything < total <= everything  # at log sigma^2 = -10 only means below ~0.0015 are pruned
+    g = method.guide
+    stem = g.mu_w["net/stem/0/weight"]
+    kept_in_stem = int((g.log_lambdas()["net.stem.0.weight"] < 3).sum())
+    with torch.no_grad():
+        g.log_var_w["net/stem/0/weight"].fill_(10.0)  # sigma^2 >> mu^2: log lambda >= 3
+    assert method.pruned_params() == total - kept_in_stem and kept_in_stem > 0.9 * stem.numel()
+    means = g.weight_means(prune_threshold=3.0)
+    assert float(means["net.stem.0.weight"].abs().sum()) == 0.0
+
+
+def test_bad_options_and_spaces_fail_with_one_line(config, data):
+    cpu = torch.device("cpu")
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        get_method("vinnas")(config.merged({"options": {"warmup_epochs": 5}}), data, cpu)
+    with pytest.raises(ConfigError, match="unknown option"):
+        get_method("vinnas")(config.merged({"options": {"gamma": 1.0}}), data, cpu)
+    with pytest.raises(ConfigError, match="gammas must be >= 0"):
+        get_method("vinnas")(config.merged({"options": {"gamma_w": -1.0}}), data, cpu)
+    with pytest.raises(ConfigError, match="unknown operation"):
+        get_method("vinnas")(config.merged({"space": {"ops": "sep_conv_3x3,warp_9x9"}}), data, cpu)
+    with pytest.raises(ConfigError, match="layout"):
+        get_method("vinnas")(config.merged({"space": {"layout": "NXR"}}), data, cpu)
+
+
+def _genotype_file(tmp_path, choices, config=None):
+    space = get_space("cells", config or {"ops": "vinnas", "layout": "RN", "states": 2, "channels": 4})
+    path = tmp_path / "genotype.json"
+    path.write_text(json.dumps({"space": "cells", "config": space.config.to_dict(), "choices": choices}))
+    return path
+
+
+GOOD = [[["sep_conv_3x3", 0], ["skip_connect", 1]], [["dil_conv_3x3", 1], ["max_pool_3x3", 2]]]
+
+
+def test_bad_genotypes_fail_with_a_clear_error(tmp_path):
+    load_genotype(_genotype_file(tmp_path, {"normal": GOOD, "reduce": GOOD}))  # fits
+    bad_op = [[["sep_conv_3x3", 0], ["warp_conv_9x9", 1]], GOOD[1]]
+    with pytest.raises(GenotypeError, match="unknown operation 'warp_conv_9x9'"):
+        load_genotype(_genotype_file(tmp_path, {"normal": bad_op, "reduce": GOOD}))
+    with pytest.raises(GenotypeError, match="expected 2 states"):
+        load_genotype(_genotype_file(tmp_path, {"normal": GOOD + GOOD[:1], "reduce": GOOD}))
+    with pytest.raises(GenotypeError, match=r"input must be an integer in \[0, 2\)"):
+        load_genotype(_genotype_file(tmp_path, {"normal": [[["skip_connect", 2], ["skip_connect", 0]], GOOD[1]],
+                                                "reduce": GOOD}))
+    with pytest.raises(GenotypeError, match="cell type"):
+        load_genotype(_genotype_file(tmp_path, {"normal": GOOD}))
+    with pytest.raises(GenotypeError, match="two"):
+        load_genotype(_genotype_file(tmp_path, {"normal": [[["skip_connect", 0]], GOOD[1]], "reduce": GOOD}))
+
+
+def test_best_alpha_travels_with_the_checkpoint(config, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(event):
+        if event.epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_search(config.merged({"epochs": 3}), tmp_path / "run", progress=False, on_step=stop)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["modules"]["guide"]
+    assert int(state["best_epoch"]) == 1 and 0 <= float(state["best_error"]) <= 1
+    assert state["best_mu_alpha_normal"].shape == state["mu_alpha.normal"].shape
+
+
+@pytest.mark.parametrize("name,kinds,cells", [("vinnas-mnist", ["reduce"], 1),
+                                              ("vinnas-fashion", ["normal", "reduce"], 4),
+                                              ("vinnas-cifar10", ["normal", "reduce"], 20)])
+def test_paper_presets_build_their_spaces(name, kinds, cells):
+    from bayesnas.data import DataBundle, Split
+
+    config = preset(name)
+    channels, size = config.space["in_channels"], 32 if name == "vinnas-cifar10" else 28
+    split = Split(torch.zeros(8, channels, size, size), torch.arange(8) % 10)
+    data = DataBundle(config.dataset, split, split, split, 10, channels, size, "synthetic")
+    m = get_method("vinnas")(config.merged({"epochs": config.epochs}), data, torch.device("cpu"))
+    assert m.cell_types == kinds and len(m.space.op_names) == 10
+    assert m.space.config.states == {"vinnas-mnist": 2, "vinnas-fashion": 3, "vinnas-cifar10": 4}[name]
+    net = m.space.build(m.space.genotype(m.derive()))
+    assert len(net.cells) == cells
+    assert net(torch.zeros(2, channels, size, size)).shape == (2, 10)
+
+
+def test_overhead_benchmark_runs_for_vinnas(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "svi_overhead.py"
+    spec = importlib.util.spec_from_file_location("svi_overhead", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for stage in ("weights", "architecture"):
+        ratio = bench.main(["--method", "vinnas", "--stage", stage, "--steps", "1", "--warmup", "0", "--threads", "1",
+                            "--num-train", "400", "--space", '{"in_channels": 1, "channels": 4, "layout": "RN", '
+                            '"states": 1}'])
+        assert ratio > 0
+    out = capsys.readouterr().out
+    assert "registered KL_w + KL_alpha" in out and "ratio=" in out
