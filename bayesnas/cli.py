@@ -133,6 +133,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(_describe(genotype))
     print(f"validation accuracy {summary['val_accuracy']:.4f}   test accuracy {summary['test_accuracy']:.4f}")
     print(f"parameters {summary['params']:,} (super-network {summary['supernet_params']:,})")
+    if "pruned_params" in summary:
+        print(f"super-network weights left after pruning at log lambda >= {summary['prune_threshold']:g}: "
+              f"{summary['pruned_params']:,} "
+              f"({1 - summary['pruned_fraction']:.1%})")
     if "baseline_test_accuracy" in summary:
         print(f"random baseline (fixed drop rate {summary['baseline_drop_rate']}): "
               f"test accuracy {summary['baseline_test_accuracy']:.4f}, parameters {summary['baseline_params']:,}")
@@ -186,7 +190,18 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         diagnostics.plot_matrix(rates.values, [str(v) for v in rates.coords["layer"].values],
                                 [str(v) for v in rates.coords["branch"].values],
                                 f"drop rate p, mean over {len(args.runs)} run(s)", out / "diagnose_drop_rates.png")
-    diagnostics.plot_forest(idata, "keep_fraction", out / "diagnose_forest.png")
+    if "constant_data" in idata.groups() and "snr" in idata.constant_data:  # VINNAS
+        snr = idata.constant_data["snr"].mean("run")
+        for cell in snr.coords["cell"].values:
+            table = snr.sel(cell=cell).to_pandas()
+            print(f"\npositive SNR mu/sigma^2 of alpha, {cell} cell (mean over {len(args.runs)} run(s)):")
+            with pd.option_context("display.width", 200, "display.max_columns", 20):
+                print(table.round(2).to_string())
+            diagnostics.plot_matrix(table.values, [str(e) for e in table.index], [str(o) for o in table.columns],
+                                    f"positive SNR of alpha ({cell} cell)", out / f"diagnose_snr_{cell}.png")
+    forest = next((v for v in ("keep_fraction", "op_weight") if v in idata.posterior), None)
+    if forest is not None:
+        diagnostics.plot_forest(idata, forest, out / "diagnose_forest.png")
     for run in args.runs:
         diagnostics.plot_training(Path(run))
     print(f"plots written to {out}")

@@ -7,10 +7,13 @@ import torch
 from pyro import poutine
 
 import bayesnas.distributions as bd
+from bayesnas.cli import main
 from bayesnas.config import ConfigError, preset
 from bayesnas.data import load_dataset
+from bayesnas.diagnostics import POSTERIOR_FILE
 from bayesnas.distributions import LocalNormal, LogUniform
 from bayesnas.infer import run_search
+from bayesnas.io import read_jsonl
 from bayesnas.methods import get_method
 from bayesnas.spaces import GenotypeError, get_space, load_genotype
 from bayesnas.spaces.ops import SearchConv2d
@@ -229,6 +232,39 @@ def test_bad_genotypes_fail_with_a_clear_error(tmp_path):
         load_genotype(_genotype_file(tmp_path, {"normal": GOOD}))
     with pytest.raises(GenotypeError, match="two"):
         load_genotype(_genotype_file(tmp_path, {"normal": [[["skip_connect", 0]], GOOD[1]], "reduce": GOOD}))
+
+
+def test_search_writes_run_folder_and_diagnoses(config, tmp_path, capsys):
+    run = tmp_path / "run"
+    run_search(config, run, progress=False)
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("test_accuracy", "params", "pruned_params", "supernet_params", "cells", "best_arch_error"):
+        assert key in summary, key
+    assert summary["pruned_params"] <= summary["supernet_params"]
+    assert summary["best_arch_epoch"] == 1  # stage 2 ran only in the last epoch
+    assert set(summary["cells"]) == {"normal", "reduce"}
+    rows = read_jsonl(run / "metrics.jsonl")
+    for key in ("nll", "kl_w", "kl_alpha", "op_entropy", "gamma_w", "gamma_alpha", "gamma_entropy",
+                "pruned_params"):
+        assert all(key in r for r in rows), key
+    assert rows[0]["gamma_w"] == 0.0 and rows[1]["gamma_w"] > 0 and rows[0]["architecture_loss"] is None
+    for name in ("genotype.json", POSTERIOR_FILE, "snr_normal.png", "snr_reduce.png", "training.png"):
+        assert (run / name).exists(), name
+    genotype = load_genotype(run / "genotype.json")
+    assert genotype.choices == summary["cells"]
+
+    import arviz as az
+
+    idata = az.from_netcdf(str(run / POSTERIOR_FILE))
+    assert idata.posterior["alpha"].dims == ("chain", "draw", "cell", "edge", "op")
+    assert idata.posterior["op_weight"].sum("op").values == pytest.approx(1.0, abs=1e-5)
+    assert idata.constant_data["snr"].dims == ("cell", "edge", "op")
+    assert list(idata.posterior.coords["edge"].values)[:2] == ["s0<-c-2", "s0<-c-1"]
+
+    assert main(["diagnose", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "positive SNR" in out and "op_weight[" in out and "sep_conv_3x3" in out
+    assert (run / "diagnose_snr_normal.png").exists() and (run / "diagnose_forest.png").exists()
 
 
 def test_best_alpha_travels_with_the_checkpoint(config, tmp_path):
