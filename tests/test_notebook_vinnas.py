@@ -33,6 +33,9 @@ def test_notebook_executes(tmp_path, monkeypatch):
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
     monkeypatch.setenv("BAYESNAS_NOTEBOOK_EPOCHS", "2")
     monkeypatch.setenv("BAYESNAS_NOTEBOOK_RETRAIN_EPOCHS", "1")
+    # one intra-op thread in the kernel: on a small shared machine, torch's default of one thread per core makes
+    # these tiny convolutions many times slower whenever another process competes for a core
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     km = KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
     client = NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError on the first failing cell

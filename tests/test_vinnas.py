@@ -77,7 +77,7 @@ def test_guide_initialisation(method):
                for v in [*g.log_var_w.values(), *g.log_var_alpha.values()])
     mu = torch.cat([m.flatten() for m in g.mu_alpha.values()])
     assert 0.0003 < float(mu.detach().std()) < 0.003  # N(0, 0.001), 0.001 read as the standard deviation
-    w = g.mu_w["net/classifier/weight"]
+    w = g.mu_w["net/classifier/weight"].detach()
     bound = (6 / sum(w.shape)) ** 0.5  # Xavier uniform
     assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.5 * bound
 
