@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--out", help="run folder (default: runs/<preset>-seed<seed>-<time>)")
     search.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint")
+    search.add_argument("--latency-ms", type=float,
+                        help="PC-NAS: hard latency limit in ms on this device (sets --option latency_ms)")
     _add_common(search)
 
     train = sub.add_parser("train", formatter_class=_Formatter, help="train a genotype from scratch",
@@ -82,6 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
                                           "plots into the first folder (or --out).")
     diagnose.add_argument("runs", nargs="+", help="run folders")
     diagnose.add_argument("--out", help="folder for the plots (default: the first run folder)")
+    rank = sub.add_parser(
+        "rank", formatter_class=_Formatter, help="ranking correlation of one-shot and PC-NAS super-networks",
+        description="Train a uniform one-shot and a PC-NAS super-network on the same data and budget (into "
+                    "OUT/oneshot and OUT/pcnas), sample N architectures, train each alone, and print Kendall tau "
+                    "and Pearson r between super-network and stand-alone accuracy for both (OUT/rank.json).")
+    rank.add_argument("--preset", default="pcnas-digits", help="pcnas preset of both super-networks")
+    rank.add_argument("--config", help="JSON file of options applied over the preset")
+    rank.add_argument("--epochs", type=int, help="super-network epochs (default: the preset's)")
+    rank.add_argument("--batch-size", type=int, help="mini-batch size (default: the preset's)")
+    rank.add_argument("--lr", type=float, help="SGD learning rate (default: the preset's)")
+    rank.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a pcnas option")
+    rank.add_argument("--latency-ms", type=float, help="latency limit in ms of the sampled architectures")
+    rank.add_argument("-n", "--num-archs", type=int, default=12, help="architectures to rank")
+    rank.add_argument("--train-epochs", type=int, default=10, help="stand-alone training epochs of each")
+    rank.add_argument("--population", choices=("pool", "uniform"), default="pool",
+                      help="sample from the final pool's candidates (as the paper) or the whole space")
+    rank.add_argument("--out", help="output folder (default: runs/rank-<dataset>-seed<seed>-<time>)")
+    rank.set_defaults(method=None, dataset=None)
+    _add_common(rank)
     return parser
 
 
@@ -106,11 +127,17 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
             overrides[key] = getattr(args, key)
     if args.option:
         overrides["options"] = dict(_parse_option(o) for o in args.option)
+    if getattr(args, "latency_ms", None) is not None:
+        overrides["options"] = {**overrides.get("options", {}), "latency_ms": args.latency_ms}
     return config.merged(overrides)
 
 
 def _describe(genotype: Any) -> str:
     lines = []
+    if genotype.space == "chain":  # PC-NAS: one op per mixop
+        from bayesnas.spaces import get_space
+
+        return get_space("chain", genotype.config).describe(genotype)
     for layer, branches in genotype.choices.items():
         cells = [f"{b}:{len(idx):>3}" for b, idx in branches.items()]
         lines.append(f"  {layer:<8} kept input channels  " + "  ".join(cells))
@@ -140,6 +167,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     if "baseline_test_accuracy" in summary:
         print(f"random baseline (fixed drop rate {summary['baseline_drop_rate']}): "
               f"test accuracy {summary['baseline_test_accuracy']:.4f}, parameters {summary['baseline_params']:,}")
+    if "latency_ms" in summary:  # PC-NAS
+        limit = summary.get("latency_limit_ms")
+        print(f"latency {summary['latency_ms']:.3f} ms (limit: {f'{limit:g} ms' if limit else 'none'}; measured on "
+              f"{summary['latency_device']} at batch {summary['latency_batch_size']}), "
+              f"{summary['flops'] / 1e6:.2f} M multiply-adds")
+        print("partial-model pool potentials per interval (Eq. 11, mean one-batch validation accuracy):")
+        for interval in summary.get("potentials", []):
+            over = f", {interval['infeasible']} over the limit" if interval["infeasible"] else ""
+            print(f"  interval {interval['interval']} (mixop {interval['mixop']}, {interval['candidates']} "
+                  f"candidates{over}): " + "  ".join(f"{p:.3f}" for p in interval["potentials"]))
     print(f"run folder: {out}  (summary.json, genotype.json, posterior.nc, training.png, "
           f"{', '.join(p.name for p in sorted(out.glob('*.png')) if p.name != 'training.png')})")
     return 0
@@ -208,7 +245,30 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "train": cmd_train, "diagnose": cmd_diagnose}
+def cmd_rank(args: argparse.Namespace) -> int:
+    from bayesnas.rank import run_rank
+
+    config = search_config(args)
+    out = Path(args.out or f"runs/rank-{config.dataset}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = run_rank(config, out, num_archs=args.num_archs, train_epochs=args.train_epochs,
+                      population=args.population, device=args.device, data_dir=args.data_dir,
+                      download=args.download, progress=not args.no_progress)
+    print(f"ranking correlation between super-network accuracy (validation) and stand-alone accuracy (test, "
+          f"{args.train_epochs} epochs) of {result['num_architectures']} architectures ({args.population}):")
+
+    def fmt(v: float | None) -> str:
+        return "undefined" if v is None else f"{v:+.3f}"
+
+    for name, label in (("oneshot", "one-shot (uniform)"), ("pcnas", "PC-NAS (pool)")):
+        r = result[name]
+        print(f"  {label:<20} Kendall tau {fmt(r['kendall_tau'])}   Pearson r {fmt(r['pearson_r'])}")
+    print(f"paper (ImageNet): Pearson {result['paper_pearson']['oneshot']} (one-shot) vs "
+          f"{result['paper_pearson']['pcnas']} (PC-NAS)")
+    print(f"written: {out / 'rank.json'}")
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "train": cmd_train, "diagnose": cmd_diagnose, "rank": cmd_rank}
 
 
 def main(argv: list[str] | None = None) -> int:

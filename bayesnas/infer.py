@@ -154,6 +154,7 @@ def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch
                         fraction=config.data_fraction).to(device)
     pyro.set_rng_seed(config.seed)
     method = method_cls(config, data, device)  # validates options and space before anything is written
+    method.prepare(run_dir, resume)
     prepare_run_dir(run_dir, config, resume)
     modules = method.modules()
     phases = method.phases()

@@ -135,6 +135,11 @@ class SearchMethod(ABC):
     def phases(self) -> list[Phase]:
         """The updates of one search step, in order (the first one's split sets the steps per epoch)."""
 
+    def prepare(self, run_dir: Path, resume: bool) -> None:  # noqa: B027 - optional hook
+        """Called once before the run folder is written (so a failure here leaves no trace): load caches a
+        resumed or pre-seeded run folder holds (PC-NAS's latency table) and fail early on settings that cannot
+        work. Write into ``run_dir`` only from later hooks."""
+
     def begin_epoch(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called before each epoch (temperature and KL-weight schedules)."""
 
@@ -170,6 +175,9 @@ def get_method(name: str) -> type[SearchMethod]:
 
 
 from bayesnas.methods import pgnas  # noqa: E402,F401  (registers the method)
+
+# isort: split
+from bayesnas.methods import pcnas  # noqa: E402,F401  (registers PC-NAS)
 
 # isort: split
 from bayesnas.methods import vinnas  # noqa: E402,F401  (registers VINNAS)

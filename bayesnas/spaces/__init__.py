@@ -7,9 +7,10 @@ from typing import Any
 
 from bayesnas.spaces.branches import BranchSpace
 from bayesnas.spaces.cell import CellSpace
+from bayesnas.spaces.chain import ChainSpace
 from bayesnas.spaces.genotype import Genotype, GenotypeError, load_genotype
 
-SPACES = {"branches": BranchSpace, "cells": CellSpace}
+SPACES = {"branches": BranchSpace, "cells": CellSpace, "chain": ChainSpace}
 
 
 class UnknownSpaceError(ValueError):
@@ -26,5 +27,5 @@ def get_space(name: str, config: Mapping[str, Any] | None = None) -> Any:
         raise GenotypeError(f"space {name!r}: invalid configuration ({err})") from None
 
 
-__all__ = ["SPACES", "BranchSpace", "CellSpace", "Genotype", "GenotypeError", "UnknownSpaceError", "get_space",
-           "load_genotype"]
+__all__ = ["SPACES", "BranchSpace", "CellSpace", "ChainSpace", "Genotype", "GenotypeError", "UnknownSpaceError",
+           "get_space", "load_genotype"]

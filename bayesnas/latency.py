@@ -1,0 +1,184 @@
+"""Latency lookup table of the chain space, measured on the current device, and a FLOPs proxy.
+
+PC-NAS (papers/pcnas.md Sec. 3.3, 4.1) imposes a hard latency limit measured on the target GPU at batch 16.
+As in ProxylessNAS and FBNet, the latency of an architecture is the sum of a per-(layer, op) lookup table
+plus the fixed parts (stem, first block, head, classifier): each entry is the median of a few timed forward
+passes of that module alone, at its input shape, after warm-up runs, with CUDA synchronised around each
+timing. The table is cached as ``latency.json`` (in the run folder) and reused whenever the device, batch size
+and space configuration match, so a resumed search or a second one sees the same numbers and measures nothing.
+The multiply-accumulate count of every entry (the FLOPs proxy) is stored beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bayesnas.io import write_json
+from bayesnas.spaces.chain import ChainNet, ChainSpace, layout
+
+LATENCY_FILE = "latency.json"
+TABLE_FORMAT = 1
+
+
+def count_macs(module: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one example through ``module`` (Conv2d and Linear layers; the FLOPs proxy)."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inputs: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += out[0].numel() * kh * kw * m.in_channels // m.groups
+
+    def linear_hook(m: nn.Linear, _inputs: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += m.in_features * m.out_features
+
+    hooks = []
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    param = next(module.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        module.train(was_training)
+    return int(total)
+
+
+def time_module(module: nn.Module, x: torch.Tensor, runs: int = 7, warmup: int = 2) -> float:
+    """Median wall time in milliseconds of ``module(x)`` (no grad, eval mode, CUDA synchronised)."""
+    cuda = x.device.type == "cuda"
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + runs):
+            if cuda:
+                torch.cuda.synchronize(x.device)
+            tic = time.perf_counter()
+            module(x)
+            if cuda:
+                torch.cuda.synchronize(x.device)
+            if i >= warmup:
+                times.append((time.perf_counter() - tic) * 1e3)
+    return float(statistics.median(times))
+
+
+@dataclass
+class LatencyTable:
+    """``ms[l][op]`` and ``macs[l][op]`` per mixop and op name, plus the fixed parts' ``fixed_ms``/``fixed_macs``."""
+
+    device: str
+    batch_size: int
+    space: dict[str, Any]
+    fixed_ms: float
+    fixed_macs: int
+    ms: list[dict[str, float]]
+    macs: list[dict[str, int]]
+    format: int = TABLE_FORMAT
+
+    def latency(self, ops: Sequence[str]) -> float:
+        """Latency in ms of one architecture (one op name per mixop): fixed parts plus the table's entries."""
+        return self.fixed_ms + sum(self.ms[i][op] for i, op in enumerate(ops))
+
+    def flops(self, ops: Sequence[str]) -> int:
+        return self.fixed_macs + sum(self.macs[i][op] for i, op in enumerate(ops))
+
+    def costs(self, space: ChainSpace) -> list[list[float]]:
+        """Per-layer latency of each op in the order of the layer's op list (what the proposals index)."""
+        return [[self.ms[i][op] for op in layer.ops] for i, layer in enumerate(space.layers())]
+
+    def fastest(self) -> float:
+        return self.fixed_ms + sum(min(row.values()) for row in self.ms)
+
+    def matches(self, space: ChainSpace, device: torch.device, batch_size: int) -> bool:
+        return (self.format == TABLE_FORMAT and self.device == device_name(device) and self.batch_size == batch_size
+                and self.space == space.config.to_dict())
+
+    def matches_file(self, path: str | Path) -> bool:
+        """Whether ``path`` holds this very table."""
+        return _read(path) == self
+
+    def save(self, path: str | Path) -> None:
+        write_json(Path(path), asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def device_name(device: torch.device) -> str:
+    """The device kind a table was measured on (the GPU's name on CUDA)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"{device.type}:{torch.get_num_threads()} threads"
+
+
+def measure(space: ChainSpace, device: torch.device, batch_size: int = 16, runs: int = 7,
+            warmup: int = 2) -> LatencyTable:
+    """Time every (layer, op) of ``space`` and its fixed parts on ``device`` at ``batch_size``."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # leave the caller's streams
+        torch.manual_seed(0)
+        return _measure(space, device, batch_size, runs, warmup)
+
+
+def _measure(space: ChainSpace, device: torch.device, batch_size: int, runs: int, warmup: int) -> LatencyTable:
+    net: ChainNet = space.supernet().to(device).eval()
+    c = space.config
+    _, shapes = layout(c)
+    x = torch.randn(batch_size, c.in_channels, c.image_size, c.image_size, device=device)
+    h = torch.randn(batch_size, shapes["last"], shapes["last_resolution"], shapes["last_resolution"], device=device)
+    stem, head = nn.Sequential(net.stem, net.first), nn.Sequential(net.head, net.classifier)
+    fixed_ms = time_module(stem, x, runs, warmup) + time_module(head, h, runs, warmup)
+    fixed_macs = count_macs(stem, x.shape[1:]) + count_macs(head, h.shape[1:])
+    ms, macs = [], []
+    for block, spec in zip(net.blocks, space.blocks(), strict=True):
+        inputs = torch.randn(batch_size, *spec.input_shape, device=device)
+        times = {op: round(time_module(block.ops[op], inputs, runs, warmup), 5) for op in spec.ops}
+        counts = {op: count_macs(block.ops[op], spec.input_shape) for op in spec.ops}
+        if spec.searchable:
+            ms.append(times)
+            macs.append(counts)
+        else:  # a fixed transition block: part of every architecture
+            fixed_ms += sum(times.values())
+            fixed_macs += sum(counts.values())
+    return LatencyTable(device_name(device), batch_size, c.to_dict(), round(fixed_ms, 5), fixed_macs, ms, macs)
+
+
+def load_or_measure(space: ChainSpace, path: str | Path | None, device: torch.device, batch_size: int = 16,
+                    runs: int = 7, write: bool = True) -> LatencyTable:
+    """The table cached at ``path`` when it was measured for this space, device and batch size; otherwise a
+    fresh measurement, written to ``path`` when ``write`` (and a path) is given."""
+    table = _read(path)
+    if table is not None and table.matches(space, device, batch_size):
+        return table
+    table = measure(space, device, batch_size, runs)
+    if path is not None and write:
+        table.save(path)
+    return table
+
+
+def _read(path: str | Path | None) -> LatencyTable | None:
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        return LatencyTable.load(path)
+    except (ValueError, TypeError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+        return None

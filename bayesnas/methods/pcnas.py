@@ -1,0 +1,351 @@
+"""PC-NAS (papers/pcnas.md Algorithms 1-2): single-path training of the chain super-network under a shrinking
+partial-model pool, a hard latency limit, then the best of the final pool retrained from scratch.
+
+Schedule (Algorithm 2), one phase of the shared loop on the whole training split:
+
+- epochs ``[0, T_w)``: warm-up, architectures drawn uniformly (:class:`UniformProposal`);
+- then one interval of ``T_i`` epochs per mixop ``l = 0 .. L-1``: at its first epoch (``begin_epoch``) the pool
+  is extended by every op of mixop ``l``, candidates are scored by their potential (Algorithm 1, Eq. 11) and
+  the top P kept; the interval trains on a pool member completed uniformly under the latency limit.
+
+So a search lasts ``T_w + L * T_i`` epochs: ``warmup_epochs`` defaults to ``epochs - L * interval_epochs`` (the
+cosine schedule spans the whole search), and an explicit value must agree with ``epochs``. The paper quotes
+``100 + 20 x 5 = 200`` epochs for 21 mixops; Algorithm 2 runs ``L * T_i`` epochs after warm-up, which we follow
+(the ``pcnas-small``/``-large`` presets use 205).
+
+``proposal: uniform`` is the One-Shot baseline of Sec. 4.4: uniform single-path training for every epoch, then
+the same pool search (Algorithm 1 potentials, top P per mixop) run on the trained super-network without further
+training (Table 3, "One-shot + Ours").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from bayesnas import diagnostics, latency
+from bayesnas.config import ConfigError
+from bayesnas.data import Split
+from bayesnas.guides.pcnas import Completion, LatencyLimitError, PartialModelPool, UniformProposal
+from bayesnas.io import atomic_write, read_jsonl
+from bayesnas.methods import Phase, SearchMethod, Selection, register
+from bayesnas.models.pcnas import PCNASModel, conditioned_nll
+from bayesnas.spaces.branches import count_params
+from bayesnas.spaces.chain import ChainSpace, batch_statistics
+from bayesnas.train import TrainRecipe, retrain
+
+__all__ = ["PCNAS", "Completion", "LatencyLimitError", "PCNASModel", "PCNASOptions", "PartialModelPool",
+           "UniformProposal", "conditioned_nll", "plot_fading"]
+
+
+@dataclass(frozen=True)
+class PCNASOptions:
+    proposal: str = "pool"
+    """``pool`` (PC-NAS, Algorithm 2) or ``uniform`` (One-Shot: uniform all along, pool search at the end)."""
+    pool_size: int = 5
+    """P, the partial models kept after each interval (paper: 5)."""
+    num_evaluations: int = 900
+    """S, the random completions averaged in one candidate's potential (Algorithm 1; paper: 900)."""
+    warmup_epochs: int | None = None
+    """T_w (paper: 100); null: ``epochs - L * interval_epochs``."""
+    interval_epochs: int = 5
+    """T_i, epochs between pool updates (paper: 5)."""
+    latency_ms: float | None = None
+    """Hard latency limit of the architectures (paper: 10 ms on a GTX 1080Ti at batch 16); null: none."""
+    latency_batch_size: int = 16
+    """Batch size of the latency measurement (paper: 16)."""
+    latency_runs: int = 7
+    """Timed runs per lookup-table entry (the median is kept)."""
+    eval_batch_size: int = 64
+    """Size of the one validation batch of a potential evaluation."""
+    max_resamples: int = 100
+    """Uniform redraws of a completion before the constrained sampler takes over."""
+    accuracy_samples: int = 4
+    """Architectures drawn from the current proposal for the per-epoch validation accuracy."""
+    retrain_epochs: int = 40
+    """Epochs of the from-scratch retraining of the selected architecture (0: report the super-network's)."""
+    retrain_lr: float | None = None
+    """Learning rate of the retraining (null: the search's; the paper retrains with the search settings)."""
+
+    def __post_init__(self) -> None:
+        if self.proposal not in ("pool", "uniform"):
+            raise ValueError(f"proposal must be 'pool' or 'uniform', got {self.proposal!r}")
+        if min(self.pool_size, self.num_evaluations, self.interval_epochs, self.latency_batch_size,
+               self.latency_runs, self.eval_batch_size, self.max_resamples, self.accuracy_samples) < 1:
+            raise ValueError("pool_size, num_evaluations, interval_epochs, latency_batch_size, latency_runs, "
+                             "eval_batch_size, max_resamples and accuracy_samples must be >= 1")
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
+            raise ValueError("warmup_epochs must be >= 0")
+        if self.latency_ms is not None and self.latency_ms <= 0:
+            raise ValueError("latency_ms must be > 0")
+        if self.retrain_epochs < 0:
+            raise ValueError("retrain_epochs must be >= 0")
+
+
+@register
+class PCNAS(SearchMethod):
+    """Posterior-convergent NAS: the partial-model pool keeps few architectures sharing the weights."""
+
+    name = "pcnas"
+    options_type = PCNASOptions
+
+    def __init__(self, config, data, device) -> None:
+        super().__init__(config, data, device)
+        o = self.options
+        try:
+            self.space = ChainSpace.from_dict({"in_channels": data.in_channels, "num_classes": data.num_classes,
+                                               "image_size": data.image_size, **config.space})
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"space of method {self.name!r}: {err}") from None
+        self.num_ops = self.space.num_ops()
+        self.num_layers = len(self.num_ops)
+        needed = self.num_layers * o.interval_epochs
+        if o.proposal == "pool":
+            warmup = config.epochs - needed if o.warmup_epochs is None else o.warmup_epochs
+            if warmup < 0 or warmup + needed != config.epochs:
+                raise ConfigError(
+                    f"method 'pcnas': a search lasts warmup_epochs + L x interval_epochs epochs; with "
+                    f"L = {self.num_layers} mixops and interval_epochs = {o.interval_epochs} that is "
+                    + (f"{o.warmup_epochs} + {needed} = {o.warmup_epochs + needed}" if o.warmup_epochs is not None
+                       else f"at least {needed}") + f", but epochs = {config.epochs}")
+            self.warmup_epochs = warmup
+        else:
+            self.warmup_epochs = config.epochs
+        self.num_train = len(data.train)
+        self.model = PCNASModel(self.space.supernet(), self.num_ops).to(device)
+        self.uniform = UniformProposal(self.num_ops)
+        self.pool = PartialModelPool(self.num_ops, o.pool_size)
+        self.proposal: UniformProposal | PartialModelPool = self.uniform
+        self.run_dir: Path | None = None
+        self._table: latency.LatencyTable | None = None
+        self._table_fresh = False
+        self._generator = torch.Generator().manual_seed(self._seed(0))
+        self._updated: dict[str, Any] | None = None
+        self._epoch = 0
+
+    def _seed(self, *parts: int) -> int:
+        return (self.config.seed * 1_000_003 + sum(p * 7919 ** (i + 1) for i, p in enumerate(parts))) % 2 ** 62
+
+    # --- latency -----------------------------------------------------------------------------------------
+    def prepare(self, run_dir: Path, resume: bool) -> None:
+        """Reuse the run folder's ``latency.json`` when it matches, else measure; refuse an unreachable limit."""
+        self.run_dir = Path(run_dir)
+        path = self.run_dir / latency.LATENCY_FILE
+        table = latency.load_or_measure(self.space, path, self.device, self.options.latency_batch_size,
+                                        self.options.latency_runs, write=False)
+        self._set_table(table, fresh=not table.matches_file(path))
+
+    def _set_table(self, table: latency.LatencyTable, fresh: bool = True) -> None:
+        limit = self.options.latency_ms
+        if limit is not None and table.fastest() > limit:
+            raise LatencyLimitError(
+                f"latency limit {limit:g} ms cannot be met: the fastest architecture of this space takes "
+                f"{table.fastest():.4g} ms on {table.device} at batch {table.batch_size}")
+        self._table = table
+        self._table_fresh = fresh
+        completion = Completion(self.num_ops, table.costs(self.space), table.fixed_ms, limit,
+                                self.options.max_resamples)
+        self.pool.completion = completion
+
+    @property
+    def table(self) -> latency.LatencyTable:
+        if self._table is None:  # constructed without the search loop: measure, cache nothing
+            self._set_table(latency.measure(self.space, self.device, self.options.latency_batch_size,
+                                            self.options.latency_runs))
+        assert self._table is not None
+        return self._table
+
+    def _save_table(self) -> None:
+        """Write the table into the run folder (once the loop has created it) unless it came from there."""
+        if self.run_dir is not None and self._table is not None and self._table_fresh:
+            self._table.save(self.run_dir / latency.LATENCY_FILE)
+            self._table_fresh = False
+
+    def ops(self, arch) -> list[str]:
+        return [layer.ops[i] for layer, i in zip(self.space.layers(), arch)]  # noqa: B905 - partial models
+
+    # --- hooks of the loop -----------------------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model, "pool": self.pool}
+
+    def phases(self) -> list[Phase]:
+        return [Phase.sgd(self.config, "search", "train", [{"name": "supernet", "params":
+                                                             list(self.model.parameters())}], self.training_loss)]
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Warm-up, then at the first epoch of interval ``l`` the pool update of mixop ``l`` (Algorithm 2)."""
+        self._epoch = epoch
+        self._generator = torch.Generator().manual_seed(self._seed(1, epoch))
+        self._updated = None
+        self._save_table()
+        if self.options.proposal == "pool" and epoch >= self.warmup_epochs:
+            interval = (epoch - self.warmup_epochs) // self.options.interval_epochs
+            if self.pool.depth <= interval:  # not yet done (a resumed run restores the pool with its epoch)
+                self._updated = self.update_pool()
+            self.proposal = self.pool
+        else:
+            self.proposal = self.uniform
+
+    def training_loss(self, x, y, index):
+        """Draw ``m`` from the proposal, condition the model on it, return its NLL per example."""
+        arch = self.proposal.sample(self._generator)
+        loss, logits = conditioned_nll(self.model, arch, x, y, index, self.num_train)
+        return loss, int((logits.argmax(-1) == y).sum())
+
+    @torch.no_grad()
+    def supernet_accuracy(self, arch, split: Split, batch_size: int = 512) -> float:
+        """Accuracy of one architecture with the shared weights (BatchNorm on batch statistics)."""
+        net = self.model.net
+        with batch_statistics(net):
+            right = sum(int((net(split.x[i:i + batch_size], arch).argmax(-1) == split.y[i:i + batch_size]).sum())
+                        for i in range(0, len(split), batch_size))
+        return right / max(len(split), 1)
+
+    def accuracy(self, split: Split) -> float:
+        """Mean super-network accuracy of a few architectures drawn from the current proposal."""
+        generator = torch.Generator().manual_seed(self._seed(2))
+        archs = [self.proposal.sample(generator) for _ in range(self.options.accuracy_samples)]
+        return float(np.mean([self.supernet_accuracy(a, split) for a in archs]))
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        """The fading log: effective number of architectures sharing the weights, and the pool's update."""
+        effective = self.proposal.effective_architectures()
+        row: dict[str, Any] = {
+            "stage": "warm-up" if self.proposal is self.uniform and self.options.proposal == "pool"
+            else self.options.proposal,
+            "pool_depth": self.pool.depth if self.proposal is self.pool else 0,
+            "effective_architectures": effective, "log10_effective_architectures": float(np.log10(effective))}
+        if self._updated is not None:
+            row["pool"] = [self.ops(m) for m in self.pool.members]
+            row["pool_potentials"] = list(self.pool.potentials)
+        return row
+
+    # --- Algorithm 1 ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def potential(self, partial, generator: torch.Generator) -> float:
+        """Eq. 11 by Algorithm 1: mean one-batch validation accuracy of S random completions of ``partial``
+        that meet the latency limit (each on its own random validation batch)."""
+        val = self.data.val
+        completion = self.pool.completion
+        net = self.model.net
+        batch = min(self.options.eval_batch_size, len(val))
+        scores = []
+        with batch_statistics(net):
+            for _ in range(self.options.num_evaluations):
+                arch = completion.complete(partial, generator)
+                index = torch.randperm(len(val), generator=generator)[:batch].to(val.x.device)
+                scores.append(float((net(val.x[index], arch).argmax(-1) == val.y[index]).float().mean()))
+        return float(np.mean(scores))
+
+    def update_pool(self) -> dict[str, Any]:
+        """Extend the pool by the next mixop, score every candidate, keep the top P (Algorithm 2)."""
+        self.table  # noqa: B018 - the completions need the latency table
+        generator = torch.Generator().manual_seed(self._seed(3, self.pool.depth))
+        return self.pool.update(lambda partial: self.potential(partial, generator))
+
+    # --- selection -----------------------------------------------------------------------------------------
+    def intervals(self) -> list[dict[str, Any]]:
+        """The pool after each update, with op names, potentials and the number of candidates scored."""
+        layers = self.space.layers()
+        return [{"interval": r["interval"], "mixop": layers[r["layer"]].name, "candidates": r["candidates"],
+                 "infeasible": r["infeasible"], "pool": [self.ops(m) for m in r["pool"]],
+                 "potentials": [round(p, 5) for p in r["potentials"]]} for r in self.pool.history]
+
+    def select(self, progress: bool = True) -> Selection:
+        """The final pool's best member by potential, retrained from scratch (Sec. 4.1)."""
+        if not self.pool.complete:  # One-Shot: the pool search on the trained super-network, no training between
+            while not self.pool.complete:
+                self.update_pool()
+        best = list(self.pool.members[0])
+        genotype = self.space.genotype(best)
+        ops = genotype.choices["ops"]
+        table = self.table
+        o = self.options
+        supernet_val = self.supernet_accuracy(best, self.data.val)
+        supernet_test = self.supernet_accuracy(best, self.data.test)
+        if o.retrain_epochs:
+            c = self.config
+            recipe = TrainRecipe(epochs=o.retrain_epochs, batch_size=c.batch_size, lr=o.retrain_lr or c.lr,
+                                 lr_min=c.lr_min, momentum=c.momentum, weight_decay=c.weight_decay,
+                                 grad_clip=c.grad_clip, shift=c.shift, flip=c.flip)
+            net, val_acc, test_acc = retrain(self.space, genotype, self.data.train, self.data.val, self.data.test,
+                                             recipe, c.seed, progress)
+        else:
+            net = self.space.build(genotype, inherit=self.model.net.state_dict()).to(self.device)
+            val_acc, test_acc = supernet_val, supernet_test
+        rows = read_jsonl(self.run_dir / "metrics.jsonl") if self.run_dir else []
+        effective = [r["effective_architectures"] for r in rows if "effective_architectures" in r]
+        extra = {
+            "proposal": o.proposal,
+            "retrained": bool(o.retrain_epochs), "retrain_epochs": o.retrain_epochs,
+            "latency_ms": round(table.latency(ops), 5), "latency_limit_ms": o.latency_ms,
+            "fastest_latency_ms": round(table.fastest(), 5), "latency_device": table.device,
+            "latency_batch_size": table.batch_size,
+            "flops": table.flops(ops), "supernet_params": count_params(self.model.net),
+            "potential": self.pool.potentials[0],
+            "supernet_val_accuracy": supernet_val, "supernet_test_accuracy": supernet_test,
+            "pool": [{"ops": self.ops(m), "potential": p, "latency_ms": round(table.latency(self.ops(m)), 5)}
+                     for m, p in zip(self.pool.members, self.pool.potentials, strict=True)],
+            "potentials": self.intervals(),
+            "search_space_size": float(self.space.size()),
+            "warmup_epochs": self.warmup_epochs, "interval_epochs": o.interval_epochs,
+            "pool_size": o.pool_size, "num_evaluations": o.num_evaluations,
+        }
+        if effective:
+            extra["effective_architectures_first"] = effective[0]
+            extra["effective_architectures_last"] = effective[-1]
+        return Selection(genotype, net, val_acc, test_acc, extra)
+
+    # --- export ----------------------------------------------------------------------------------------------
+    def op_names(self) -> list[str]:
+        return list(self.space.config.op_names)
+
+    def one_hot(self, arch) -> np.ndarray:
+        names = self.op_names()
+        out = np.zeros((self.num_layers, len(names)))
+        for layer, op in enumerate(self.ops(arch)):
+            out[layer, names.index(op)] = 1.0
+        return out
+
+    def export(self, run_dir: Path) -> None:
+        """The final pool as ArviZ draws (``op_chosen`` one-hot per mixop and op), its per-layer op frequencies,
+        and plots: op frequencies and the fading curve (effective architectures and potentials per interval)."""
+        layers = [layer.name for layer in self.space.layers()]
+        names = self.op_names()
+        chosen = np.stack([self.one_hot(m) for m in self.pool.members])[None]
+        frequency = chosen[0].mean(0)
+        diagnostics.save_posterior(
+            run_dir, {"op_chosen": chosen}, coords={"layer": layers, "op": names}, dims=["layer", "op"],
+            constant={"op_frequency": frequency},
+            attrs={"method": self.name, "seed": self.config.seed, "proposal": self.options.proposal,
+                   "potentials": [float(p) for p in self.pool.potentials],
+                   "latency_ms": [float(self.table.latency(self.ops(m))) for m in self.pool.members]})
+        diagnostics.plot_matrix(frequency.T, names, layers, "op frequency in the final pool (op x mixop)",
+                                run_dir / "op_frequencies.png")
+        plot_fading(run_dir, self.pool.history)
+
+
+def plot_fading(run_dir: Path, history: list[dict[str, Any]]) -> Path:
+    """Effective number of architectures sharing the weights per epoch, and the candidates' potentials per
+    interval (kept pool members highlighted)."""
+    rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
+    fig = Figure(figsize=(9, 3.2))
+    left, right = fig.subplots(1, 2)
+    left.plot([r["epoch"] for r in rows], [r.get("log10_effective_architectures", np.nan) for r in rows],
+              marker=".")
+    left.set(xlabel="epoch", ylabel="log10 architectures sharing weights", title="posterior fading")
+    for record in history:
+        scores = [s for _, s in record["candidate_potentials"]]
+        right.scatter([record["interval"]] * len(scores), scores, s=8, color="0.6")
+        right.scatter([record["interval"]] * len(record["potentials"]), record["potentials"], s=14, color="C1")
+    right.set_xticks(range(len(history)))
+    right.set(xlabel="interval (mixop)", ylabel="potential (Eq. 11)", title="candidates (grey) and kept pool")
+    fig.tight_layout()
+    path = Path(run_dir) / "fading.png"
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    return path

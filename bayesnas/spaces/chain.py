@@ -1,0 +1,426 @@
+"""MBConv chain space of PC-NAS (papers/pcnas.md Sec. 3.2, appendix A.1, Table 4; after ProxylessNAS).
+
+A stem, an optional fixed first block, then ``L`` *mixed operators* (mixops) in a chain, grouped in stages of
+``depths[i]`` layers of width ``widths[i]`` whose first layer has stride ``strides[i]``, then an optional 1x1
+head convolution, global average pooling and a linear classifier. The full-size default is the
+ProxylessNAS/MobileNetV2 layout of the paper: stem 3x3/2 to 32 channels, a fixed ``MBConv_1_3`` block to 16,
+stages ``(24, 4, 2) (40, 4, 2) (80, 4, 2) (96, 4, 1) (192, 4, 2) (320, 1, 1)`` = **21 mixops**, head 1x1 to
+1280. ``width_mult`` scales every channel count (rounded to a multiple of 8, MobileNetV2's rule) and
+``depth_scale`` every stage depth (rounded up), for CPU-sized runs.
+
+Operators (Table 4), named ``KIND_E_K`` (expand ratio E, kernel K):
+
+- ``MBConv_E_K`` (small and large space): 1x1 expand to ``E * C_in`` (left out when E = 1, as in
+  MobileNetV2/ProxylessNAS), depthwise KxK with the layer's stride, 1x1 linear projection;
+- ``NConv_E_K``: 1x1, dense KxK, 1x1;  ``DConv_E_K``: 1x1, KxK, KxK, 1x1;
+  ``RConv_E_K``: 1x1, 1xK, Kx1, 1x1 (large space only);
+- ``Identity``.
+
+Every convolution is followed by BatchNorm, and by ReLU6 except the last (the linear bottleneck); an operator
+adds its input back (residual) when its stride is 1 and its input and output widths agree.
+
+**Identity only where shapes allow**: the first layer of a stage changes the width or the resolution, so its
+op set leaves ``Identity`` out (it has N - 1 choices); every other layer offers all N. With ``transition_op``
+set, those shape-changing layers are instead one fixed op (e.g. ``MBConv_3_3``) and only the residual,
+shape-keeping layers are mixops: on a CPU budget a single-path super-network whose transitions are random
+learns several times slower (digits, 5 epochs: 0.2-0.3 vs 0.8 training accuracy), because every choice there
+replaces the features the following layers see. A genotype is one op
+name per mixop, ``{"ops": ["MBConv_3_5", "Identity", ...]}``. The super-network's forward takes the
+architecture (one op index per layer, into that layer's op list, or one one-hot vector per layer) and runs
+only the chosen op of each layer (single path).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bayesnas.spaces.genotype import Genotype, GenotypeError
+
+SMALL_OPS: tuple[str, ...] = (
+    "MBConv_1_3", "MBConv_3_3", "MBConv_6_3", "MBConv_1_5", "MBConv_3_5", "MBConv_6_5",
+    "MBConv_1_7", "MBConv_3_7", "MBConv_6_7", "Identity",
+)
+LARGE_ONLY_OPS: tuple[str, ...] = (
+    "NConv_1_3", "NConv_2_3", "DConv_1_3", "DConv_2_3", "RConv_1_5",
+    "RConv_2_5", "RConv_4_5", "RConv_1_7", "RConv_2_7", "RConv_4_7",
+)
+LARGE_OPS: tuple[str, ...] = SMALL_OPS + LARGE_ONLY_OPS
+OP_SETS = {"small": SMALL_OPS, "large": LARGE_OPS}
+_OP_NAME = re.compile(r"^(MBConv|NConv|DConv|RConv)_([1-9][0-9]*)_([1-9][0-9]*)$")
+
+
+def parse_op(name: str) -> tuple[str, int, int]:
+    """``"MBConv_3_5" -> ("MBConv", 3, 5)``; ``"Identity" -> ("Identity", 1, 1)``."""
+    if name == "Identity":
+        return "Identity", 1, 1
+    match = _OP_NAME.match(name) if isinstance(name, str) else None
+    if match is None or int(match.group(3)) % 2 == 0:
+        raise ValueError(f"unknown operator {name!r}: expected Identity or KIND_E_K with KIND in MBConv, NConv, "
+                         "DConv, RConv, an integer expand ratio E and an odd kernel size K")
+    return match.group(1), int(match.group(2)), int(match.group(3))
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """MobileNetV2's channel rounding: nearest multiple of ``divisor``, never 10 % below ``value``."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+@dataclass(frozen=True)
+class ChainSpaceConfig:
+    """Shape of the chain. Defaults: the paper's full-size ImageNet layout (21 mixops, small op set)."""
+
+    in_channels: int = 3
+    num_classes: int = 1000
+    image_size: int = 224
+    stem_channels: int = 32
+    stem_stride: int = 2
+    first_block_channels: int = 16
+    """Width of the fixed ``MBConv_1_3`` block after the stem (0: no such block)."""
+    widths: tuple[int, ...] = (24, 40, 80, 96, 192, 320)
+    depths: tuple[int, ...] = (4, 4, 4, 4, 4, 1)
+    strides: tuple[int, ...] = (2, 2, 2, 1, 2, 1)
+    head_channels: int = 1280
+    """Width of the 1x1 head convolution before pooling (0: none)."""
+    width_mult: float = 1.0
+    depth_scale: float = 1.0
+    ops: str | tuple[str, ...] = "small"
+    """``small`` (10 ops), ``large`` (20 ops, Table 4) or an explicit list of op names."""
+    transition_op: str | None = None
+    """null: the first layer of every stage is a mixop too (the paper's layout); an op name: the layers that
+    change the width or the resolution are that fixed op instead (only shape-keeping, residual layers are
+    searched)."""
+
+    def __post_init__(self) -> None:
+        for name in ("widths", "depths", "strides"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if not isinstance(self.ops, str):
+            object.__setattr__(self, "ops", tuple(self.ops))
+        if not self.widths or not len(self.widths) == len(self.depths) == len(self.strides):
+            raise ValueError("widths, depths and strides need one entry per stage")
+        if any(s not in (1, 2) for s in (*self.strides, self.stem_stride)):
+            raise ValueError("strides must be 1 or 2")
+        if any(v < 1 for v in (*self.widths, *self.depths, self.stem_channels, self.in_channels,
+                               self.num_classes, self.image_size)):
+            raise ValueError("widths, depths, stem_channels, in_channels, num_classes and image_size must be "
+                             "positive")
+        if self.first_block_channels < 0 or self.head_channels < 0:
+            raise ValueError("first_block_channels and head_channels must be >= 0 (0: none)")
+        if self.width_mult <= 0 or self.depth_scale <= 0:
+            raise ValueError("width_mult and depth_scale must be > 0")
+        names = self.op_names
+        if not names or len(set(names)) != len(names):
+            raise ValueError("ops must be 'small', 'large' or a non-empty list of distinct op names")
+        for name in names:
+            parse_op(name)
+        if names == ("Identity",):
+            raise ValueError("ops must contain at least one convolution besides Identity")
+        if self.transition_op is not None and parse_op(self.transition_op)[0] == "Identity":
+            raise ValueError("transition_op must be a convolution: transitions change the shape")
+
+    @property
+    def op_names(self) -> tuple[str, ...]:
+        if isinstance(self.ops, str):
+            if self.ops not in OP_SETS:
+                raise ValueError(f"unknown op set {self.ops!r}: small, large or a list of op names")
+            return OP_SETS[self.ops]
+        return self.ops
+
+    def channels(self, c: int) -> int:
+        return c if self.width_mult == 1 else make_divisible(c * self.width_mult)
+
+    def stage_depths(self) -> tuple[int, ...]:
+        return tuple(max(1, math.ceil(d * self.depth_scale)) for d in self.depths)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChainSpaceConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown space option(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ChainLayer:
+    """One block of the chain: where it sits, its input shape ``(channels, size, size)`` and its op choices.
+    ``index`` counts the mixops (searchable blocks); a fixed block has one op and ``index`` -1."""
+
+    index: int
+    name: str
+    in_channels: int
+    out_channels: int
+    stride: int
+    resolution: int
+    ops: tuple[str, ...]
+    searchable: bool = True
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.in_channels, self.resolution, self.resolution
+
+
+def _conv_bn(cin: int, cout: int, kernel: int | tuple[int, int], stride: int | tuple[int, int] = 1,
+             groups: int = 1, act: bool = True) -> list[nn.Module]:
+    kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
+    padding = (kernel[0] // 2, kernel[1] // 2)
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False),
+                               nn.BatchNorm2d(cout)]
+    if act:
+        layers.append(nn.ReLU6(inplace=True))
+    return layers
+
+
+class ChainOp(nn.Module):
+    """One candidate operator (``KIND_E_K`` or ``Identity``) of a mixop."""
+
+    def __init__(self, name: str, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        kind, expand, k = parse_op(name)
+        self.name = name
+        if kind == "Identity":
+            if stride != 1 or cin != cout:
+                raise ValueError(f"Identity needs stride 1 and equal widths, got {cin}->{cout} stride {stride}")
+            self.body: nn.Module = nn.Identity()
+            self.residual = False
+            return
+        mid = cin * expand
+        layers: list[nn.Module] = []
+        if kind != "MBConv" or expand != 1:
+            layers += _conv_bn(cin, mid, 1)
+        if kind == "MBConv":
+            layers += _conv_bn(mid, mid, k, stride, groups=mid)
+        elif kind == "NConv":
+            layers += _conv_bn(mid, mid, k, stride)
+        elif kind == "DConv":
+            layers += _conv_bn(mid, mid, k, stride) + _conv_bn(mid, mid, k)
+        else:  # RConv: 1xK then Kx1, striding across then down
+            layers += _conv_bn(mid, mid, (1, k), (1, stride)) + _conv_bn(mid, mid, (k, 1), (stride, 1))
+        layers += _conv_bn(mid, cout, 1, act=False)
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return x + out if self.residual else out
+
+
+class MixedOp(nn.Module):
+    """The candidates of one layer by name; the forward runs only the chosen one."""
+
+    def __init__(self, layer: ChainLayer, ops: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.names = tuple(ops if ops is not None else layer.ops)
+        self.ops = nn.ModuleDict({n: ChainOp(n, layer.in_channels, layer.out_channels, layer.stride)
+                                  for n in self.names})
+
+    def forward(self, x: torch.Tensor, choice: int | None = None) -> torch.Tensor:
+        if choice is None:
+            if len(self.names) != 1:
+                raise ValueError("a mixed operator of the super-network needs an architecture to run")
+            choice = 0
+        return self.ops[self.names[choice]](x)
+
+
+def layout(config: ChainSpaceConfig) -> tuple[list[ChainLayer], dict[str, Any]]:
+    """Every block of ``config`` after the stem (mixops and fixed transitions, in order) and the fixed parts'
+    shapes (``stem``, ``first``, ``last``, ``head`` channel counts, resolutions)."""
+    c = config
+    stem = c.channels(c.stem_channels)
+    res = math.ceil(c.image_size / c.stem_stride)
+    fixed = {"stem": stem, "stem_resolution": res}
+    width = stem
+    first = c.channels(c.first_block_channels) if c.first_block_channels else 0
+    if first:
+        width = first
+    blocks: list[ChainLayer] = []
+    mixops = 0
+    for stage, (w, depth, stride) in enumerate(zip(c.widths, c.stage_depths(), c.strides, strict=True)):
+        out = c.channels(w)
+        for j in range(depth):
+            s = stride if j == 0 else 1
+            name = f"s{stage}.l{j}"
+            if c.transition_op is not None and (s != 1 or width != out):
+                blocks.append(ChainLayer(-1, name, width, out, s, res, (c.transition_op,), searchable=False))
+            else:
+                ops = tuple(n for n in c.op_names if n != "Identity" or (s == 1 and width == out))
+                blocks.append(ChainLayer(mixops, name, width, out, s, res, ops))
+                mixops += 1
+            res = math.ceil(res / s)
+            width = out
+    head = c.channels(c.head_channels) if c.head_channels else 0
+    fixed.update({"first": first, "last": width, "last_resolution": res, "head": head})
+    return blocks, fixed
+
+
+def architecture_indices(arch: Any, num_layers: int) -> list[int]:
+    """One op index per layer from a list/tuple of ints, a 1-d integer tensor, or one one-hot (or
+    probability) vector per layer (a list of 1-d tensors or a 2-d tensor)."""
+    if isinstance(arch, torch.Tensor) and arch.dim() == 2:
+        arch = list(arch)
+    if isinstance(arch, torch.Tensor):
+        indices = [int(v) for v in arch.reshape(-1).tolist()]
+    else:
+        indices = [int(v.argmax()) if isinstance(v, torch.Tensor) and v.dim() == 1 else int(v) for v in arch]
+    if len(indices) != num_layers:
+        raise ValueError(f"architecture has {len(indices)} choices, the chain has {num_layers} mixops")
+    return indices
+
+
+class ChainNet(nn.Module):
+    """The super-network (``ops=None``: every candidate in every mixop) or a network built from one op name
+    per mixop. ``forward(x, arch)``: ``arch`` picks one op per mixop of the super-network (single path)."""
+
+    def __init__(self, config: ChainSpaceConfig, ops: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        blocks, fixed = layout(config)
+        self.mixop_positions = [i for i, b in enumerate(blocks) if b.searchable]
+        self.stem = nn.Sequential(*_conv_bn(config.in_channels, fixed["stem"], 3, config.stem_stride))
+        self.first = (ChainOp("MBConv_1_3", fixed["stem"], fixed["first"], 1) if fixed["first"]
+                      else nn.Identity())
+        self.blocks = nn.ModuleList([MixedOp(b, None if ops is None or not b.searchable else [ops[b.index]])
+                                     for b in blocks])
+        head: list[nn.Module] = _conv_bn(fixed["last"], fixed["head"], 1) if fixed["head"] else []
+        self.head = nn.Sequential(*head, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(fixed["head"] or fixed["last"], config.num_classes)
+        # NHWC weights: oneDNN's depthwise weight gradients are 2-3x faster on CPU (MBConv_6_7 chain on digits:
+        # 128 -> 55 ms per step); cuDNN runs NHWC convolutions natively.
+        self.to(memory_format=torch.channels_last)
+
+    @property
+    def mixops(self) -> list[MixedOp]:
+        return [self.blocks[i] for i in self.mixop_positions]
+
+    def forward(self, x: torch.Tensor, arch: Any = None) -> torch.Tensor:
+        h = self.first(self.stem(x))
+        choices: list[int | None] = [None] * len(self.blocks)
+        if arch is not None:
+            for position, choice in zip(self.mixop_positions,
+                                        architecture_indices(arch, len(self.mixop_positions)), strict=True):
+                choices[position] = choice
+        for block, choice in zip(self.blocks, choices, strict=True):
+            h = block(h, choice)
+        return self.classifier(self.head(h))
+
+
+@contextmanager
+def batch_statistics(net: nn.Module):
+    """Evaluate with each BatchNorm normalising by the batch's own statistics, leaving running averages alone.
+
+    A single-path super-network's running averages mix every architecture that passed through each layer; the
+    one-shot literature evaluates a sampled architecture with batch statistics instead (or recalibrates them).
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.momentum) for m in norms]
+    was_training = net.training
+    net.eval()
+    for m in norms:
+        m.train()
+        m.momentum = 0.0
+    try:
+        yield net
+    finally:
+        for m, (training, momentum) in zip(norms, saved, strict=True):
+            m.train(training)
+            m.momentum = momentum
+        net.train(was_training)
+
+
+@dataclass
+class ChainSpace:
+    """Search-space API: the super-network, genotypes, built networks, and per-genotype params/FLOPs."""
+
+    config: ChainSpaceConfig = field(default_factory=ChainSpaceConfig)
+    name: str = "chain"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChainSpace:
+        return cls(ChainSpaceConfig.from_dict(data))
+
+    def supernet(self) -> ChainNet:
+        return ChainNet(self.config)
+
+    def layers(self) -> list[ChainLayer]:
+        """The mixops (searchable blocks), in order."""
+        return [b for b in layout(self.config)[0] if b.searchable]
+
+    def blocks(self) -> list[ChainLayer]:
+        """Every block after the stem: mixops and fixed transitions."""
+        return layout(self.config)[0]
+
+    def num_ops(self) -> list[int]:
+        return [len(layer.ops) for layer in self.layers()]
+
+    def size(self) -> int:
+        """Number of architectures in the space."""
+        return math.prod(self.num_ops())
+
+    def genotype(self, arch: Any) -> Genotype:
+        """Genotype of one op index per layer (or one op name per layer)."""
+        layers = self.layers()
+        if isinstance(arch, Sequence) and arch and all(isinstance(v, str) for v in arch):
+            ops = list(arch)
+        else:
+            ops = [layers[i].ops[j] for i, j in enumerate(architecture_indices(arch, len(layers)))]
+        genotype = Genotype(self.name, self.config.to_dict(), {"ops": ops})
+        self.validate(genotype)
+        return genotype
+
+    def indices(self, genotype: Genotype) -> list[int]:
+        """Op index per layer of a (validated) genotype."""
+        self.validate(genotype)
+        return [layer.ops.index(op) for layer, op in zip(self.layers(), genotype.choices["ops"], strict=True)]
+
+    def validate(self, genotype: Genotype) -> None:
+        if genotype.space != self.name:
+            raise GenotypeError(f"genotype is for space {genotype.space!r}, not {self.name!r}")
+        layers = self.layers()
+        ops = genotype.choices.get("ops") if isinstance(genotype.choices, dict) else None
+        if set(genotype.choices) != {"ops"} or not isinstance(ops, list):
+            raise GenotypeError("a chain genotype's choices must be {\"ops\": [one op name per mixop]}")
+        if len(ops) != len(layers):
+            raise GenotypeError(f"genotype has {len(ops)} ops, the chain has {len(layers)} mixops")
+        for layer, op in zip(layers, ops, strict=True):
+            if op not in layer.ops:
+                why = ("Identity is not allowed here: this layer changes the width or the resolution"
+                       if op == "Identity" and op in self.config.op_names else f"choose one of {', '.join(layer.ops)}")
+                raise GenotypeError(f"mixop {layer.index} ({layer.name}): unknown op {op!r}; {why}")
+
+    def build(self, genotype: Genotype, auxiliary: bool = False, drop_path: float = 0.0,
+              inherit: Mapping[str, torch.Tensor] | None = None) -> ChainNet:
+        """The discrete network of ``genotype``; ``inherit`` (a super-network state dict) copies its weights."""
+        self.validate(genotype)
+        if auxiliary or drop_path:
+            raise GenotypeError("the chain space has no auxiliary head or drop-path: train it without "
+                                "--auxiliary and --drop-path")
+        net = ChainNet(self.config, genotype.choices["ops"])
+        if inherit is not None:
+            net.load_state_dict({k: inherit[k] for k in net.state_dict()})
+        return net
+
+    def params(self, genotype: Genotype) -> int:
+        return sum(p.numel() for p in self.build(genotype).parameters())
+
+    def flops(self, genotype: Genotype) -> int:
+        """Multiply-accumulates of one image through the built network (convolutions and the classifier)."""
+        from bayesnas.latency import count_macs
+
+        c = self.config
+        return count_macs(self.build(genotype), (c.in_channels, c.image_size, c.image_size))
+
+    def describe(self, genotype: Genotype) -> str:
+        self.validate(genotype)
+        return "\n".join(f"  mixop {layer.index:>2} {layer.name:<7} {layer.in_channels:>4}->{layer.out_channels:<4} "
+                         f"stride {layer.stride}  {op}"
+                         for layer, op in zip(self.layers(), genotype.choices["ops"], strict=True))

@@ -1,0 +1,289 @@
+"""PC-NAS: chain space, latency table, proposals (pool, completions), model, search, ranking command."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+
+from bayesnas import latency
+from bayesnas.cli import EXIT_ERROR, main
+from bayesnas.config import ConfigError, preset
+from bayesnas.data import load_dataset
+from bayesnas.infer import run_search
+from bayesnas.io import read_jsonl
+from bayesnas.methods import get_method
+from bayesnas.methods.pcnas import (  # the proposals (guides/pcnas.py) and the model (models/pcnas.py)
+    Completion,
+    LatencyLimitError,
+    PartialModelPool,
+    PCNASModel,
+    UniformProposal,
+    conditioned_nll,
+)
+from bayesnas.spaces import Genotype, GenotypeError, get_space, load_genotype
+from bayesnas.spaces.chain import ChainSpace
+
+SPACE = {"in_channels": 1, "num_classes": 10, "image_size": 8, "stem_channels": 8, "stem_stride": 1,
+         "first_block_channels": 0, "widths": [8, 16], "depths": [2, 2], "strides": [1, 2], "head_channels": 0,
+         "ops": ["MBConv_1_3", "MBConv_3_3", "Identity"], "transition_op": "MBConv_1_3"}
+TINY = {  # 3 mixops x 3 ops, warm-up 1 + 3 intervals x 1 epoch; a few seconds
+    "method": "pcnas", "epochs": 4, "data_fraction": 0.4,
+    "space": {k: v for k, v in SPACE.items() if k not in ("in_channels", "num_classes", "image_size")},
+    "options": {"pool_size": 2, "num_evaluations": 2, "warmup_epochs": 1, "interval_epochs": 1, "retrain_epochs": 1,
+                "latency_runs": 1, "latency_batch_size": 4, "accuracy_samples": 1, "eval_batch_size": 32},
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These networks are tiny: one thread is as fast, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def space():
+    return get_space("chain", SPACE)
+
+
+@pytest.fixture
+def tiny_config():
+    return preset("pcnas-digits").merged(TINY)
+
+
+# --- space ----------------------------------------------------------------------------------------------------
+def test_full_size_layout_has_21_mixops_and_identity_only_where_shapes_allow():
+    small, large = ChainSpace.from_dict({}), ChainSpace.from_dict({"ops": "large"})
+    layers = small.layers()
+    assert len(layers) == 21 and layers[0].input_shape == (16, 112, 112)
+    first_of_stage = {0, 4, 8, 12, 16, 20}
+    assert small.num_ops() == [9 if i in first_of_stage else 10 for i in range(21)]
+    assert large.num_ops() == [19 if i in first_of_stage else 20 for i in range(21)]
+    assert all("Identity" not in layers[i].ops for i in first_of_stage)
+    scaled = ChainSpace.from_dict({"width_mult": 0.5, "depth_scale": 0.5})
+    assert len(scaled.layers()) == 2 + 2 + 2 + 2 + 2 + 1 and scaled.layers()[0].out_channels == 16
+
+
+def test_genotype_round_trip_and_clear_errors(space, tmp_path):
+    genotype = space.genotype([1, 2, 0])
+    assert genotype.choices == {"ops": ["MBConv_3_3", "Identity", "MBConv_1_3"]}
+    path = tmp_path / "genotype.json"
+    genotype.save(path)
+    assert load_genotype(path) == genotype and space.indices(genotype) == [1, 2, 0]
+    bad = [({"ops": ["MBConv_3_3", "Identity"]}, "has 2 ops, the chain has 3 mixops"),
+           ({"ops": ["MBConv_3_3", "Identity", "MBConv_6_7"]}, "unknown op 'MBConv_6_7'"),
+           ({"ops": ["MBConv_3_3", "Conv_1_1", "Identity"]}, "unknown op 'Conv_1_1'"),
+           ({"layers": []}, "must be {\"ops\"")]
+    for choices, message in bad:
+        with pytest.raises(GenotypeError, match=message):
+            space.validate(Genotype("chain", genotype.config, choices))
+    paper = ChainSpace.from_dict({**SPACE, "transition_op": None})  # the transition is a mixop without Identity
+    with pytest.raises(GenotypeError, match="Identity is not allowed here"):
+        paper.genotype(["MBConv_1_3", "MBConv_1_3", "Identity", "MBConv_1_3"])
+    with pytest.raises(GenotypeError, match="invalid configuration.*unknown operator 'Bogus_1'"):
+        get_space("chain", {"ops": ["Bogus_1"]})
+
+
+def test_supernet_runs_only_the_chosen_path_and_built_network_matches(space):
+    torch.manual_seed(0)
+    net = space.supernet()
+    x = torch.randn(6, 1, 8, 8)
+    net(x, [1, 0, 2]).sum().backward()
+    used = {name.split(".ops.")[1].split(".")[0] for name, p in net.named_parameters()
+            if ".ops." in name and p.grad is not None and name.startswith(("blocks.0.", "blocks.1.", "blocks.3."))}
+    assert used == {"MBConv_3_3", "MBConv_1_3"}  # Identity (mixop 2) has no weights
+    net.eval()
+    genotype = space.genotype([1, 0, 2])
+    built = space.build(genotype, inherit=net.state_dict()).eval()
+    torch.testing.assert_close(built(x), net(x, [1, 0, 2]))
+    one_hot = [F.one_hot(torch.tensor(i), 3).float() for i in (1, 0, 2)]
+    torch.testing.assert_close(net(x, one_hot), net(x, torch.tensor([1, 0, 2])))
+    assert space.params(genotype) < sum(p.numel() for p in net.parameters())
+    assert space.flops(space.genotype([1, 1, 1])) > space.flops(space.genotype([0, 0, 0]))
+    with pytest.raises(GenotypeError, match="no auxiliary head"):
+        space.build(genotype, auxiliary=True)
+
+
+# --- latency ----------------------------------------------------------------------------------------------------
+def test_latency_table_is_cached_and_reused(space, tmp_path, monkeypatch):
+    path = tmp_path / latency.LATENCY_FILE
+    table = latency.load_or_measure(space, path, torch.device("cpu"), batch_size=4, runs=1)
+    assert path.exists() and len(table.ms) == 3 and all(v > 0 for row in table.ms for v in row.values())
+    calls = []
+    monkeypatch.setattr(latency, "measure", lambda *a, **k: calls.append(a) or table)
+    again = latency.load_or_measure(space, path, torch.device("cpu"), batch_size=4, runs=1)
+    assert calls == [] and again == table  # the second call measured nothing
+    latency.load_or_measure(space, path, torch.device("cpu"), batch_size=8, runs=1)
+    assert len(calls) == 1  # another batch size is another table
+    ops = ["MBConv_3_3", "Identity", "MBConv_1_3"]
+    assert table.latency(ops) == pytest.approx(table.fixed_ms + sum(table.ms[i][op] for i, op in enumerate(ops)))
+    assert table.flops(ops) == space.flops(space.genotype(ops))  # the per-op FLOPs proxy adds up exactly
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    assert latency.count_macs(conv, (4, 5, 5)) == 6 * 5 * 5 * 4 * 9
+
+
+# --- proposals --------------------------------------------------------------------------------------------------
+def test_pool_extension_and_top_p_on_hand_made_potentials():
+    pool = PartialModelPool([3, 2, 2], pool_size=2)
+    assert pool.candidates() == [(0,), (1,), (2,)] and pool.effective_architectures() == 12
+    scores = {(0,): 0.1, (1,): 0.5, (2,): 0.5, (1, 0): 0.2, (1, 1): 0.9, (2, 0): 0.8, (2, 1): 0.3}
+    record = pool.update(scores.__getitem__)
+    assert pool.members == [(1,), (2,)] and pool.potentials == [0.5, 0.5]  # a tie keeps the candidates' order
+    assert record["candidates"] == 3 and pool.effective_architectures() == 2 * 2 * 2
+    assert pool.candidates() == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    pool.update(scores.__getitem__)
+    assert pool.members == [(1, 1), (2, 0)] and pool.potentials == [0.9, 0.8]
+    pool.update(lambda c: sum(c) / 10)
+    assert pool.members == [(1, 1, 1), (2, 0, 1)] and pool.complete and pool.effective_architectures() == 2
+    with pytest.raises(ValueError, match="already fixes every mixop"):
+        pool.candidates()
+    restored = PartialModelPool([3, 2, 2], pool_size=2)
+    restored.load_state_dict(pool.state_dict())  # the pool is checkpointed with the search
+    assert restored.members == pool.members and restored.history == pool.history
+    torch.manual_seed(0)
+    assert all(tuple(pool.sample()) in pool.members for _ in range(20))
+
+
+def test_completions_always_meet_the_limit_or_fail_clearly():
+    costs = [[1.0, 2.0, 3.0, 10.0]] * 4
+    generator = torch.Generator().manual_seed(0)
+    for limit, tries in ((9.0, 100), (9.0, 1), (5.0, 1)):  # tries = 1: the constrained sampler takes over
+        completion = Completion([4] * 4, costs, fixed=1.0, limit=limit, max_tries=tries)
+        archs = [completion.complete((), generator) for _ in range(200)]
+        assert all(completion.latency(a) <= limit for a in archs)
+        if limit > 6:  # a prefix is kept and completed under the limit
+            assert all(completion.complete((1,), generator)[:1] == [1] and
+                       completion.latency(completion.complete((1,), generator)) <= limit for _ in range(50))
+    assert {tuple(a) for a in archs} == {(0, 0, 0, 0)}  # 5 ms: only the fastest architecture fits
+    assert len({tuple(a) for a in (Completion([4] * 4, costs, 1.0, 9.0).complete((), generator)
+                                   for _ in range(200))}) > 10
+    tight = Completion([4] * 4, costs, fixed=1.0, limit=4.5)
+    with pytest.raises(LatencyLimitError, match=r"limit of 4\.5 ms: the fastest possible takes 5 ms"):
+        tight.complete((), generator)
+    pool = PartialModelPool([4] * 4, 2, Completion([4] * 4, costs, fixed=1.0, limit=9.0))
+    record = pool.update(lambda c: float(c[0]))  # (3,) costs 10 ms: it cannot be completed under 9 ms
+    assert record["infeasible"] == 1 and pool.members == [(2,), (1,)]
+    uniform = UniformProposal([4, 3])
+    assert uniform.effective_architectures() == 12 and len(uniform.sample(generator)) == 2
+
+
+# --- model ------------------------------------------------------------------------------------------------------
+def test_model_sites_and_conditioned_likelihood(space):
+    torch.manual_seed(0)
+    model = PCNASModel(space.supernet(), space.num_ops())
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(10, (8,))
+    trace = poutine.trace(model).get_trace(x, y, torch.arange(8), 100)
+    arch_sites = [f"op_{i}" for i in range(3)]
+    for site in arch_sites:
+        node = trace.nodes[site]
+        assert node["cond_indep_stack"] == () and not node["is_observed"]
+        torch.testing.assert_close(node["fn"].probs, torch.full((3,), 1 / 3))
+    obs = trace.nodes["y"]
+    assert obs["is_observed"] and obs["cond_indep_stack"][0].full_size == 100 and obs["scale"] == 100 / 8
+    model.eval()
+    nll, logits = conditioned_nll(model, [2, 1, 0], x, y, torch.arange(8), 100)
+    torch.testing.assert_close(nll, F.cross_entropy(model.net(x, [2, 1, 0]), y))
+    assert logits.shape == (8, 10)
+
+
+# --- search -----------------------------------------------------------------------------------------------------
+def test_epochs_must_fit_the_schedule(tiny_config):
+    data = load_dataset("digits", seed=0, fraction=0.4)
+    with pytest.raises(ConfigError, match=r"warmup_epochs \+ L x interval_epochs.*1 \+ 3 = 4, but epochs = 5"):
+        get_method("pcnas")(tiny_config.merged({"epochs": 5}), data, torch.device("cpu"))
+    method = get_method("pcnas")(tiny_config.merged({"epochs": 6, "options": {"warmup_epochs": None}}), data,
+                                 torch.device("cpu"))
+    assert method.warmup_epochs == 3
+
+
+def _seed_table(config, run_dir):
+    """Write a latency table the search will reuse (so the test knows its numbers)."""
+    data = load_dataset("digits", seed=0, fraction=0.4)
+    method = get_method("pcnas")(config, data, torch.device("cpu"))
+    table = latency.measure(method.space, torch.device("cpu"), 4, 1)
+    table.fixed_ms = 1.0
+    table.ms = [{op: (0.0 if op == "Identity" else 1.0 + i) for i, op in enumerate(row)} for row in table.ms]
+    run_dir.mkdir()
+    table.save(run_dir / latency.LATENCY_FILE)
+    return table
+
+
+def test_tiny_search_end_to_end_meets_the_latency_limit(tiny_config, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    config = tiny_config.merged({"options": {"latency_ms": 4.5}})
+    table = _seed_table(config, run)  # ops cost 1, 2, 0 ms (Identity); fixed 1 ms; the fastest is 1 ms
+    monkeypatch.setattr(latency, "measure", lambda *a, **k: pytest.fail("the cached table must be reused"))
+    summary = run_search(config, run, progress=False)
+    for name in ("config.json", "checkpoint.pt", "metrics.jsonl", "genotype.json", "summary.json", "posterior.nc",
+                 "latency.json", "training.png", "op_frequencies.png", "fading.png"):
+        assert (run / name).exists(), name
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["effective_architectures"] for r in rows] == [27, 2 * 9, 2 * 3, 2]
+    assert [r["stage"] for r in rows] == ["warm-up", "pool", "pool", "pool"]
+    assert all(len(r["pool_potentials"]) == 2 for r in rows[1:]) and "pool_potentials" not in rows[0]
+    assert summary["latency_ms"] <= 4.5 and summary["latency_ms"] == table.latency(summary["pool"][0]["ops"])
+    assert all(member["latency_ms"] <= 4.5 for member in summary["pool"])
+    assert len(summary["potentials"]) == 3 and summary["potentials"][0]["candidates"] == 3
+    assert summary["effective_architectures_first"] == 27 and summary["effective_architectures_last"] == 2
+    assert summary["retrained"] and 0 <= summary["test_accuracy"] <= 1 and summary["flops"] > 0
+    assert summary["supernet_params"] > summary["params"]
+    genotype = load_genotype(run / "genotype.json")
+    assert genotype.choices["ops"] == summary["pool"][0]["ops"]
+
+
+def test_interrupted_search_resumes_with_its_pool(tiny_config, tmp_path):
+    figures = ("test_accuracy", "potentials", "pool", "latency_ms")
+    config = tiny_config.merged({"options": {"retrain_epochs": 0}})
+    full = run_search(config, tmp_path / "full", progress=False)
+
+    def kill(event):
+        if event.epoch == 2 and event.step == 0:
+            raise KeyboardInterrupt
+
+    (tmp_path / "cut").mkdir()  # the same latency table in both runs
+    (tmp_path / "cut/latency.json").write_text((tmp_path / "full/latency.json").read_text())
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, tmp_path / "cut", progress=False, on_step=kill)
+    resumed = run_search(config, tmp_path / "cut", progress=False, resume=True)
+    assert {k: resumed[k] for k in figures} == {k: full[k] for k in figures}
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "cut/metrics.jsonl")]
+    assert losses == [r["loss"] for r in read_jsonl(tmp_path / "full/metrics.jsonl")]
+
+
+def test_unreachable_latency_limit_fails_before_writing(tiny_config, tmp_path):
+    with pytest.raises(LatencyLimitError, match=r"latency limit 1e-06 ms cannot be met: the fastest"):
+        run_search(tiny_config.merged({"options": {"latency_ms": 1e-6}}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+def test_cli_search_prints_potentials_and_rank_prints_both_correlations(tmp_path, capsys):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    run = tmp_path / "run"
+    assert main(["search", "--method", "pcnas", "--config", str(config), "--latency-ms", "1000", "--out", str(run),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "latency" in out and "limit: 1000 ms" in out and out.count("  interval ") == 3
+    assert json.loads((run / "summary.json").read_text())["latency_limit_ms"] == 1000
+    assert main(["train", str(run / "genotype.json"), "--epochs", "1", "--no-progress"]) == 0
+
+    ranked = tmp_path / "rank"
+    argv = ["rank", "--config", str(config), "-n", "3", "--train-epochs", "1", "--out", str(ranked), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "one-shot (uniform)" in out and "PC-NAS (pool)" in out and out.count("Kendall tau") == 2
+    result = json.loads((ranked / "rank.json").read_text())
+    assert result["num_architectures"] == 3 and len({tuple(a["ops"]) for a in result["architectures"]}) == 3
+    for name in ("oneshot", "pcnas"):
+        assert result[name]["pearson_r"] is None or -1 <= result[name]["pearson_r"] <= 1
+        assert (ranked / name / "summary.json").exists()
+    assert result["oneshot"]["effective_architectures_last"] == 27
+    assert result["pcnas"]["effective_architectures_last"] == 2
+
+    assert main(["rank", "--preset", "pgnas-digits", "--out", str(tmp_path / "r2"), "--no-progress"]) == EXIT_ERROR
+    assert "compares PC-NAS super-networks" in capsys.readouterr().err
