@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--out", help="run folder (default: runs/<preset>-seed<seed>-<time>)")
     search.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint")
+    search.add_argument("--sample-per", choices=("batch", "example"),
+                        help="GDAS: one architecture per mini-batch (authors' code) or per example (paper)")
+    search.add_argument("--fixed-reduction", action="store_true",
+                        help="GDAS: use the fixed reduction cell (FRC, paper Fig. 3) instead of searching it")
     search.add_argument("--latency-ms", type=float,
                         help="PC-NAS: hard latency limit in ms on this device (sets --option latency_ms)")
     _add_common(search)
@@ -127,20 +131,33 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
             overrides[key] = getattr(args, key)
     if args.option:
         overrides["options"] = dict(_parse_option(o) for o in args.option)
+    if getattr(args, "sample_per", None):
+        overrides["options"] = {**overrides.get("options", {}), "sample_per": args.sample_per}
+    if getattr(args, "fixed_reduction", False):
+        overrides["space"] = {"fixed_reduction": True}
     if getattr(args, "latency_ms", None) is not None:
         overrides["options"] = {**overrides.get("options", {}), "latency_ms": args.latency_ms}
     return config.merged(overrides)
 
 
 def _describe(genotype: Any) -> str:
+    """The chosen architecture in a few lines, whatever its space."""
     lines = []
     if genotype.space == "chain":  # PC-NAS: one op per mixop
         from bayesnas.spaces import get_space
 
         return get_space("chain", genotype.config).describe(genotype)
-    for layer, branches in genotype.choices.items():
-        cells = [f"{b}:{len(idx):>3}" for b, idx in branches.items()]
-        lines.append(f"  {layer:<8} kept input channels  " + "  ".join(cells))
+    if genotype.space == "cells":
+        for kind, states in genotype.choices.items():
+            lines.append(f"  {kind} cell:")
+            lines += [f"    state {j}: " + " + ".join(f"{op}(input {i})" for op, i in state)
+                      for j, state in enumerate(states)]
+    elif genotype.space == "branches":
+        for layer, branches in genotype.choices.items():
+            cells = [f"{b}:{len(idx):>3}" for b, idx in branches.items()]
+            lines.append(f"  {layer:<8} kept input channels  " + "  ".join(cells))
+    else:
+        lines += [f"  {key}: {value}" for key, value in genotype.choices.items()]
     return "\n".join(lines)
 
 
@@ -164,6 +181,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"super-network weights left after pruning at log lambda >= {summary['prune_threshold']:g}: "
               f"{summary['pruned_params']:,} "
               f"({1 - summary['pruned_fraction']:.1%})")
+    fading = "log10_effective_architectures"
+    if f"{fading}_first" in summary:
+        print(f"effective number of architectures sharing the weights: 10^{summary[fading + '_first']:.2f} "
+              f"(first epoch) -> 10^{summary[fading + '_last']:.2f} (last epoch)")
     if "baseline_test_accuracy" in summary:
         print(f"random baseline (fixed drop rate {summary['baseline_drop_rate']}): "
               f"test accuracy {summary['baseline_test_accuracy']:.4f}, parameters {summary['baseline_params']:,}")

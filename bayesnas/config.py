@@ -112,7 +112,42 @@ PRESETS: dict[str, dict[str, Any]] = {
         "options": {"temperature": 0.2, "init_drop_rate": 0.1, "prior_precision": 50.0,
                     "kl_dataset_size": 500000, "num_candidates": 1500, "baseline_drop_rate": 0.3},
     },
+    # GDAS on digits: 3 small cells (8x8 -> 4x4), the paper's tau 10 -> 1, one architecture per mini-batch.
+    # With ~10 weight steps per epoch the paper's schedule (A learning from the start at lr 3e-4) leaves A
+    # almost uniform and the cells collapse onto parameter-free pooling ops (seed 0, 30 epochs: test 0.983);
+    # 10 weight-only warm-up epochs and arch lr 0.01 make A move (fading 10^25.29 -> 10^24.68, seed 0) and retraining
+    # 60 epochs gives the margin.
+    "gdas-digits": {
+        "method": "gdas", "dataset": "digits", "epochs": 40, "batch_size": 64, "lr": 0.025, "lr_min": 0.001,
+        "momentum": 0.9, "nesterov": False, "weight_decay": 3e-4, "grad_clip": 5.0,
+        "space": {"channels": 16, "layout": "NRN", "states": 4, "ops": "gdas"},
+        "options": {"tau_max": 10.0, "tau_min": 1.0, "warmup_epochs": 10, "arch_lr": 0.01, "retrain_epochs": 60},
+    },
+    # GDAS as the paper describes it (Sec. 4.1): 8 cells (N=2 per stage, figure), 240 epochs, tau 10 -> 1,
+    # SGD lr 0.025 cosine to 0.001, momentum 0.9, wd 3e-4; architecture Adam lr 3e-4, wd 1e-3; retraining
+    # 600 epochs with auxiliary towers and drop-path, channels 36 and 20 cells as in DARTS.
+    "gdas-paper": {
+        "method": "gdas", "dataset": "cifar10", "epochs": 240, "batch_size": 128, "lr": 0.025, "lr_min": 0.001,
+        "momentum": 0.9, "nesterov": False, "weight_decay": 3e-4, "grad_clip": 0.0, "shift": 4, "flip": True,
+        "space": {"in_channels": 3, "channels": 16, "layout": "NNRNNRNN", "states": 4, "ops": "gdas",
+                  "eval_layout": "6NR6NR6N", "eval_channels": 36},
+        "options": {"tau_max": 10.0, "tau_min": 1.0, "retrain_epochs": 600, "retrain_lr": 0.025,
+                    "retrain_auxiliary": 0.4, "retrain_drop_path": 0.2},
+    },
+    # GDAS as the authors' code runs it (xautodl 1.0.0): 6 cells [C]*N + [2C] + [2C]*(N-1) + [4C] + [4C]*(N-1),
+    # 250 epochs, batch 256, tau 10 -> 0.1, nesterov, wd 5e-4, gradient-norm clip 5.
+    "gdas-xautodl": {
+        "method": "gdas", "dataset": "cifar10", "epochs": 250, "batch_size": 256, "lr": 0.025, "lr_min": 0.001,
+        "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "grad_clip": 5.0, "shift": 4, "flip": True,
+        "space": {"in_channels": 3, "channels": 16, "layout": "NNRNRN", "states": 4, "ops": "gdas",
+                  "eval_layout": "6NR6NR6N", "eval_channels": 36},
+        "options": {"tau_max": 10.0, "tau_min": 0.1, "retrain_epochs": 600, "retrain_lr": 0.025,
+                    "retrain_auxiliary": 0.4, "retrain_drop_path": 0.2},
+    },
 }
+PRESETS.update({  # the fixed reduction cell of GDAS Fig. 3 (FRC)
+    f"{name}-frc": {**PRESETS[name], "space": {**PRESETS[name]["space"], "fixed_reduction": True}}
+    for name in ("gdas-paper", "gdas-xautodl")})
 PRESETS.update({
     # PC-NAS on digits: 8x8 -> 4x4 -> 2x2, widths 16/32/64, stem stride 1, no fixed first block or head; the two
     # shape-changing layers are a fixed MBConv_3_3 (a single-path super-network with random transitions learns

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
@@ -176,6 +177,18 @@ def kl_concrete_dropout_spike_and_slab(q: ConcreteDropout, p: SpikeAndSlab) -> t
     d2 = p.slab_scale.to(q.weight).pow(-2)
     keep = 1 - q.drop_rate
     return d2 * keep / 2 * q.weight.pow(2).sum() - q.num_slices * binary_entropy(q.drop_rate)
+
+
+@register_kl(dist.RelaxedOneHotCategoricalStraightThrough, dist.OneHotCategorical)
+def kl_relaxed_straight_through_one_hot(q: dist.RelaxedOneHotCategoricalStraightThrough,
+                                        p: dist.OneHotCategorical) -> torch.Tensor:
+    """GDAS's architecture term (DESIGN, "How proposals sit in Pyro"): the straight-through Gumbel-softmax
+    proposal (papers/gdas.md Eq. 5-7) is scored against the one-hot categorical prior by the KL between the
+    underlying categoricals, ``sum_k pi_k (log pi_k - log p_k)``, a stated approximation (the relaxed
+    density and the prior's probability mass are not comparable)."""
+    log_q = torch.log_softmax(q.logits, -1)
+    log_p = torch.log_softmax(p.logits, -1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
 
 
 # ----------------------------------------------------------------------------------------------- VINNAS

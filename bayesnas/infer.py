@@ -199,8 +199,8 @@ def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch
                     on_step(StepEvent(epoch, step, value))
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{value:.4f}", refresh=False)
-        for _, scheduler in optimizers.values():
-            scheduler.step()
+        for _, phase in active:  # a phase still in its warm-up keeps its schedule where it is
+            optimizers[phase.name][1].step()
         first = totals[phases[0].name]
         row = {"epoch": epoch, "loss": first[0] / first[2], "train_accuracy": first[1] / first[2],
                "val_accuracy": method.accuracy(data.val), "lr": optimizers[phases[0].name][0].param_groups[0]["lr"],
@@ -211,7 +211,7 @@ def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch
             row[f"{phase.name}_accuracy"] = right / n if n else None
         row.update(method.epoch_metrics())
         bar.set_postfix(epoch=epoch, loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
-                        val=f"{row['val_accuracy']:.3f}")
+                        val=f"{row['val_accuracy']:.3f}", **{k: row[k] for k in method.progress_keys})
         rows.append(row)
         write_jsonl(metrics_path, rows)
         checkpoint.save(config, epoch, modules, optimizers)
@@ -259,5 +259,8 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
         "genotype": "genotype.json",
         **selection.extra,
     }
+    fading = "log10_effective_architectures"
+    if rows and fading in rows[0]:
+        summary[f"{fading}_first"], summary[f"{fading}_last"] = rows[0][fading], rows[-1][fading]
     write_json(run_dir / "summary.json", summary)
     return summary

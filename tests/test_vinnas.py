@@ -234,9 +234,13 @@ def test_bad_genotypes_fail_with_a_clear_error(tmp_path):
         load_genotype(_genotype_file(tmp_path, {"normal": [[["skip_connect", 0]], GOOD[1]], "reduce": GOOD}))
 
 
-def test_search_writes_run_folder_and_diagnoses(config, tmp_path, capsys):
+def test_search_writes_run_folder_prints_cells_and_diagnoses(config, tmp_path, capsys):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({**TINY, "method": "vinnas"}))
     run = tmp_path / "run"
-    run_search(config, run, progress=False)
+    assert main(["search", "--method", "vinnas", "--config", str(cfg), "--out", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "normal cell:" in out and "reduce cell:" in out and "after pruning" in out
     summary = json.loads((run / "summary.json").read_text())
     for key in ("test_accuracy", "params", "pruned_params", "supernet_params", "cells", "best_arch_error"):
         assert key in summary, key

@@ -120,6 +120,8 @@ class SearchMethod(ABC):
 
     name: ClassVar[str]
     options_type: ClassVar[type]
+    progress_keys: ClassVar[tuple[str, ...]] = ()
+    """``epoch_metrics`` keys also shown in the progress bar."""
 
     def __init__(self, config: SearchConfig, data: DataBundle, device: torch.device) -> None:
         self.config = config
@@ -174,7 +176,7 @@ def get_method(name: str) -> type[SearchMethod]:
     return METHODS[name]
 
 
-from bayesnas.methods import pgnas  # noqa: E402,F401  (registers the method)
+from bayesnas.methods import gdas, pgnas  # noqa: E402,F401  (registers the methods)
 
 # isort: split
 from bayesnas.methods import pcnas  # noqa: E402,F401  (registers PC-NAS)

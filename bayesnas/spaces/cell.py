@@ -224,7 +224,8 @@ class AuxiliaryHead(nn.Module):
 
 
 class CellNetwork(nn.Module):
-    """Stem, cells by layout, pooling, classifier. ``genotype=None`` gives the super-network."""
+    """Stem, cells by layout, BN + ReLU, pooling, classifier (as the GDAS authors' search network).
+    ``genotype=None`` gives the super-network."""
 
     def __init__(self, config: CellSpaceConfig, genotype: Genotype | None = None, sparse: bool = False,
                  auxiliary: bool = False, drop_path: float = 0.0) -> None:
@@ -254,6 +255,7 @@ class CellNetwork(nn.Module):
         if auxiliary and len(cells) >= 3:
             self.aux_head = AuxiliaryHead(self._out_channels(config, layout, channels, self.aux_index),
                                           config.num_classes)
+        self.lastact = nn.Sequential(nn.BatchNorm2d(c_p, affine=affine), nn.ReLU())
         self.classifier = nn.Linear(c_p, config.num_classes)
 
     @staticmethod
@@ -270,7 +272,7 @@ class CellNetwork(nn.Module):
             s0, s1 = s1, cell(s0, s1, None if arch is None else arch.get(cell.kind))
             if self.aux_head is not None and self.training and i == self.aux_index:
                 aux = self.aux_head(s1)
-        logits = self.classifier(s1.mean((2, 3)))
+        logits = self.classifier(self.lastact(s1).mean((2, 3)))
         return logits if aux is None else (logits, aux)
 
 
