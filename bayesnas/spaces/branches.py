@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bayesnas.spaces.genotype import Genotype, GenotypeError
-from bayesnas.spaces.ops import SearchConv2d
+from bayesnas.spaces.ops import AuxiliaryHead, DropPath, SearchConv2d
 from bayesnas.spaces.profile import count_params  # noqa: F401  (re-exported)
 
 
@@ -94,20 +94,6 @@ class Branch(nn.Module):
         return self.bn_b(self.conv_b(torch.relu(h)))
 
 
-class DropPath(nn.Module):
-    """Drops a whole branch per example with probability ``p`` while training (rescaling the rest)."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= self.p
-        return x * keep.to(x.dtype) / (1 - self.p)
-
-
 class MultiBranchBlock(nn.Module):
     """Residual block: shortcut + sum of branches (one per kernel size that survives)."""
 
@@ -130,18 +116,6 @@ class MultiBranchBlock(nn.Module):
         for branch in self.branches.values():
             out = out + self.drop_path(branch(x))
         return out
-
-
-class AuxiliaryHead(nn.Module):
-    """Auxiliary classifier on intermediate features (used only by the retraining recipe)."""
-
-    def __init__(self, channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(channels, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)
 
 
 class BranchNet(nn.Module):

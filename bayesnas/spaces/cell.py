@@ -25,7 +25,16 @@ import torch
 from torch import nn
 
 from bayesnas.spaces.genotype import Genotype, GenotypeError
-from bayesnas.spaces.ops import OP_SETS, OPS, FactorizedReduce, ReLUConvBN, SearchConv2d, make_op
+from bayesnas.spaces.ops import (
+    OP_SETS,
+    OPS,
+    AuxiliaryHead,
+    DropPath,
+    FactorizedReduce,
+    ReLUConvBN,
+    SearchConv2d,
+    make_op,
+)
 
 CELL_TYPES = {"N": "normal", "R": "reduce"}
 
@@ -153,20 +162,6 @@ class SearchCell(nn.Module):
         return torch.cat(nodes[-self.multiplier:], dim=1)
 
 
-class DropPath(nn.Module):
-    """Zero an op's output per example with probability ``p`` while training (rescaling the rest)."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= self.p
-        return x * keep.to(x.dtype) / (1 - self.p)
-
-
 class DiscreteCell(nn.Module):
     """A derived cell: each state sums two chosen ``(op, input)`` pairs."""
 
@@ -212,15 +207,6 @@ class FixedReductionCell(nn.Module):
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: Any = None) -> torch.Tensor:
         s0, s1 = self.pre0(s0), self.pre1(s1)
         return torch.cat([self.conv0(s0), self.conv1(s1), self.pool0(s0), self.pool1(s1)], dim=1)
-
-
-class AuxiliaryHead(nn.Module):
-    def __init__(self, channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)
 
 
 class CellNetwork(nn.Module):

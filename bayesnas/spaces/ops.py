@@ -111,6 +111,33 @@ def _skip(c_in: int, c_out: int, stride: int, affine: bool) -> nn.Module:
     return ReLUConvBN(c_in, c_out, 1, 1, 0, affine=affine)
 
 
+class DropPath(nn.Module):
+    """Drop-path: zero a branch or op output per example with probability ``p`` while training
+    (rescaling the rest); a building block of the retraining recipe."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1 - self.p)
+
+
+class AuxiliaryHead(nn.Module):
+    """Auxiliary classifier on intermediate features (used only by the retraining recipe)."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(channels, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+
 OpFactory = Callable[[int, int, int, bool], nn.Module]
 
 OPS: dict[str, OpFactory] = {
