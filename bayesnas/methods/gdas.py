@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 from pyro import poutine
-from pyro.infer import TraceMeanField_ELBO
 
 from bayesnas import diagnostics
 from bayesnas.config import ConfigError
+from bayesnas.elbo import AnalyticKLELBO
 from bayesnas.guides.gdas import GumbelSoftmaxProposal
 from bayesnas.methods import Phase, SearchMethod, Selection, register
 from bayesnas.models.gdas import GDASModel, arch_site
@@ -81,7 +81,7 @@ class GDAS(SearchMethod):
         per_example = o.sample_per == "example"
         self.model = GDASModel(self.space.supernet(sparse=True), kinds, shape, per_example, o.beta).to(device)
         self.guide = GumbelSoftmaxProposal(kinds, shape, o.tau_max, per_example, o.beta).to(device)
-        self.elbo = TraceMeanField_ELBO()
+        self.elbo = AnalyticKLELBO()
         self.split_sizes = {name: len(split) for name, split in zip(("weights", "architecture"),
                                                                      data.halves(config.seed), strict=True)}
 

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 from pyro import poutine
-from pyro.infer import TraceMeanField_ELBO
 
 from bayesnas import diagnostics
 from bayesnas.config import ConfigError
+from bayesnas.elbo import AnalyticKLELBO
 from bayesnas.guides.pgnas import ConcreteDropoutGuide
 from bayesnas.methods import Phase, SearchMethod, Selection, register
 from bayesnas.models.pgnas import PGNASModel
@@ -79,7 +79,7 @@ class PGNAS(SearchMethod):
         self.guide = ConcreteDropoutGuide(self.model.initial_weights, o.temperature, o.init_drop_rate,
                                           o.rescale, kl_scale).to(device)
         self.reparam = LocalReparameterization()
-        self.elbo = TraceMeanField_ELBO()
+        self.elbo = AnalyticKLELBO()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model, "guide": self.guide}

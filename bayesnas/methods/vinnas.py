@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pyro.infer import TraceMeanField_ELBO
 
 from bayesnas import diagnostics
 from bayesnas.config import ConfigError
 from bayesnas.data import Split
 from bayesnas.distributions import kl_normal_log_uniform_elementwise
+from bayesnas.elbo import AnalyticKLELBO
 from bayesnas.guides.vinnas import VINNASGuide
 from bayesnas.methods import Phase, SearchMethod, Selection, register
 from bayesnas.models.vinnas import VINNASModel
@@ -116,7 +116,7 @@ class VINNAS(SearchMethod):
         self.guide = VINNASGuide(self.model.initial_weights, self.cell_types, shape, o.init_log_var,
                                  o.alpha_init_std).to(device)
         self.reparam = LocalReparameterization()
-        self.elbo = TraceMeanField_ELBO()
+        self.elbo = AnalyticKLELBO()
         self.weight_half, self.arch_half = data.halves(config.seed)
         self.epoch = 0
         self._nll = [0.0, 0]
