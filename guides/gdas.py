@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pyro
 import pyro.distributions as dist
 import torch
@@ -68,7 +66,3 @@ class GumbelSoftmaxProposal(PyroModule):
         """The most probable architecture, as one-hot ``(E, K)`` per cell type."""
         k = len(next(iter(self.logits.values()))[0])
         return {kind: nn.functional.one_hot(a.argmax(-1), k).to(a.dtype) for kind, a in self.logits.items()}
-
-
-def log10_effective(log_n: float) -> float:
-    return log_n / math.log(10)
