@@ -8,6 +8,7 @@ architectures with :func:`train_network`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +21,15 @@ from bayesnas.data import Split
 
 
 @torch.no_grad()
-def accuracy(net: nn.Module, split: Split, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``net`` (in eval mode) on ``split``."""
+def accuracy(net: nn.Module, split: Split, batch_size: int = 512,
+             predict: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Top-1 accuracy on ``split`` of ``predict(x)`` (default ``net(x)``), with ``net`` in eval mode."""
+    predict = predict or net
     was_training = net.training
     net.eval()
     correct = 0
     for start in range(0, len(split), batch_size):
-        logits = net(split.x[start:start + batch_size])
+        logits = predict(split.x[start:start + batch_size])
         correct += int((logits.argmax(-1) == split.y[start:start + batch_size]).sum())
     net.train(was_training)
     return correct / max(len(split), 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -12,6 +13,23 @@ import torch
 from bayesnas.config import preset
 from bayesnas.data import DataBundle, Split
 from bayesnas.methods import get_method
+
+
+def parse_timing_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, torch.device, torch.Tensor,
+                                                                torch.Tensor]:
+    """The benchmarks' common options, applied: returns (args, device, and a random CIFAR-shaped batch x, y)."""
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps of each (alternating)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    return args, device, x, y
 
 
 def random_bundle(batch: int, channels: int = 3, size: int = 32, classes: int = 10, seed: int = 0) -> DataBundle:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _gdas_step import gdas_weight_step, pin_logits, time_alternating  # noqa: E402
+from _gdas_step import gdas_weight_step, parse_timing_args, pin_logits, time_alternating  # noqa: E402
 
 EIGHT = "none,skip_connect,sep_conv_3x3,sep_conv_5x5,dil_conv_3x3,dil_conv_5x5,avg_pool_3x3,max_pool_3x3"
 TWO = "sep_conv_3x3,max_pool_3x3"
@@ -24,17 +24,7 @@ TWO = "sep_conv_3x3,max_pool_3x3"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    args, device, x, y = parse_timing_args(parser)
     steps = {}
     for label, ops in (("8 ops", EIGHT), ("2 ops", TWO)):
         space = {"in_channels": 3, "channels": 16, "layout": "NNRNRN", "states": 4, "ops": ops, "affine": False}

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _gdas_step import gdas_weight_step, pin_logits, time_alternating  # noqa: E402
+from _gdas_step import gdas_weight_step, parse_timing_args, pin_logits, time_alternating  # noqa: E402
 
 # the DARTS ops under our names; xautodl names the same eight ops "dua_sepc_3x3", "dil_sepc_3x3", ...
 OPS = ["none", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "avg_pool_3x3",
@@ -59,17 +59,7 @@ def xautodl_weight_step(batch: int, device: torch.device, x: torch.Tensor, y: to
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps of each (alternating)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    args, device, x, y = parse_timing_args(parser)
     space = {"in_channels": 3, "channels": 16, "layout": "NNRNRN", "states": 4, "ops": ",".join(OPS),
              "stem_multiplier": 3, "affine": False}
     ours, method = gdas_weight_step(space, args.batch_size, device, x, y)

@@ -129,6 +129,16 @@ class SearchMethod(ABC):
         self.device = device
         self.options = parse_options(self.options_type, config.options, self.name)
 
+    def build_space(self, space_type: type, **defaults: Any) -> Any:
+        """The method's search space: the data's shape and ``defaults``, overridden by ``config.space``
+        (one-line :class:`ConfigError` for a bad option)."""
+        options = {"in_channels": self.data.in_channels, "num_classes": self.data.num_classes, **defaults,
+                   **self.config.space}
+        try:
+            return space_type.from_dict(options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"space of method {self.name!r}: {err}") from None
+
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:
         """Everything trained and checkpointed, by name."""

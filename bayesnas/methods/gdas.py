@@ -13,7 +13,6 @@ import torch
 from pyro import poutine
 
 from bayesnas import diagnostics
-from bayesnas.config import ConfigError
 from bayesnas.elbo import AnalyticKLELBO
 from bayesnas.guides.gdas import GumbelSoftmaxProposal
 from bayesnas.methods import Phase, SearchMethod, Selection, register
@@ -21,7 +20,7 @@ from bayesnas.models.gdas import GDASModel, arch_site
 from bayesnas.select import derive_cell
 from bayesnas.spaces.cell import CellSpace
 from bayesnas.spaces.profile import count_params
-from bayesnas.train import TrainRecipe, retrain
+from bayesnas.train import TrainRecipe, accuracy, retrain
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,7 @@ class GDAS(SearchMethod):
     def __init__(self, config, data, device) -> None:
         super().__init__(config, data, device)
         o = self.options
-        try:
-            self.space = CellSpace.from_dict(
-                {"in_channels": data.in_channels, "num_classes": data.num_classes, **config.space})
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"space of method {self.name!r}: {err}") from None
+        self.space = self.build_space(CellSpace)
         kinds = self.space.config.searched_types()
         shape = self.space.arch_shape()
         per_example = o.sample_per == "example"
@@ -122,12 +117,7 @@ class GDAS(SearchMethod):
     def accuracy(self, split) -> float:
         """Accuracy of the super-network under the most probable architecture."""
         arch = self.guide.mode()
-        was_training = self.model.training
-        self.model.eval()
-        correct = sum(int((self.model.net(split.x[i:i + 512], arch).argmax(-1) == split.y[i:i + 512]).sum())
-                      for i in range(0, len(split), 512))
-        self.model.train(was_training)
-        return correct / len(split)
+        return accuracy(self.model, split, predict=lambda x: self.model.net(x, arch))
 
     def epoch_metrics(self) -> dict[str, Any]:
         """Posterior fading (PC-NAS Eq. 10): per-edge entropies and the effective number of architectures

@@ -97,11 +97,7 @@ class PCNAS(SearchMethod):
     def __init__(self, config, data, device) -> None:
         super().__init__(config, data, device)
         o = self.options
-        try:
-            self.space = ChainSpace.from_dict({"in_channels": data.in_channels, "num_classes": data.num_classes,
-                                               "image_size": data.image_size, **config.space})
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"space of method {self.name!r}: {err}") from None
+        self.space = self.build_space(ChainSpace, image_size=data.image_size)
         self.num_ops = self.space.num_ops()
         self.num_layers = len(self.num_ops)
         needed = self.num_layers * o.interval_epochs

@@ -11,7 +11,6 @@ import torch
 from pyro import poutine
 
 from bayesnas import diagnostics
-from bayesnas.config import ConfigError
 from bayesnas.elbo import AnalyticKLELBO
 from bayesnas.guides.pgnas import ConcreteDropoutGuide
 from bayesnas.methods import Phase, SearchMethod, Selection, register
@@ -68,11 +67,7 @@ class PGNAS(SearchMethod):
     def __init__(self, config, data, device) -> None:
         super().__init__(config, data, device)
         o = self.options
-        try:
-            self.space = BranchSpace.from_dict(
-                {"in_channels": data.in_channels, "num_classes": data.num_classes, **config.space})
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"space of method {self.name!r}: {err}") from None
+        self.space = self.build_space(BranchSpace)
         self.num_train = len(data.train)
         kl_scale = self.num_train / o.kl_dataset_size if o.kl_dataset_size else 1.0
         self.model = PGNASModel(self.space.supernet(), o.prior_precision, o.spike_prob, kl_scale).to(device)
@@ -109,13 +104,7 @@ class PGNAS(SearchMethod):
 
     @torch.no_grad()
     def accuracy(self, split) -> float:
-        net = poutine.condition(self.model, data=self.mean_kernels())
-        was_training = self.model.training
-        self.model.eval()
-        correct = sum(int((net(split.x[i:i + 512]).argmax(-1) == split.y[i:i + 512]).sum())
-                      for i in range(0, len(split), 512))
-        self.model.train(was_training)
-        return correct / len(split)
+        return accuracy(self.model, split, predict=poutine.condition(self.model, data=self.mean_kernels()))
 
     def epoch_metrics(self) -> dict[str, Any]:
         rates = self.guide.drop_rates()

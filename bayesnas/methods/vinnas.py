@@ -30,7 +30,7 @@ from bayesnas.reparam import LocalReparameterization
 from bayesnas.select import derive_cell
 from bayesnas.spaces.cell import CellSpace
 from bayesnas.spaces.profile import count_params
-from bayesnas.train import TrainRecipe, retrain
+from bayesnas.train import TrainRecipe, accuracy, retrain
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,7 @@ class VINNAS(SearchMethod):
         if o.warmup_epochs >= config.epochs:
             raise ConfigError(f"method 'vinnas': warmup_epochs ({o.warmup_epochs}) must be below epochs "
                               f"({config.epochs}), or the architecture is never trained")
-        try:
-            self.space = CellSpace.from_dict({"in_channels": data.in_channels, "num_classes": data.num_classes,
-                                              "ops": "vinnas", **config.space})
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"space of method {self.name!r}: {err}") from None
+        self.space = self.build_space(CellSpace, ops="vinnas")
         self.cell_types = self.space.config.searched_types()
         if not self.cell_types:
             raise ConfigError("space of method 'vinnas': no searched cell type (fixed_reduction with no N cell?)")
@@ -187,12 +183,7 @@ class VINNAS(SearchMethod):
         """Accuracy of the posterior-mean super-network (weights with log lambda >= threshold pruned)."""
         weights = self.guide.weight_means(self.options.prune_threshold)
         alphas = self.guide.alpha_means() if alphas is None else alphas
-        was_training = self.model.training
-        self.model.eval()
-        correct = sum(int((self.model.predict(split.x[i:i + 512], weights, alphas).argmax(-1)
-                           == split.y[i:i + 512]).sum()) for i in range(0, len(split), 512))
-        self.model.train(was_training)
-        return correct / max(len(split), 1)
+        return accuracy(self.model, split, predict=lambda x: self.model.predict(x, weights, alphas))
 
     @torch.no_grad()
     def kl_terms(self) -> tuple[float, float]:
