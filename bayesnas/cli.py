@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="GDAS: use the fixed reduction cell (FRC, paper Fig. 3) instead of searching it")
     search.add_argument("--latency-ms", type=float,
                         help="PC-NAS: hard latency limit in ms on this device (sets --option latency_ms)")
+    search.add_argument("--precision", choices=("fp32", "bf16"),
+                        help="bf16: autocast the network to bfloat16 (KL terms and loss stay fp32); default: "
+                             "the preset's, fp32")
+    search.add_argument("--channels-last", action="store_true", default=None,
+                        help="channels-last memory format for images and convolutions (GPUs)")
+    search.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the super-network forward (eager fallback with a warning)")
     _add_common(search)
 
     train = sub.add_parser("train", formatter_class=_Formatter, help="train a genotype from scratch",
@@ -107,6 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--out", help="output folder (default: runs/rank-<dataset>-seed<seed>-<time>)")
     rank.set_defaults(method=None, dataset=None)
     _add_common(rank)
+
+    bench = sub.add_parser(
+        "bench", formatter_class=_Formatter, help="benchmark every method on a real data set",
+        description="Search with every method and retrain each found architecture from scratch under one budget "
+                    "(plus the random-search baseline), then write table.md and table.csv into OUT. Continue an "
+                    "interrupted benchmark by running the same command again: finished searches and retrainings "
+                    "are kept, a half-finished search resumes from its checkpoint.")
+    bench.add_argument("benchmark", choices=("fashion-mnist",), help="the benchmark")
+    bench.add_argument("--budget", default="cpu", choices=("cpu", "paper"),
+                       help="cpu: within 2 hours on 2 CPU cores; paper: the VINNAS paper's settings (a GPU)")
+    bench.add_argument("--methods", default="pgnas,vinnas,gdas,pcnas,random",
+                       help="comma-separated methods to run (random: the random-search baseline)")
+    bench.add_argument("--out", help="run folder (default: runs/bench-<benchmark>-<budget>)")
+    bench.add_argument("--results", help="also write the tables as <benchmark>-<budget>.md/.csv into this folder "
+                       "(the committed ones are in benchmarks/results)")
+    bench.add_argument("--data-dir", help="folder holding FashionMNIST/raw (default: Debian's "
+                       "dataset-fashion-mnist package, found by itself)")
+    bench.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    bench.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
@@ -126,8 +153,8 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     if args.config:
         config = config.merged(load_config_file(args.config))
     overrides: dict[str, Any] = {}
-    for key in ("method", "dataset", "seed", "epochs", "batch_size", "lr"):
-        if getattr(args, key) is not None:
+    for key in ("method", "dataset", "seed", "epochs", "batch_size", "lr", "precision", "channels_last", "compile"):
+        if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     if args.option:
         overrides["options"] = dict(_parse_option(o) for o in args.option)
@@ -162,16 +189,21 @@ def _describe(genotype: Any) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from bayesnas.distributed import is_main_process
     from bayesnas.infer import run_search
     from bayesnas.spaces import load_genotype
 
     config = search_config(args)
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out, the run folder to continue")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
+        raise ConfigError("a distributed search (torchrun) needs --out: every process must use the same run folder")
     out = Path(args.out or f"runs/{args.preset or config.method + '-' + config.dataset}-seed{config.seed}-"
                             f"{time.strftime('%Y%m%d-%H%M%S')}")
     summary = run_search(config, out, device=args.device, resume=args.resume, data_dir=args.data_dir,
                          download=args.download, progress=not args.no_progress)
+    if not is_main_process():
+        return 0
     genotype = load_genotype(out / summary["genotype"])
     print(f"chosen architecture ({config.method} on {config.dataset}):")
     print(_describe(genotype))
@@ -289,7 +321,21 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "train": cmd_train, "diagnose": cmd_diagnose, "rank": cmd_rank}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bayesnas.bench import run_benchmark
+
+    out = Path(args.out or f"runs/bench-{args.benchmark}-{args.budget}")
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    run_benchmark(args.benchmark, args.budget, out, device=args.device, data_dir=args.data_dir, methods=methods,
+                  results_dir=args.results, progress=not args.no_progress)
+    print((out / "table.md").read_text())
+    print(f"written: {out / 'table.md'}, {out / 'table.csv'}"
+          + (f"; copies in {args.results}" if args.results else ""))
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "train": cmd_train, "diagnose": cmd_diagnose, "rank": cmd_rank,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+PRECISIONS = ("fp32", "bf16")
+
 
 class ConfigError(ValueError):
     """A configuration (preset name, config file, option value) that cannot describe a search."""
@@ -39,6 +41,12 @@ class SearchConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     data_fraction: float = 1.0
+    precision: str = "fp32"
+    """``fp32`` or ``bf16`` (autocast of the network; KL terms and the loss reduction stay in fp32)."""
+    channels_last: bool = False
+    """Keep images and convolution weights in channels-last memory format (faster convolutions on GPUs)."""
+    compile: bool = False
+    """``torch.compile`` the super-network's forward (falls back to eager with a warning where it fails)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -50,6 +58,7 @@ class SearchConfig:
             (self.shift >= 0, "shift must be >= 0"),
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 turns clipping off)"),
             (0 < self.data_fraction <= 1, "data_fraction must lie in (0, 1]"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
         ]
         for ok, message in checks:
             if not ok:

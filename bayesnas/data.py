@@ -30,6 +30,10 @@ Files for the torchvision data sets (``DIR`` is ``data_dir``)::
     DIR/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}  (or DIR/cifar-10-python.tar.gz)
     DIR/cifar-100-python/{train,test,meta}                             (or DIR/cifar-100-python.tar.gz)
 
+Without ``data_dir``, ``fashion-mnist`` is taken from Debian's ``dataset-fashion-mnist`` package when it is
+installed (``$XDG_DATA_DIRS/datasets/fashion-mnist``, i.e. ``/usr/share/datasets/fashion-mnist``): its gzipped
+files are unpacked once into :func:`cache_dir` and the bundle's ``source`` names both folders.
+
 Gzipped IDX files and the official CIFAR tarballs are unpacked in place on first use. torchvision checks the
 MD5 sums of the CIFAR files, so only the official files are accepted.
 """
@@ -40,6 +44,7 @@ import dataclasses
 import gzip
 import os
 import pickle
+import shutil
 import struct
 import tarfile
 import tempfile
@@ -341,13 +346,21 @@ def _read_torchvision(
     import torchvision.datasets as tvd
 
     cls_name, num_classes = _TORCHVISION[name]
+    cls = getattr(tvd, cls_name)
+    system_source = None
+    if data_dir is None and name in SYSTEM_DATASETS:
+        data_dir, system_source = _system_copy(name, cls) or (None, None)
     if data_dir is None:
+        system = ""
+        if name in SYSTEM_DATASETS:
+            package, folder = SYSTEM_DATASETS[name]
+            looked = ", ".join(os.path.join(d, folder) for d in _system_dataset_dirs())
+            system = f" (looked for Debian's {package} files in {looked}: not found; apt-get install -y {package})"
         raise DatasetNotFoundError(
-            f"{name}: no data folder given; pass --data-dir DIR (data_dir=...) pointing at the folder that "
-            f"holds (or should receive, with --download) the {cls_name} files"
+            f"{name}: no data folder given{system}; pass --data-dir DIR (data_dir=...) pointing at the folder "
+            f"that holds (or should receive, with --download) the {cls_name} files"
         )
     root = os.path.abspath(os.fspath(data_dir))
-    cls = getattr(tvd, cls_name)
     if name.startswith("cifar"):
         train, test, source = _open_cifar(name, cls, root, download)
         # torchvision keeps CIFAR as (n, 32, 32, 3) uint8 numpy arrays
@@ -372,7 +385,60 @@ def _read_torchvision(
             problem = f"labels outside 0..{num_classes - 1} (found {int(y.min())}..{int(y.max())})"
         if problem:
             raise DatasetCorruptedError(f"{name}: the {part} set in {source} is unusable: {problem}")
+    source = system_source or source
     return x_tr.contiguous(), y_tr, x_te.contiguous(), y_te, num_classes, f"torchvision {cls_name}: {source}"
+
+
+# Data sets that Linux distributions package: name -> (Debian package, folder under a shared datasets dir).
+SYSTEM_DATASETS: dict[str, tuple[str, str]] = {"fashion-mnist": ("dataset-fashion-mnist", "fashion-mnist")}
+
+
+def _system_dataset_dirs() -> list[str]:
+    """Where distribution packages put data sets: ``$XDG_DATA_DIRS/datasets`` (default
+    ``/usr/local/share:/usr/share``), as Debian's ``dataset-*`` packages do (``/usr/share/datasets``)."""
+    data_dirs = os.environ.get("XDG_DATA_DIRS") or "/usr/local/share:/usr/share"
+    return [os.path.join(d, "datasets") for d in data_dirs.split(os.pathsep) if d]
+
+
+def cache_dir() -> str:
+    """bayesnas' cache folder: ``$BAYESNAS_CACHE``, else ``$XDG_CACHE_HOME/bayesnas`` (``~/.cache/bayesnas``)."""
+    if os.environ.get("BAYESNAS_CACHE"):
+        return os.path.abspath(os.environ["BAYESNAS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bayesnas")
+
+
+def _system_copy(name: str, cls: Any) -> tuple[str, str] | None:
+    """``(torchvision root, description)`` of the distribution's copy of ``name``; None when none is installed.
+
+    Debian's package ships the original gzipped IDX files; torchvision reads only unpacked ones from
+    ``ROOT/<class>/raw``, so they are unpacked once (``extract_archive``, then an atomic rename) into
+    ``cache_dir()/<name>``, which becomes the root. The description (the bundle's ``source``) names both folders.
+    """
+    from torchvision.datasets.utils import extract_archive
+
+    package, folder = SYSTEM_DATASETS[name]
+    files = [os.path.basename(url) for url, _ in cls.resources]
+    found = next((os.path.join(d, folder) for d in _system_dataset_dirs()
+                  if all(os.path.isfile(os.path.join(d, folder, f)) for f in files)), None)
+    if found is None:
+        return None
+    root = os.path.join(cache_dir(), name)
+    raw = os.path.join(root, cls.__name__, "raw")
+    os.makedirs(raw, exist_ok=True)
+    for packed in files:
+        target = os.path.join(raw, os.path.splitext(packed)[0])
+        if os.path.isfile(target):
+            continue
+        scratch = tempfile.mkdtemp(dir=raw, prefix=".unpack-")
+        try:
+            os.replace(extract_archive(os.path.join(found, packed), scratch), target)
+        except (EOFError, OSError, gzip.BadGzipFile) as err:
+            raise DatasetCorruptedError(f"{name}: cannot unpack {os.path.join(found, packed)} (from the Debian "
+                                        f"package {package}) into {raw}: {err}") from err
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return root, f"Debian package {package} at {found}, unpacked into {raw}"
 
 
 def _open_mnist_like(name: str, cls: Any, root: str, download: bool) -> tuple[Any, Any, str]:

@@ -9,10 +9,12 @@ selection and export. A run folder holds ``config.json``, ``checkpoint.pt``, ``m
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from tqdm import tqdm
 from bayesnas import diagnostics
 from bayesnas.config import SearchConfig
 from bayesnas.data import Split, load_dataset
+from bayesnas.distributed import SINGLE, World, init_world, shutdown, synchronise_batchnorm
 from bayesnas.io import atomic_write, read_jsonl, write_json, write_jsonl
 from bayesnas.methods import Phase, SearchMethod, get_method
 from bayesnas.spaces.branches import count_params
@@ -145,18 +148,41 @@ def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> None:
 def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch.device = "auto",
                resume: bool = False, data_dir: str | Path | None = None, download: bool = False,
                progress: bool = True, on_step: Callable[[StepEvent], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) one search and return its ``summary.json`` content."""
+    """Run (or resume) one search and return its ``summary.json`` content.
+
+    Under ``torchrun`` the search runs over all processes (:mod:`bayesnas.distributed`); only rank 0 writes.
+    """
     run_dir = Path(run_dir)
-    device = resolve_device(device)
+    world, device = init_world(resolve_device(device))
+    try:
+        return _run_search(config, run_dir, device, world, resume, data_dir, download, progress and world.is_main,
+                           on_step)
+    finally:
+        shutdown(world)
+
+
+def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world: World, resume: bool,
+                data_dir: str | Path | None, download: bool, progress: bool,
+                on_step: Callable[[StepEvent], None] | None) -> dict[str, Any]:
     method_cls = get_method(config.method)  # unknown names fail before anything is written
     data = load_dataset(config.dataset, data_dir=data_dir, download=download, seed=config.seed,
                         val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                         fraction=config.data_fraction).to(device)
     pyro.set_rng_seed(config.seed)
     method = method_cls(config, data, device)  # validates options and space before anything is written
+    method.world = world
     method.prepare(run_dir, resume)
-    prepare_run_dir(run_dir, config, resume)
+    if world.is_main:
+        prepare_run_dir(run_dir, config, resume)
+    world.barrier()
     modules = method.modules()
+    for module in modules.values():
+        if world.distributed:
+            synchronise_batchnorm(module)
+        if config.channels_last:
+            module.to(memory_format=torch.channels_last)
+    if config.compile:
+        compile_networks(method.networks())
     phases = method.phases()
     optimizers = {phase.name: phase.make_optimizer(config.epochs) for phase in phases}
     checkpoint = Checkpoint(run_dir)
@@ -165,7 +191,8 @@ def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch
     if resume and checkpoint.path.exists():
         start = checkpoint.load(config, modules, optimizers, device) + 1
     rows = [r for r in read_jsonl(metrics_path) if r["epoch"] < start]
-    write_jsonl(metrics_path, rows)
+    if world.is_main:
+        write_jsonl(metrics_path, rows)
 
     weight_half, arch_half = data.halves(config.seed)
     splits = {"train": data.train, "weights": weight_half, "architecture": arch_half}
@@ -184,7 +211,7 @@ def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch
         for step in range(steps):
             for _, phase in active:
                 index = batches[phase.name][step % len(batches[phase.name])]
-                value, right = _update(phase, optimizers[phase.name][0], splits[phase.split], index, config)
+                value, right = _update(phase, optimizers[phase.name][0], splits[phase.split], index, config, world)
                 if not math.isfinite(value):
                     bar.close()
                     kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {checkpoint.path}"
@@ -213,41 +240,85 @@ def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch
         bar.set_postfix(epoch=epoch, loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
                         val=f"{row['val_accuracy']:.3f}", **{k: row[k] for k in method.progress_keys})
         rows.append(row)
-        write_jsonl(metrics_path, rows)
-        checkpoint.save(config, epoch, modules, optimizers)
+        if world.is_main:
+            write_jsonl(metrics_path, rows)
+            checkpoint.save(config, epoch, modules, optimizers)
+        world.barrier()
     bar.close()
     return finish_search(method, run_dir, rows, progress)
 
 
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for ``bf16`` (convolutions and matrix products in bfloat16; reductions, log-densities and the
+    KL terms, computed from fp32 parameters outside autocast's bf16 op list, stay in fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def compile_networks(networks: dict[str, nn.Module], backend: str | None = None) -> None:
+    """``torch.compile`` each network's forward in place; a network whose compiled forward fails on its first
+    call (a Pyro construct dynamo cannot trace) warns once and runs eagerly from then on."""
+    for name, net in networks.items():
+        eager = net.forward
+        compiled = torch.compile(eager, backend=backend or COMPILE_BACKEND)
+
+        def forward(*args: Any, _net: nn.Module = net, _name: str = name, _compiled: Callable = compiled,
+                    _eager: Callable = eager, **kwargs: Any) -> Any:
+            try:
+                return _compiled(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
+                warnings.warn(f"--compile: torch.compile failed on {_name} ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); running it eagerly",
+                              RuntimeWarning, stacklevel=2)
+                _net.forward = _eager
+                return _eager(*args, **kwargs)
+
+        net.forward = forward
+
+
+COMPILE_BACKEND = "inductor"
+
+
 def _update(phase: Phase, optimizer: torch.optim.Optimizer, split: Split, index: torch.Tensor,
-            config: SearchConfig) -> tuple[float, int]:
-    """One optimiser step of ``phase`` on the mini-batch ``index`` of ``split``; returns (loss, right)."""
-    x = augment(split.x[index], config.shift, config.flip)
-    with pyro.validation_enabled(False):  # diverged parameters must reach the NaN guard, not a ValueError
-        loss, right = phase.loss(x, split.y[index], index)
-    value = loss.item()
+            config: SearchConfig, world: World = SINGLE) -> tuple[float, int]:
+    """One optimiser step of ``phase`` on the global mini-batch ``index`` of ``split``; returns the loss and
+    number right over the whole batch. Each rank computes its shard; gradients are summed with weights
+    ``M_r / M`` (see :mod:`bayesnas.distributed`)."""
+    local = world.shard(index)
+    x = augment(split.x[local], config.shift, config.flip)
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with pyro.validation_enabled(False), precision_context(config.precision, x.device):
+        # diverged parameters must reach the NaN guard, not a ValueError
+        loss, right = phase.loss(x, split.y[local], local)
+    loss = loss.float()
+    weight = len(local) / len(index)
+    value, right = world.sum([loss.item() * weight, right])
     if not math.isfinite(value):
-        return value, right
+        return value, int(right)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * weight).backward() if world.distributed else loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    world.all_reduce_gradients(params)
     if phase.grad_clip:
-        nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
-                                 phase.grad_clip)
+        nn.utils.clip_grad_norm_(params, phase.grad_clip)
     optimizer.step()
-    return value, right
+    return value, int(right)
 
 
 def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]],
                   progress: bool) -> dict[str, Any]:
-    """Selection, genotype, summary, posterior export and plots of a trained search."""
+    """Selection, genotype, summary, posterior export and plots of a trained search (files: rank 0 only)."""
     for module in method.modules().values():
         module.eval()
     tic = time.perf_counter()
     selection = method.select(progress)
     select_seconds = time.perf_counter() - tic
-    selection.genotype.save(run_dir / "genotype.json")
-    method.export(run_dir)
-    diagnostics.plot_training(run_dir)
+    if method.world.is_main:
+        selection.genotype.save(run_dir / "genotype.json")
+        method.export(run_dir)
+        diagnostics.plot_training(run_dir)
     config = method.config
     summary = {
         "method": config.method, "dataset": config.dataset, "seed": config.seed, "epochs": config.epochs,
@@ -262,5 +333,9 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
     fading = "log10_effective_architectures"
     if rows and fading in rows[0]:
         summary[f"{fading}_first"], summary[f"{fading}_last"] = rows[0][fading], rows[-1][fading]
-    write_json(run_dir / "summary.json", summary)
+    if method.world.distributed:
+        summary["world_size"] = method.world.size
+    if method.world.is_main:
+        write_json(run_dir / "summary.json", summary)
+    method.world.barrier()
     return summary

@@ -14,6 +14,8 @@ from typing import Generic, TypeVar
 import torch
 from tqdm import tqdm
 
+from bayesnas.distributed import SINGLE, World
+
 Candidate = TypeVar("Candidate")
 
 
@@ -25,19 +27,22 @@ class SamplingResult(Generic[Candidate]):
 
 
 def posterior_guided_sampling(draw: Callable[[], Candidate], score: Callable[[Candidate], float],
-                              num_candidates: int, desc: str = "candidates",
-                              progress: bool = True) -> SamplingResult[Candidate]:
-    """Algorithm 1, lines 7-16: ``num_candidates`` draws, each scored; the first best score wins ties."""
+                              num_candidates: int, desc: str = "candidates", progress: bool = True,
+                              world: World = SINGLE) -> SamplingResult[Candidate]:
+    """Algorithm 1, lines 7-16: ``num_candidates`` draws, each scored; the first best score wins ties.
+
+    In a distributed search every rank draws every candidate (the draws stay in step) but scores only its share
+    (round robin); the scores are gathered so every rank returns the same result."""
     if num_candidates < 1:
         raise ValueError("num_candidates must be >= 1")
-    best, best_score, scores = None, float("-inf"), []
-    for _ in tqdm(range(num_candidates), desc=desc, disable=not progress, leave=False):
+    candidates, scores = [], []
+    for i in tqdm(range(num_candidates), desc=desc, disable=not progress, leave=False):
         candidate = draw()
-        value = score(candidate)
-        scores.append(value)
-        if value > best_score:
-            best, best_score = candidate, value
-    return SamplingResult(best, best_score, scores)
+        candidates.append(candidate)
+        scores.append(score(candidate) if world.owns(i) else float("-inf"))
+    scores = world.max(scores)
+    best = max(range(num_candidates), key=lambda i: (scores[i], -i))
+    return SamplingResult(candidates[best], scores[best], scores)
 
 
 def derive_cell(strength: torch.Tensor, op_names: Sequence[str], edges: Sequence[tuple[int, int]],

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from bayesnas.config import ConfigError
+from bayesnas.distributed import SINGLE, World
 
 Architecture = tuple[int, ...]
 
@@ -154,15 +155,17 @@ class PartialModelPool(nn.Module):
         layer = self.depth
         return [member + (op,) for member in (self.members or [()]) for op in range(self.num_ops[layer])]
 
-    def update(self, potential: Callable[[Architecture], float]) -> dict[str, Any]:
+    def update(self, potential: Callable[[Architecture], float], world: World = SINGLE) -> dict[str, Any]:
         """Score the candidates that can still meet the latency limit and keep the top ``pool_size`` (ties keep
-        the candidates' order). Returns the interval's record (also appended to :attr:`history`)."""
+        the candidates' order). Returns the interval's record (also appended to :attr:`history`). In a
+        distributed search each rank scores its share of the candidates and the scores are gathered."""
         everything = self.candidates()
         candidates = [c for c in everything if self.completion.feasible(c)]
         if not candidates:
             raise LatencyLimitError(f"no candidate of mixop {self.depth} meets the latency limit of "
                                     f"{self.completion.limit} ms (fastest: {self.completion.fastest():.4g} ms)")
-        scores = [float(potential(c)) for c in candidates]
+        scores = world.max([float(potential(c)) if world.owns(i) else float("-inf")
+                            for i, c in enumerate(candidates)])
         order = sorted(range(len(candidates)), key=lambda i: -scores[i])[: self.pool_size]
         self.members = [candidates[i] for i in order]
         self.potentials = [scores[i] for i in order]

@@ -372,3 +372,75 @@ def test_cifar_missing(tmp_path: Path, name: str, folder: str) -> None:
         load_dataset(name, data_dir=tmp_path)
     msg = str(info.value)
     assert "\n" not in msg and os.path.join(str(tmp_path), folder) in msg and "--download" in msg
+
+
+# ----------------------------------------------------------------------------------- Debian's Fashion-MNIST
+
+
+def _debian_package(share: Path) -> dict:
+    """The layout of Debian's dataset-fashion-mnist: gzipped IDX files in <share>/datasets/fashion-mnist."""
+    data = _mnist_files(share / "staging", "FashionMNIST")
+    folder = share / "datasets" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    for f in (share / "staging" / "FashionMNIST" / "raw").iterdir():
+        with gzip.open(folder / f"{f.name}.gz", "wb") as out:
+            out.write(f.read_bytes())
+    return data
+
+
+def test_fashion_mnist_found_in_debian_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _debian_package(tmp_path / "share")
+    monkeypatch.setenv("XDG_DATA_DIRS", f"{tmp_path / 'elsewhere'}:{tmp_path / 'share'}")
+    monkeypatch.setenv("BAYESNAS_CACHE", str(tmp_path / "cache"))
+    bundle = load_dataset("fashion-mnist", val_fraction=0.2)
+    assert bundle.test.y.tolist() == data["test_y"].tolist()
+    raw = tmp_path / "cache" / "fashion-mnist" / "FashionMNIST" / "raw"
+    # The source names the package, the folder it was found in and the cache it was unpacked into.
+    assert "dataset-fashion-mnist" in bundle.source
+    assert str(tmp_path / "share" / "datasets" / "fashion-mnist") in bundle.source and str(raw) in bundle.source
+    unpacked = raw / "train-images-idx3-ubyte"
+    assert unpacked.read_bytes()[:4] == b"\x00\x00\x08\x03" and not list(raw.glob(".unpack-*"))
+    stamp = unpacked.stat().st_mtime_ns
+    again = load_dataset("fashion-mnist", val_fraction=0.2)  # unpacked once, then reused
+    assert unpacked.stat().st_mtime_ns == stamp and torch.equal(again.train.x, bundle.train.x)
+    # An explicit --data-dir wins over the system copy.
+    _mnist_files(tmp_path / "mine", "FashionMNIST", n_train=30, n_test=10, seed=3)
+    assert len(load_dataset("fashion-mnist", data_dir=tmp_path / "mine").test) == 10
+
+
+def test_fashion_mnist_debian_folder_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_DIRS", str(tmp_path / "share"))
+    monkeypatch.setenv("BAYESNAS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("fashion-mnist")
+    msg = str(info.value)
+    assert "\n" not in msg and str(tmp_path / "share" / "datasets" / "fashion-mnist") in msg
+    assert "apt-get install -y dataset-fashion-mnist" in msg and "--data-dir" in msg
+    assert not (tmp_path / "cache").exists()
+
+
+def test_fashion_mnist_debian_corrupt_gz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _debian_package(tmp_path / "share")
+    packed = tmp_path / "share" / "datasets" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"
+    packed.write_bytes(packed.read_bytes()[:15])
+    monkeypatch.setenv("XDG_DATA_DIRS", str(tmp_path / "share"))
+    monkeypatch.setenv("BAYESNAS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DatasetCorruptedError, match="cannot unpack .*t10k-labels-idx1-ubyte.gz"):
+        load_dataset("fashion-mnist")
+    raw = tmp_path / "cache" / "fashion-mnist" / "FashionMNIST" / "raw"
+    assert not (raw / "t10k-labels-idx1-ubyte").exists() and not list(raw.glob(".unpack-*"))
+
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed "
+                    "(.ci/run installs it)")
+def test_fashion_mnist_real_debian_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_DATA_DIRS", raising=False)
+    monkeypatch.setenv("BAYESNAS_CACHE", str(tmp_path / "cache"))
+    bundle = load_dataset("fashion-mnist", fraction=0.05, val_fraction=0.1)
+    assert str(DEBIAN_FASHION) in bundle.source
+    assert (len(bundle.train) + len(bundle.val), len(bundle.test)) == (3000, 500)
+    assert bundle.train.x.shape[1:] == (1, 28, 28) and bundle.num_classes == 10
+    assert torch.bincount(bundle.test.y, minlength=10).tolist() == [50] * 10  # the test set is balanced

@@ -21,6 +21,8 @@ from torch import nn
 
 from bayesnas.config import ConfigError, SearchConfig
 from bayesnas.data import DataBundle, Split
+from bayesnas.distributed import SINGLE, World
+from bayesnas.train import TrainRecipe, retrain
 
 
 class UnknownMethodError(ValueError):
@@ -122,6 +124,8 @@ class SearchMethod(ABC):
     options_type: ClassVar[type]
     progress_keys: ClassVar[tuple[str, ...]] = ()
     """``epoch_metrics`` keys also shown in the progress bar."""
+    world: World = SINGLE
+    """The processes of a distributed search (set by the loop); selections split candidate scoring over it."""
 
     def __init__(self, config: SearchConfig, data: DataBundle, device: torch.device) -> None:
         self.config = config
@@ -155,6 +159,12 @@ class SearchMethod(ABC):
     def begin_epoch(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called before each epoch (temperature and KL-weight schedules)."""
 
+    def networks(self) -> dict[str, nn.Module]:
+        """The plain super-network(s) inside :meth:`modules` whose forward ``--compile`` compiles. Default: the
+        model's ``net`` (every method's Pyro model wraps its super-network under that name)."""
+        net = getattr(self.modules().get("model"), "net", None)
+        return {"net": net} if isinstance(net, nn.Module) else {}
+
     @abstractmethod
     def accuracy(self, split: Split) -> float:
         """Accuracy of the current posterior's mean network on ``split`` (shown while training)."""
@@ -166,6 +176,17 @@ class SearchMethod(ABC):
     @abstractmethod
     def select(self, progress: bool = True) -> Selection:
         """Turn the trained posterior into one architecture."""
+
+    def retrain_selected(self, space: Any, genotype: Any, recipe: TrainRecipe, progress: bool,
+                         **build_options: Any) -> tuple[nn.Module, float, float]:
+        """``(network, val acc, test acc)`` of the selected ``genotype``: retrained from scratch by ``recipe``; with
+        ``recipe.epochs == 0`` built untrained (for its size) with the super-network's accuracy, for callers that
+        retrain it themselves under their own budget (``bayesnas bench``)."""
+        if recipe.epochs:
+            return retrain(space, genotype, self.data.train, self.data.val, self.data.test, recipe, self.config.seed,
+                           progress, **build_options)
+        net = space.build(genotype, **build_options).to(self.device)
+        return net, self.accuracy(self.data.val), self.accuracy(self.data.test)
 
     @abstractmethod
     def export(self, run_dir: Path) -> None:

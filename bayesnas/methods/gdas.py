@@ -20,7 +20,7 @@ from bayesnas.models.gdas import GDASModel, arch_site
 from bayesnas.select import derive_cell
 from bayesnas.spaces.cell import CellSpace
 from bayesnas.spaces.profile import count_params
-from bayesnas.train import TrainRecipe, accuracy, retrain
+from bayesnas.train import TrainRecipe, accuracy
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class GDASOptions:
     warmup_epochs: int = 0
     """Epochs of weight training before the logits A start to learn (0 in the paper and the authors' code)."""
     retrain_epochs: int = 40
+    """Epochs of the from-scratch retraining (0: report the super-network's accuracy; ``bayesnas bench``)."""
     retrain_lr: float = 0.05
     retrain_weight_decay: float = 3e-4
     retrain_auxiliary: float = 0.0
@@ -50,8 +51,8 @@ class GDASOptions:
             raise ValueError("temperatures must satisfy 0 < tau_min <= tau_max")
         if self.sample_per not in ("batch", "example"):
             raise ValueError(f"sample_per must be 'batch' or 'example', got {self.sample_per!r}")
-        if self.beta < 0 or self.retrain_epochs < 1 or self.warmup_epochs < 0:
-            raise ValueError("beta and warmup_epochs must be >= 0, retrain_epochs >= 1")
+        if self.beta < 0 or self.retrain_epochs < 0 or self.warmup_epochs < 0:
+            raise ValueError("beta, warmup_epochs and retrain_epochs must be >= 0")
 
 
 def annealed_temperature(epoch: int, epochs: int, tau_max: float, tau_min: float) -> float:
@@ -138,9 +139,9 @@ class GDAS(SearchMethod):
         recipe = TrainRecipe(epochs=o.retrain_epochs, batch_size=self.config.batch_size, lr=o.retrain_lr,
                              weight_decay=o.retrain_weight_decay, shift=self.config.shift, flip=self.config.flip,
                              aux_weight=o.retrain_auxiliary)
-        net, val_acc, test_acc = retrain(self.space, genotype, self.data.train, self.data.val, self.data.test,
-                                         recipe, self.config.seed, progress, auxiliary=o.retrain_auxiliary > 0,
-                                         drop_path=o.retrain_drop_path)
+        net, val_acc, test_acc = self.retrain_selected(self.space, genotype, recipe, progress,
+                                                       auxiliary=o.retrain_auxiliary > 0,
+                                                       drop_path=o.retrain_drop_path)
         extra = {
             "supernet_params": count_params(self.model.net),
             "cells": genotype.choices,

@@ -134,6 +134,7 @@ class PCNAS(SearchMethod):
         path = self.run_dir / latency.LATENCY_FILE
         table = latency.load_or_measure(self.space, path, self.device, self.options.latency_batch_size,
                                         self.options.latency_runs, write=False)
+        table = self.world.broadcast(table)  # every rank of a distributed search uses rank 0's measurements
         self._set_table(table, fresh=not table.matches_file(path))
 
     def _set_table(self, table: latency.LatencyTable, fresh: bool = True) -> None:
@@ -239,10 +240,14 @@ class PCNAS(SearchMethod):
         return float(np.mean(scores))
 
     def update_pool(self) -> dict[str, Any]:
-        """Extend the pool by the next mixop, score every candidate, keep the top P (Algorithm 2)."""
+        """Extend the pool by the next mixop, score every candidate, keep the top P (Algorithm 2). Each
+        candidate's completions and validation batches come from its own seeded generator, so the scores do not
+        depend on which rank of a distributed search computes them."""
         self.table  # noqa: B018 - the completions need the latency table
-        generator = torch.Generator().manual_seed(self._seed(3, self.pool.depth))
-        return self.pool.update(lambda partial: self.potential(partial, generator))
+        depth = self.pool.depth
+        return self.pool.update(
+            lambda partial: self.potential(partial, torch.Generator().manual_seed(self._seed(3, depth, *partial))),
+            self.world)
 
     # --- selection -----------------------------------------------------------------------------------------
     def intervals(self) -> list[dict[str, Any]]:

@@ -135,7 +135,7 @@ class PGNAS(SearchMethod):
                             self.data.val)
 
         result = posterior_guided_sampling(lambda: self.guide.sample_architecture(drop_rate), score,
-                                           self.options.num_candidates, desc, progress)
+                                           self.options.num_candidates, desc, progress, self.world)
         genotype = self.genotype(result.best)
         net = self.space.build(genotype, inherit=state).to(self.device)
         return genotype, net, result

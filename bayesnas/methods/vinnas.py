@@ -30,7 +30,7 @@ from bayesnas.reparam import LocalReparameterization
 from bayesnas.select import derive_cell
 from bayesnas.spaces.cell import CellSpace
 from bayesnas.spaces.profile import count_params
-from bayesnas.train import TrainRecipe, accuracy, retrain
+from bayesnas.train import TrainRecipe, accuracy
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class VINNASOptions:
     prune_threshold: float = 3.0
     """Weights with log(sigma^2 / mu^2) >= this are pruned (Molchanov et al.; Sec. V-B)."""
     retrain_epochs: int = 40
+    """Epochs of the from-scratch retraining (0: report the super-network's accuracy; ``bayesnas bench``)."""
     retrain_lr: float = 0.05
     retrain_batch_size: int = 64
     retrain_weight_decay: float = 3e-4
@@ -234,8 +235,7 @@ class VINNAS(SearchMethod):
         genotype = self.space.genotype(choices)
         recipe = TrainRecipe(epochs=o.retrain_epochs, batch_size=o.retrain_batch_size, lr=o.retrain_lr,
                              weight_decay=o.retrain_weight_decay, shift=c.shift, flip=c.flip)
-        net, val_acc, test_acc = retrain(self.space, genotype, self.data.train, self.data.val, self.data.test,
-                                         recipe, c.seed, progress)
+        net, val_acc, test_acc = self.retrain_selected(self.space, genotype, recipe, progress)
         supernet = count_params(self.space.supernet())
         pruned = self.pruned_params()
         extra = {

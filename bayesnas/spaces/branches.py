@@ -35,6 +35,8 @@ class BranchSpaceConfig:
     widths: tuple[int, ...] = (32, 64)
     depths: tuple[int, ...] = (1, 1)
     kernel_sizes: tuple[int, ...] = (1, 3, 5)
+    stem_stride: int = 1
+    """Stride of the stem convolution (2 for 28x28 inputs on a small budget: 4x fewer operations)."""
 
     def __post_init__(self) -> None:
         for name in ("widths", "depths", "kernel_sizes"):
@@ -43,8 +45,8 @@ class BranchSpaceConfig:
             raise ValueError("widths and depths need one entry per stage")
         if any(k % 2 == 0 or k < 1 for k in self.kernel_sizes) or not self.kernel_sizes:
             raise ValueError(f"kernel sizes must be odd and positive, got {self.kernel_sizes}")
-        if any(v < 1 for v in (*self.widths, *self.depths, self.stem_channels, self.in_channels)):
-            raise ValueError("widths, depths, stem_channels and in_channels must be positive")
+        if any(v < 1 for v in (*self.widths, *self.depths, self.stem_channels, self.in_channels, self.stem_stride)):
+            raise ValueError("widths, depths, stem_channels, stem_stride and in_channels must be positive")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BranchSpaceConfig:
@@ -129,7 +131,7 @@ class BranchNet(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.stem = nn.Sequential(nn.Conv2d(c.in_channels, c.stem_channels, 3, padding=1, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(c.in_channels, c.stem_channels, 3, c.stem_stride, 1, bias=False),
                                   nn.BatchNorm2d(c.stem_channels))
         stages, in_ch = [], c.stem_channels
         for i, (width, depth) in enumerate(zip(c.widths, c.depths, strict=True)):

@@ -58,6 +58,8 @@ class CellSpaceConfig:
     ops: str = "gdas"
     """Op set: ``gdas`` (K = 8) or ``vinnas`` (K = 10), or a comma-separated list of op names."""
     stem_multiplier: int = 3
+    stem_stride: int = 1
+    """Stride of the stem convolution (2 halves the resolution the first cells see, 4x fewer operations)."""
     affine: bool = False
     """Affine BatchNorm in the super-network (the papers turn it off during search)."""
     fixed_reduction: bool = False
@@ -71,7 +73,7 @@ class CellSpaceConfig:
         expand_layout(self.layout)
         if self.eval_layout is not None:
             expand_layout(self.eval_layout)
-        for name in ("channels", "states", "stem_multiplier", "in_channels", "num_classes"):
+        for name in ("channels", "states", "stem_multiplier", "stem_stride", "in_channels", "num_classes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         self.op_names()  # validates
@@ -220,7 +222,7 @@ class CellNetwork(nn.Module):
         channels = config.channels if genotype is None else config.eval_channels or config.channels
         affine = config.affine if genotype is None else True
         stem = config.stem_multiplier * channels
-        self.stem = nn.Sequential(SearchConv2d(config.in_channels, stem, 3, 1, 1),
+        self.stem = nn.Sequential(SearchConv2d(config.in_channels, stem, 3, config.stem_stride, 1),
                                   nn.BatchNorm2d(stem, affine=affine))
         c_pp, c_p, c, reduction_prev = stem, stem, channels, False
         cells = []
@@ -312,6 +314,19 @@ class CellSpace:
                                             f"known: {', '.join(OPS)}")
                     if not isinstance(i, int) or not 0 <= i < j + 2:
                         raise GenotypeError(f"{kind} cell, state {j}: input must be an integer in [0, {j + 2})")
+
+    def random_genotype(self, generator: torch.Generator) -> Genotype:
+        """A uniformly random architecture (the random-search baseline of DARTS and VINNAS Table II): per cell
+        type and state, two distinct inputs, each with an op drawn uniformly from the ops other than ``none``."""
+        ops = [name for name in self.op_names if name != "none"]
+        choices = {}
+        for kind in self.config.searched_types():
+            states = []
+            for j in range(self.config.states):
+                inputs = sorted(torch.randperm(j + 2, generator=generator)[:2].tolist())
+                states.append([[ops[int(torch.randint(len(ops), (), generator=generator))], i] for i in inputs])
+            choices[kind] = states
+        return self.genotype(choices)
 
     def build(self, genotype: Genotype, auxiliary: bool = False, drop_path: float = 0.0) -> CellNetwork:
         self.validate(genotype)

@@ -1,0 +1,202 @@
+"""One search over K processes with ``torch.distributed``, started by ``torchrun``.
+
+``torchrun --nproc-per-node K -m bayesnas search ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
+rendezvous address; :func:`init_world` joins the process group (NCCL on CUDA, gloo on the CPU). Every rank
+builds the same modules from the same seed, and then:
+
+- each global mini-batch of the shared loop is sharded as ``DistributedSampler`` shards a data set: rank ``r``
+  takes examples ``r, r + K, ...``. Each rank's loss scales its likelihood by ``N / M_r`` (the data plate's
+  subsampling), so weighting rank ``r``'s loss by ``M_r / M`` and summing the gradients over ranks gives exactly
+  the gradient of the one-process ELBO on the global batch of ``M`` examples (:meth:`World.all_reduce_gradients`);
+- batch normalisation is synchronised (:class:`SyncedBatchNorm2d`: statistics over the global batch, on any
+  device and backend), so the forward pass is the one-process forward too;
+- draws that the loop shares across a mini-batch (an architecture per batch, masks per step) come from the same
+  seeded generators on every rank, so parameters, and architecture parameters in particular, stay identical;
+- only rank 0 writes files (checkpoints, metrics, plots); ``--resume`` loads the same checkpoint on every rank;
+- candidate scoring in the selection (PGNAS's C draws) is split across ranks and gathered.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the search processes (``size == 1``: no distribution)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, the only process that writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def shard(self, index: torch.Tensor) -> torch.Tensor:
+        """This rank's examples of a global mini-batch (every ``size``-th, as ``DistributedSampler``)."""
+        return index[self.rank::self.size] if self.distributed else index
+
+    def all_reduce_gradients(self, params: Iterable[torch.Tensor]) -> None:
+        """Replace every gradient by its sum over ranks (of the weighted losses' gradients).
+
+        A parameter gets a gradient when any rank computed one (a sparse super-network only touches the ops some
+        example used), as in one process on the whole batch; it stays ``None`` when no rank did."""
+        if not self.distributed:
+            return
+        params = [p for p in params if p.requires_grad]
+        present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32,
+                               device=params[0].device if params else "cpu")
+        dist.all_reduce(present)
+        chosen = [p for p, seen in zip(params, present.tolist(), strict=True) if seen]
+        for p in chosen:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if not chosen:
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in chosen])
+        dist.all_reduce(flat)
+        offset = 0
+        for p in chosen:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sum of ``values`` over ranks (losses and counts for the metrics)."""
+        if not self.distributed:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def max(self, values: Sequence[float]) -> list[float]:
+        """Element-wise maximum of ``values`` over ranks (gathers scores each rank filled in for its share)."""
+        if not self.distributed:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor.tolist()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (picklable objects, e.g. a latency table measured on rank 0)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def owns(self, item: int) -> bool:
+        """Whether this rank handles item ``item`` of a list split across ranks (round robin)."""
+        return item % self.size == self.rank
+
+
+SINGLE = World()
+
+
+def _collective_device() -> torch.device:
+    """Where collective tensors live: the current CUDA device with NCCL, the CPU with gloo."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_world(device: torch.device, timeout_hours: float = 24.0) -> tuple[World, torch.device]:
+    """Join the process group ``torchrun`` describes (a no-op in a plain process).
+
+    Returns the world and this rank's device: with CUDA, ``cuda:LOCAL_RANK``. The long timeout lets ranks wait
+    while rank 0 writes plots or retrains at the end of a search.
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return SINGLE, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=timeout_hours))
+    return World(dist.get_rank(), dist.get_world_size()), device
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a ``torchrun`` launch, or not launched by ``torchrun`` at all."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """``all_reduce(SUM)`` with its adjoint as backward: the gradient of a sum over ranks is the sum over ranks of
+    the upstream gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class SyncedBatchNorm2d(nn.BatchNorm2d):
+    """Batch normalisation with statistics over the global batch of all ranks.
+
+    ``torch.nn.SyncBatchNorm`` refuses CPU tensors; this one all-reduces the per-channel sums of ``x`` and
+    ``x^2`` and the count with a differentiable all-reduce, so it works with gloo and NCCL alike and its
+    backward is the one-process backward. Outside training, or in a
+    plain process, it is ``BatchNorm2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = (0, 2, 3)
+        count = torch.full((1,), float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device)
+        stats = _SumOverRanks.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        channels = x.shape[1]
+        total = stats[-1]
+        mean = stats[:channels] / total
+        var = (stats[channels:2 * channels] / total - mean * mean).clamp_min(0.0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                momentum = self.momentum if self.momentum is not None else 0.0
+                self.num_batches_tracked.add_(1)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * total / (total - 1).clamp_min(1), momentum)
+        shape = (1, channels, 1, 1)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def synchronise_batchnorm(module: nn.Module) -> nn.Module:
+    """Turn every ``BatchNorm2d`` in ``module`` into a :class:`SyncedBatchNorm2d` in place (same parameters and
+    buffers, so optimisers and checkpoints see the same tensors)."""
+    for child in module.modules():
+        if type(child) is nn.BatchNorm2d:
+            child.__class__ = SyncedBatchNorm2d
+    return module

@@ -1,0 +1,133 @@
+"""``bayesnas bench``: budgets, tables and a benchmark that resumes where it stopped."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from bayesnas import bench
+from bayesnas.cli import main
+from bayesnas.config import ConfigError
+from bayesnas.infer import StepEvent, run_search
+
+TINY_METHODS = {
+    "pgnas": {"space": {"stem_channels": 8, "widths": [8, 16], "depths": [1, 1], "kernel_sizes": [1, 3]},
+              "options": {"num_candidates": 3, "posterior_draws": 4, "kl_dataset_size": 50000}},
+}
+
+
+@pytest.fixture
+def tiny_budget(monkeypatch: pytest.MonkeyPatch) -> bench.Budget:
+    """The cpu budget shrunk to seconds on digits (two seeds, two search epochs, one retraining epoch)."""
+    cpu = bench.BUDGETS["cpu"]
+    budget = dataclasses.replace(
+        cpu, dataset="digits", search_fraction=0.5, search_epochs=2, search_batch_size=64,
+        cells={**cpu.cells, "channels": 4, "eval_channels": 4, "layout": "NR", "states": 2},
+        methods={**cpu.methods, **TINY_METHODS}, recipe=dataclasses.replace(cpu.recipe, epochs=1, batch_size=64))
+    monkeypatch.setitem(bench.BUDGETS, "cpu", budget)
+    monkeypatch.setattr(bench, "BENCHMARKS", (*bench.BENCHMARKS, "digits"))
+    return budget
+
+
+def test_budgets_are_valid_configs() -> None:
+    for budget in bench.BUDGETS.values():
+        for method in ("pgnas", "vinnas", "gdas", "pcnas"):
+            config = budget.search_config(method, seed=1)
+            assert (config.method, config.dataset, config.seed) == (method, "fashion-mnist", 1)
+            assert config.data_fraction == budget.search_fraction
+        for method in ("vinnas", "gdas"):  # both search the budget's cells; the benchmark does the retraining
+            config = budget.search_config(method, 0)
+            assert {k: config.space[k] for k in budget.cells} == budget.cells
+            assert config.options["retrain_epochs"] == 0
+    paper = bench.BUDGETS["paper"]
+    assert (paper.cells["layout"], paper.cells["states"], paper.search_epochs, paper.search_fraction) == (
+        "NRRN", 3, 50, 0.5)
+    assert paper.cells["eval_channels"] == 4 * paper.cells["channels"] and paper.recipe.epochs == 200
+
+
+def test_unknown_benchmark_budget_or_method(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown benchmark 'cifar'"):
+        bench.run_benchmark("cifar", "cpu", tmp_path)
+    with pytest.raises(ConfigError, match="unknown budget 'tpu'.*cpu, paper"):
+        bench.run_benchmark("fashion-mnist", "tpu", tmp_path)
+    with pytest.raises(ConfigError, match="unknown method.*darts"):
+        bench.run_benchmark("fashion-mnist", "cpu", tmp_path, methods=("darts",))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_resumes_where_it_stopped(tiny_budget: bench.Budget, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "bench"
+    # A search interrupted after its first epoch, as a killed benchmark leaves it.
+    run_dir = out / "pgnas" / "seed0" / "search"
+
+    def stop(event: StepEvent) -> None:
+        if event.epoch == 1:
+            raise KeyboardInterrupt
+
+    bench._pin_budget(out, tiny_budget)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(tiny_budget.search_config("pgnas", 0), run_dir, device="cpu", progress=False, on_step=stop)
+    first_epoch = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert not (run_dir / "summary.json").exists()
+
+    # The benchmark continues that search from its checkpoint, then stops after its second job.
+    done: list[bench.JobResult] = []
+
+    def interrupt_after_two(result: bench.JobResult) -> None:
+        done.append(result)
+        if len(done) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_benchmark("digits", "cpu", out, device="cpu", methods=("pgnas", "random"), progress=False,
+                            on_job=interrupt_after_two)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[0] == first_epoch  # epoch 0 was not redone
+    assert [(r.method, r.seed) for r in done] == [("pgnas", 0), ("pgnas", 1)]
+    assert not (out / "table.md").exists()
+
+    # Run again: finished jobs are read back, not recomputed; only the random baseline is left to train.
+    trained: list[str] = []
+    real_retrain = bench.retrain
+
+    def counting_retrain(space, genotype, *args, **kwargs):
+        trained.append(genotype.space)
+        return real_retrain(space, genotype, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "retrain", counting_retrain)
+    results = bench.run_benchmark("digits", "cpu", out, device="cpu", methods=("pgnas", "random"),
+                                  results_dir=tmp_path / "results", progress=False)
+    assert trained == ["cells", "cells"]
+    assert [(r.method, r.seed) for r in results] == [("pgnas", 0), ("pgnas", 1), ("random", 0), ("random", 1)]
+    assert results[:2] == done
+    assert all(0.0 <= r.test_accuracy <= 1.0 and r.params > 0 and r.retrain_seconds > 0 for r in results)
+    assert results[0].supernet_params > results[0].params  # PGNAS's selected network is pruned
+    assert results[2].genotype != results[3].genotype  # one random architecture per seed
+
+    with open(out / "table.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert [row["method"] for row in table] == ["pgnas", "random"]
+    pgnas = table[0]
+    accuracies = [r.test_accuracy for r in results[:2]]
+    assert float(pgnas["test_acc_mean"]) == pytest.approx(sum(accuracies) / 2, abs=1e-4)
+    assert float(pgnas["test_acc_best"]) == pytest.approx(max(accuracies), abs=1e-4)
+    assert pgnas["seeds"] == "2" and pgnas["device"] == "cpu" and pgnas["space"] == "branches"
+    markdown = (out / "table.md").read_text()
+    assert "| pgnas | branches | 2 |" in markdown and "random seed 1" in markdown
+    assert (tmp_path / "results" / "digits-cpu.md").read_text() == markdown
+
+    # A folder started under another budget is refused, and nothing in it is touched.
+    monkeypatch.setitem(bench.BUDGETS, "cpu", dataclasses.replace(tiny_budget, search_epochs=3))
+    with pytest.raises(ConfigError, match="another budget"):
+        bench.run_benchmark("digits", "cpu", out, device="cpu", methods=("random",), progress=False)
+    assert (out / "table.md").read_text() == markdown
+
+
+def test_bench_command_line(tiny_budget: bench.Budget, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "fashion-mnist", "--budget", "cpu", "--methods", "darts", "--out", str(tmp_path)]) == 2
+    assert "unknown method" in capsys.readouterr().err

@@ -1,0 +1,179 @@
+"""Distributed search on the CPU: 2 gloo processes spawned by the tests, and ``torchrun`` itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from bayesnas.config import preset
+from bayesnas.distributed import SINGLE, SyncedBatchNorm2d, World, synchronise_batchnorm
+from bayesnas.infer import StepEvent, run_search
+
+# GDAS with one architecture per mini-batch and no augmentation: every random draw of a step is shared by the
+# whole batch, so two processes on halves of each batch must reproduce one process on the whole batch.
+GDAS_TINY = {
+    "epochs": 2, "batch_size": 64, "data_fraction": 0.3, "shift": 0, "flip": False,
+    "space": {"channels": 4, "layout": "NR", "states": 2},
+    "options": {"warmup_epochs": 0, "arch_lr": 0.01, "retrain_epochs": 0, "posterior_draws": 4,
+                "sample_per": "batch"},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank: int, size: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+
+
+def _batchnorm_worker(rank: int, size: int, port: int) -> None:
+    import torch.distributed as dist
+
+    _join(rank, size, port)
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 4, 4) * 3 + 1
+    upstream = torch.randn(8, 3, 4, 4)
+    reference = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        reference.bias.uniform_(-1, 1)
+    synced = synchronise_batchnorm(nn.Sequential(nn.BatchNorm2d(3)))[0]
+    synced.load_state_dict(reference.state_dict())
+    assert type(synced) is SyncedBatchNorm2d
+    whole = x.clone().requires_grad_()
+    expected = reference(whole)
+    (expected * upstream).sum().backward()
+    mine = x[rank::size].clone().requires_grad_()
+    out = synced(mine)
+    (out * upstream[rank::size]).sum().backward()
+    World(rank, size).all_reduce_gradients(list(synced.parameters()))
+    torch.testing.assert_close(out, expected[rank::size].detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mine.grad, whole.grad[rank::size], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(synced.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(synced.running_var, reference.running_var, rtol=1e-5, atol=1e-6)
+    dist.destroy_process_group()
+
+
+def test_synced_batchnorm_is_the_global_batch_norm() -> None:
+    mp.spawn(_batchnorm_worker, args=(2, _free_port()), nprocs=2)
+
+
+def test_single_world_is_a_no_op() -> None:
+    index = torch.arange(7)
+    assert torch.equal(SINGLE.shard(index), index) and SINGLE.is_main and not SINGLE.distributed
+    assert SINGLE.sum([1.5, 2]) == [1.5, 2] and SINGLE.max([0.1]) == [0.1] and SINGLE.owns(3)
+    assert torch.equal(World(1, 3).shard(index), torch.tensor([1, 4]))
+    assert [World(1, 3).owns(i) for i in range(4)] == [False, True, False, False]
+
+
+def _search_worker(rank: int, size: int, port: int, config: dict, run_dir: str, resume: bool,
+                   stop_epoch: int | None, report: str) -> None:
+    from bayesnas.config import SearchConfig
+
+    _join(rank, size, port)
+    written: list[str] = []
+    if rank:  # every file rank 1 opens for writing in the run folder (there should be none)
+        flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+        inside = run_dir + os.sep
+
+        def audit(event: str, args: tuple) -> None:
+            if event == "open" and str(args[0]).startswith(inside) and (
+                    any(c in (args[1] or "") for c in "wax+") or (args[2] or 0) & flags):
+                written.append(str(args[0]))
+            elif event in ("os.rename", "os.replace") and str(args[1]).startswith(inside):
+                written.append(str(args[1]))
+
+        sys.addaudithook(audit)
+
+    def stop(event: StepEvent) -> None:
+        if event.epoch == stop_epoch:
+            raise KeyboardInterrupt
+
+    try:
+        summary = run_search(SearchConfig.from_dict(config), run_dir, device="cpu", resume=resume, progress=False,
+                             on_step=stop)
+    except KeyboardInterrupt:
+        summary = None
+    with open(f"{report}.rank{rank}.json", "w") as fh:
+        json.dump({"written": written, "summary": summary}, fh)
+
+
+def _spawn_search(config: dict, run_dir: Path, resume: bool, stop_epoch: int | None) -> list[dict]:
+    report = str(run_dir.parent / f"{run_dir.name}-{'resume' if resume else 'start'}")
+    mp.spawn(_search_worker, args=(2, _free_port(), config, str(run_dir), resume, stop_epoch, report), nprocs=2)
+    return [json.loads(Path(f"{report}.rank{r}.json").read_text()) for r in range(2)]
+
+
+def _parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    return {f"{name}.{key}": value for name, module in state["modules"].items() for key, value in module.items()
+            if value.is_floating_point()}
+
+
+def test_two_processes_match_one_and_resume(tmp_path: Path) -> None:
+    config = preset("gdas-digits").merged(GDAS_TINY)
+    single = run_search(config, tmp_path / "single", device="cpu", progress=False)
+
+    # Two processes, stopped in the second epoch (both ranks at the same step), then resumed.
+    run_dir = tmp_path / "two"
+    first = _spawn_search(config.to_dict(), run_dir, resume=False, stop_epoch=1)
+    assert [r["summary"] for r in first] == [None, None] and (run_dir / "checkpoint.pt").exists()
+    second = _spawn_search(config.to_dict(), run_dir, resume=True, stop_epoch=None)
+
+    # Only rank 0 wrote into the run folder.
+    assert first[1]["written"] == [] and second[1]["written"] == []
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary == second[0]["summary"] and summary["world_size"] == 2
+    def timeless(s: dict) -> dict:
+        return {k: v for k, v in s.items() if not k.endswith("_seconds")}
+
+    assert timeless(second[1]["summary"]) == timeless(summary)  # every rank returns the same selection
+
+    # Same parameters (model weights and architecture logits) as the one-process run, within float tolerance.
+    ours, reference = _parameters(run_dir), _parameters(tmp_path / "single")
+    assert ours.keys() == reference.keys() and any("guide" in k for k in ours)
+    for key in reference:
+        torch.testing.assert_close(ours[key], reference[key], rtol=1e-4, atol=1e-5, msg=key)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    single_rows = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for ours_row, ref_row in zip(rows, single_rows, strict=True):
+        assert ours_row["loss"] == pytest.approx(ref_row["loss"], rel=1e-4)
+        assert ours_row["train_accuracy"] == pytest.approx(ref_row["train_accuracy"])
+    assert summary["genotype"] == single["genotype"] and summary["cells"] == single["cells"]
+
+
+@pytest.mark.slow
+def test_torchrun_digits_search(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(_free_port()), "-m", "bayesnas", "search", "--method", "pgnas", "--epochs", "2", "--out", str(out),
+               "--option", "num_candidates=6", "--option", "posterior_draws=8", "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["num_candidates"] == 6 and summary["epochs"] == 2
+    assert 0 <= summary["test_accuracy"] <= 1 and summary["params"] < summary["supernet_params"]
+    assert done.stdout.count("chosen architecture") == 1  # only rank 0 reports
+    assert (out / "genotype.json").exists() and (out / "posterior.nc").exists()
+    # A distributed run needs an explicit, shared run folder.
+    env.update(WORLD_SIZE="2", RANK="1")
+    refused = subprocess.run([sys.executable, "-m", "bayesnas", "search", "--epochs", "1"], capture_output=True,
+                             text=True, env=env, cwd=tmp_path, timeout=120)
+    assert refused.returncode == 2 and "needs --out" in refused.stderr and not (tmp_path / "runs").exists()
