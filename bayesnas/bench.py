@@ -150,7 +150,10 @@ class JobResult:
     supernet_params: int | None = None
     pruned_params: int | None = None
     genotype: str = ""
+    """The architecture in one line."""
     extra: dict[str, Any] = field(default_factory=dict)
+    """Figures of the search's own ``summary.json`` (on its fraction of the data: the super-network's accuracy, or
+    PGNAS's selected pair's), for reference."""
 
 
 def get_budget(dataset: str, name: str) -> Budget:
@@ -162,12 +165,11 @@ def get_budget(dataset: str, name: str) -> Budget:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing or unreadable (that step is then done again)."""
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, json.JSONDecodeError):
         return None
-    except json.JSONDecodeError:
-        return None  # a torn or hand-edited marker: redo that step
 
 
 def _pin_budget(out: Path, budget: Budget) -> None:
@@ -196,11 +198,10 @@ def run_benchmark(dataset: str, budget_name: str, out: str | Path, *, device: st
     results = []
     jobs = [(m, s) for m in methods for s in budget.seeds]
     bar = tqdm(jobs, desc=f"bench {dataset} ({budget.name})", disable=not progress, dynamic_ncols=True)
-    data_by_seed: dict[int, Any] = {}
+    data_by_seed: dict[int, Any] = {}  # the retraining data (all training images), split by each seed
     for method, seed in bar:
         bar.set_postfix(method=method, seed=seed)
         if seed not in data_by_seed:
-            data_by_seed.clear()
             data_by_seed[seed] = load_dataset(budget.dataset, data_dir=data_dir, seed=seed).to(device)
         result = _run_job(budget, method, seed, out / method / f"seed{seed}", data_by_seed[seed], device, data_dir,
                           progress)
@@ -220,7 +221,8 @@ def _run_job(budget: Budget, method: str, seed: int, job: Path, data: Any, devic
     job.mkdir(parents=True, exist_ok=True)
     search: dict[str, Any] = {}
     if method == RANDOM:
-        space = get_space("cells", {**_cell_defaults(data), **budget.cells, "ops": "vinnas"})
+        space = get_space("cells", {"in_channels": data.in_channels, "num_classes": data.num_classes,
+                                    **budget.cells, "ops": "vinnas"})
         genotype = space.random_genotype(torch.Generator().manual_seed(seed))
         genotype.save(job / "genotype.json")
     else:
@@ -242,10 +244,6 @@ def _run_job(budget: Budget, method: str, seed: int, job: Path, data: Any, devic
                                       "pruned_fraction") if k in search})
     write_json(job / "retrain.json", asdict(result))
     return result
-
-
-def _cell_defaults(data: Any) -> dict[str, Any]:
-    return {"in_channels": data.in_channels, "num_classes": data.num_classes}
 
 
 def _summarise(genotype: Genotype) -> str:

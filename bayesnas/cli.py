@@ -188,6 +188,12 @@ def _describe(genotype: Any) -> str:
     return "\n".join(lines)
 
 
+def _require_out_when_distributed(args: argparse.Namespace) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
+        raise ConfigError(f"a distributed {args.command} (torchrun) needs --out: every process must use the same "
+                          "folder")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from bayesnas.distributed import is_main_process
     from bayesnas.infer import run_search
@@ -196,8 +202,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = search_config(args)
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out, the run folder to continue")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
-        raise ConfigError("a distributed search (torchrun) needs --out: every process must use the same run folder")
+    _require_out_when_distributed(args)
     out = Path(args.out or f"runs/{args.preset or config.method + '-' + config.dataset}-seed{config.seed}-"
                             f"{time.strftime('%Y%m%d-%H%M%S')}")
     summary = run_search(config, out, device=args.device, resume=args.resume, data_dir=args.data_dir,
@@ -299,13 +304,17 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
+    from bayesnas.distributed import is_main_process
     from bayesnas.rank import run_rank
 
     config = search_config(args)
+    _require_out_when_distributed(args)
     out = Path(args.out or f"runs/rank-{config.dataset}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = run_rank(config, out, num_archs=args.num_archs, train_epochs=args.train_epochs,
                       population=args.population, device=args.device, data_dir=args.data_dir,
                       download=args.download, progress=not args.no_progress)
+    if not is_main_process():
+        return 0
     print(f"ranking correlation between super-network accuracy (validation) and stand-alone accuracy (test, "
           f"{args.train_epochs} epochs) of {result['num_architectures']} architectures ({args.population}):")
 

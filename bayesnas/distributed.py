@@ -18,9 +18,10 @@ builds the same modules from the same seed, and then:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +98,14 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, items: dict[int, Any]) -> dict[int, Any]:
+        """The union over ranks of ``{index: result}`` dictionaries (results of a list split with :meth:`owns`)."""
+        if not self.distributed:
+            return dict(items)
+        parts: list[Any] = [None] * self.size
+        dist.all_gather_object(parts, items)
+        return {k: v for part in parts for k, v in part.items()}
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
@@ -134,14 +143,22 @@ def init_world(device: torch.device, timeout_hours: float = 24.0) -> tuple[World
     return World(dist.get_rank(), dist.get_world_size()), device
 
 
+@contextlib.contextmanager
+def world_of(device: torch.device) -> Iterator[tuple[World, torch.device]]:
+    """:func:`init_world` for the duration of a ``with`` block; the process group is destroyed at its end only
+    if this block created it (``bayesnas rank`` runs two searches inside one group)."""
+    created = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    world, device = init_world(device)
+    try:
+        yield world, device
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def is_main_process() -> bool:
     """Whether this process is rank 0 of a ``torchrun`` launch, or not launched by ``torchrun`` at all."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def shutdown(world: World) -> None:
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 class _SumOverRanks(torch.autograd.Function):

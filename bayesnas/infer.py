@@ -28,7 +28,7 @@ from tqdm import tqdm
 from bayesnas import diagnostics
 from bayesnas.config import SearchConfig
 from bayesnas.data import Split, load_dataset
-from bayesnas.distributed import SINGLE, World, init_world, shutdown, synchronise_batchnorm
+from bayesnas.distributed import SINGLE, World, synchronise_batchnorm, world_of
 from bayesnas.io import atomic_write, read_jsonl, write_json, write_jsonl
 from bayesnas.methods import Phase, SearchMethod, get_method
 from bayesnas.spaces.branches import count_params
@@ -152,13 +152,9 @@ def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch
 
     Under ``torchrun`` the search runs over all processes (:mod:`bayesnas.distributed`); only rank 0 writes.
     """
-    run_dir = Path(run_dir)
-    world, device = init_world(resolve_device(device))
-    try:
-        return _run_search(config, run_dir, device, world, resume, data_dir, download, progress and world.is_main,
-                           on_step)
-    finally:
-        shutdown(world)
+    with world_of(resolve_device(device)) as (world, device):
+        return _run_search(config, Path(run_dir), device, world, resume, data_dir, download,
+                           progress and world.is_main, on_step)
 
 
 def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world: World, resume: bool,

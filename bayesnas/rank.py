@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from bayesnas.config import ConfigError, SearchConfig
 from bayesnas.data import load_dataset
+from bayesnas.distributed import World, world_of
 from bayesnas.infer import resolve_device, run_search
 from bayesnas.io import write_json
 from bayesnas.methods import get_method
@@ -97,8 +98,13 @@ def run_rank(config: SearchConfig, out: str | Path, *, num_archs: int = 12, trai
         raise ConfigError("rank needs at least 3 architectures and 1 training epoch")
     if population not in ("pool", "uniform"):
         raise ConfigError(f"unknown population {population!r}: pool or uniform")
-    out = Path(out)
-    device = resolve_device(device)
+    with world_of(resolve_device(device)) as (world, device):
+        return _rank(config, Path(out), num_archs, train_epochs, population, device, world, data_dir, download,
+                     progress and world.is_main)
+
+
+def _rank(config: SearchConfig, out: Path, num_archs: int, train_epochs: int, population: str, device: torch.device,
+          world: World, data_dir: str | Path | None, download: bool, progress: bool) -> dict[str, Any]:
     configs = {name: config.merged({"options": {"proposal": proposal, "retrain_epochs": 0}})
                for name, proposal in SUPERNETS.items()}
     summaries = {}
@@ -118,17 +124,21 @@ def run_rank(config: SearchConfig, out: str | Path, *, num_archs: int = 12, trai
                          momentum=config.momentum, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
                          shift=config.shift, flip=config.flip)
     space = methods["pcnas"].space
-    rows = []
-    for arch in tqdm(archs, desc="stand-alone training", disable=not progress):
+    mine = {}  # a distributed rank trains every world-size-th architecture; the rows are gathered
+    for i, arch in enumerate(tqdm(archs, desc="stand-alone training", disable=not progress)):
+        if not world.owns(i):
+            continue
         genotype = space.genotype(arch)
         net = space.build(genotype).to(device)
         train_network(net, data.train, data.val, recipe, config.seed, progress=False)
         ops = genotype.choices["ops"]
-        rows.append({"ops": ops, "latency_ms": methods["pcnas"].table.latency(ops),
-                     "standalone_test_accuracy": accuracy(net, data.test),
-                     "standalone_val_accuracy": accuracy(net, data.val),
-                     **{f"{name}_supernet_accuracy": m.supernet_accuracy(arch, data.val)
-                        for name, m in methods.items()}})
+        mine[i] = {"ops": ops, "latency_ms": methods["pcnas"].table.latency(ops),
+                   "standalone_test_accuracy": accuracy(net, data.test),
+                   "standalone_val_accuracy": accuracy(net, data.val),
+                   **{f"{name}_supernet_accuracy": m.supernet_accuracy(arch, data.val)
+                      for name, m in methods.items()}}
+    gathered = world.gather(mine)
+    rows = [gathered[i] for i in range(len(archs))]
     standalone = [r["standalone_test_accuracy"] for r in rows]
     result = {
         "dataset": config.dataset, "seed": config.seed, "num_architectures": len(rows), "population": population,
@@ -139,5 +149,6 @@ def run_rank(config: SearchConfig, out: str | Path, *, num_archs: int = 12, trai
         "paper_pearson": {"oneshot": 0.11, "pcnas": 0.92},
         "architectures": rows,
     }
-    write_json(out / RANK_FILE, result)
+    if world.is_main:
+        write_json(out / RANK_FILE, result)
     return result

@@ -177,3 +177,34 @@ def test_torchrun_digits_search(tmp_path: Path) -> None:
     refused = subprocess.run([sys.executable, "-m", "bayesnas", "search", "--epochs", "1"], capture_output=True,
                              text=True, env=env, cwd=tmp_path, timeout=120)
     assert refused.returncode == 2 and "needs --out" in refused.stderr and not (tmp_path / "runs").exists()
+
+
+def _scoring_worker(rank: int, size: int, port: int) -> None:
+    import torch.distributed as dist
+
+    from bayesnas.guides.pcnas import PartialModelPool
+    from bayesnas.select import posterior_guided_sampling
+
+    _join(rank, size, port)
+    dist.init_process_group("gloo")
+    world = World(rank, size)
+    scored: list[int] = []
+
+    def score(candidate: int) -> float:
+        scored.append(candidate)
+        return [0.1, 0.7, 0.3, 0.7, 0.2][candidate]
+
+    draws = iter(range(5))
+    result = posterior_guided_sampling(lambda: next(draws), score, 5, progress=False, world=world)
+    assert (result.best, result.best_score, result.scores) == (1, 0.7, [0.1, 0.7, 0.3, 0.7, 0.2])
+    assert scored == [c for c in range(5) if c % size == rank]  # each rank scored only its share
+    pool = PartialModelPool([3, 2], pool_size=2)
+    pool.update(lambda c: {(0,): 0.1, (1,): 0.5, (2,): 0.4}[c], world)
+    assert pool.members == [(1,), (2,)] and pool.potentials == [0.5, 0.4]
+    assert world.gather({rank: rank * 10}) == {0: 0, 1: 10}
+    assert world.broadcast(f"from {rank}") == "from 0"
+    dist.destroy_process_group()
+
+
+def test_candidate_scoring_is_split_across_ranks_and_gathered() -> None:
+    mp.spawn(_scoring_worker, args=(2, _free_port()), nprocs=2)
