@@ -279,8 +279,8 @@ COMPILE_BACKEND = "inductor"
 def _update(phase: Phase, optimizer: torch.optim.Optimizer, split: Split, index: torch.Tensor,
             config: SearchConfig, world: World = SINGLE) -> tuple[float, int]:
     """One optimiser step of ``phase`` on the global mini-batch ``index`` of ``split``; returns the loss and
-    number right over the whole batch. Each rank computes its shard; gradients are summed with weights
-    ``M_r / M`` (see :mod:`bayesnas.distributed`)."""
+    number right over the whole batch. Each rank computes the loss of its shard, weighted by ``M_r / M``, and the
+    gradients are summed over ranks (see :mod:`bayesnas.distributed`; one process: weight 1, no collectives)."""
     local = world.shard(index)
     x = augment(split.x[local], config.shift, config.flip)
     if config.channels_last:
@@ -294,7 +294,7 @@ def _update(phase: Phase, optimizer: torch.optim.Optimizer, split: Split, index:
     if not math.isfinite(value):
         return value, int(right)
     optimizer.zero_grad(set_to_none=True)
-    (loss * weight).backward() if world.distributed else loss.backward()
+    (loss * weight).backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     world.all_reduce_gradients(params)
     if phase.grad_clip:

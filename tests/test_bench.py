@@ -131,3 +131,23 @@ def test_bench_resumes_where_it_stopped(tiny_budget: bench.Budget, tmp_path: Pat
 def test_bench_command_line(tiny_budget: bench.Budget, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", "fashion-mnist", "--budget", "cpu", "--methods", "darts", "--out", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget_name", ["cpu", "paper"])
+def test_every_method_builds_under_each_budget(budget_name: str) -> None:
+    import torch
+
+    from bayesnas.data import DataBundle, Split
+    from bayesnas.methods import get_method
+
+    def split(n: int) -> Split:
+        return Split(torch.randn(n, 1, 28, 28), torch.arange(n) % 10)
+
+    fashion_shaped = DataBundle("fashion-mnist", split(40), split(20), split(20), 10, 1, 28, "random tensors")
+    budget = bench.BUDGETS[budget_name]
+    for method in ("pgnas", "vinnas", "gdas", "pcnas"):
+        config = budget.search_config(method, 0)
+        searcher = get_method(method)(config, fashion_shaped, torch.device("cpu"))  # validates space and options
+        (phase, *_) = searcher.phases()
+        loss, _ = phase.loss(fashion_shaped.train.x[:4], fashion_shaped.train.y[:4], torch.arange(4))
+        assert torch.isfinite(loss)
