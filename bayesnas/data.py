@@ -425,12 +425,16 @@ def _system_copy(name: str, cls: Any) -> tuple[str, str] | None:
         return None
     root = os.path.join(cache_dir(), name)
     raw = os.path.join(root, cls.__name__, "raw")
-    os.makedirs(raw, exist_ok=True)
     for packed in files:
         target = os.path.join(raw, os.path.splitext(packed)[0])
         if os.path.isfile(target):
             continue
-        scratch = tempfile.mkdtemp(dir=raw, prefix=".unpack-")
+        try:
+            os.makedirs(raw, exist_ok=True)
+            scratch = tempfile.mkdtemp(dir=raw, prefix=".unpack-")
+        except OSError as err:
+            raise DatasetNotFoundError(f"{name}: found Debian's {package} files in {found} but cannot unpack them "
+                                       f"into {raw} ({err}); set BAYESNAS_CACHE to a writable folder") from err
         try:
             os.replace(extract_archive(os.path.join(found, packed), scratch), target)
         except (EOFError, OSError, gzip.BadGzipFile) as err:

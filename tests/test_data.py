@@ -444,3 +444,12 @@ def test_fashion_mnist_real_debian_files(tmp_path: Path, monkeypatch: pytest.Mon
     assert (len(bundle.train) + len(bundle.val), len(bundle.test)) == (3000, 500)
     assert bundle.train.x.shape[1:] == (1, 28, 28) and bundle.num_classes == 10
     assert torch.bincount(bundle.test.y, minlength=10).tolist() == [50] * 10  # the test set is balanced
+
+
+def test_fashion_mnist_debian_cache_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _debian_package(tmp_path / "share")
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("XDG_DATA_DIRS", str(tmp_path / "share"))
+    monkeypatch.setenv("BAYESNAS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DatasetNotFoundError, match="cannot unpack them into .*set BAYESNAS_CACHE"):
+        load_dataset("fashion-mnist")
