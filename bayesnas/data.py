@@ -130,8 +130,9 @@ class Split:
         return f"Split(n={len(self)}, x={tuple(self.x.shape)}, device={self.x.device})"
 
     def to(self, device: torch.device | str) -> Split:
-        """The same split with both tensors on ``device``."""
-        return Split(self.x.to(device), self.y.to(device))
+        """The same split with both tensors on ``device``, the images in torch's default float dtype (float32
+        unless a caller chose float64 with ``torch.set_default_dtype``, as the exactness tests do)."""
+        return Split(self.x.to(device, torch.get_default_dtype()), self.y.to(device))
 
     def subset(self, index: torch.Tensor) -> Split:
         """The rows selected by ``index`` (integer indices or a boolean mask), in that order."""
