@@ -130,8 +130,8 @@ class Split:
         return f"Split(n={len(self)}, x={tuple(self.x.shape)}, device={self.x.device})"
 
     def to(self, device: torch.device | str) -> Split:
-        """The same split with both tensors on ``device``, the images in torch's default float dtype (float32
-        unless a caller chose float64 with ``torch.set_default_dtype``, as the exactness tests do)."""
+        """The same split with both tensors on ``device`` and the images in torch's default float dtype (float32
+        unless ``torch.set_default_dtype`` chose another), so that data and freshly built networks agree."""
         return Split(self.x.to(device, torch.get_default_dtype()), self.y.to(device))
 
     def subset(self, index: torch.Tensor) -> Split:

@@ -130,11 +130,12 @@ def test_two_processes_match_one_and_resume(tmp_path: Path) -> None:
     config = preset("gdas-digits").merged(GDAS_TINY)
     # In float32 the two runs drift apart by rounding (sums over two half-batches, synced batch-norm moments):
     # about 1e-4 relative after two epochs. In float64 they agree to about 1e-10, so the check is exact there.
+    default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         single = run_search(config, tmp_path / "single", device="cpu", progress=False)
     finally:
-        torch.set_default_dtype(torch.float32)
+        torch.set_default_dtype(default)
 
     # Two processes, stopped in the second epoch (both ranks at the same step), then resumed.
     run_dir = tmp_path / "two"
