@@ -262,12 +262,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                          weight_decay=args.weight_decay, cutout=args.cutout, aux_weight=args.auxiliary)
     history = train_network(net, data.train, data.val, recipe, seed, progress=not args.no_progress)
     result = {"genotype": str(args.genotype), "dataset": data.name, "params": count_params(net),
+              "params_with_auxiliary": count_params(net, auxiliary=True),
               "val_accuracy": accuracy(net, data.val), "test_accuracy": accuracy(net, data.test),
               "epochs": args.epochs, "history": history}
     out = Path(args.out) if args.out else Path(args.genotype).parent
     write_json(out / "train_summary.json", result)
     print(f"trained {args.genotype} on {data.name}: test accuracy {result['test_accuracy']:.4f}, "
-          f"parameters {result['params']:,} -> {out / 'train_summary.json'}")
+          f"parameters {result['params']:,} (without the auxiliary head; with it "
+          f"{result['params_with_auxiliary']:,}) -> {out / 'train_summary.json'}")
     return 0
 
 

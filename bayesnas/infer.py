@@ -320,7 +320,9 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
         "method": config.method, "dataset": config.dataset, "seed": config.seed, "epochs": config.epochs,
         "device": str(method.device),
         "val_accuracy": selection.val_accuracy, "test_accuracy": selection.test_accuracy,
+        # sizes as the papers report them, without the auxiliary head (a training aid); with it alongside
         "params": count_params(selection.network),
+        "params_with_auxiliary": count_params(selection.network, auxiliary=True),
         "search_seconds": round(sum(r["seconds"] for r in rows), 2),
         "select_seconds": round(select_seconds, 2),
         "genotype": "genotype.json",

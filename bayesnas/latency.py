@@ -1,6 +1,6 @@
 """Latency lookup table of the chain space, measured on the current device, and a FLOPs proxy.
 
-PC-NAS (papers/pcnas.md Sec. 3.3, 4.1) imposes a hard latency limit measured on the target GPU at batch 16.
+PC-NAS (Li et al. 2019, Sec. 3.3, 4.1) imposes a hard latency limit measured on the target GPU at batch 16.
 As in ProxylessNAS and FBNet, the latency of an architecture is the sum of a per-(layer, op) lookup table
 plus the fixed parts (stem, first block, head, classifier): each entry is the median of a few timed forward
 passes of that module alone, at its input shape, after warm-up runs, with CUDA synchronised around each

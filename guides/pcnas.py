@@ -1,15 +1,18 @@
-"""Proposals of PC-NAS (papers/pcnas.md Sec. 3.3, Algorithms 1-2): distributions over architectures without
+"""Proposals of PC-NAS (Li et al. 2019, Sec. 3.3, Algorithms 1-2): distributions over architectures without
 learned parameters, each with its own update rule.
 
-They are not Pyro guides (DESIGN, "How proposals sit in Pyro"): the search draws ``m`` from the proposal,
+They are not Pyro guides: the search draws ``m`` from the proposal,
 conditions the model on it and trains the shared weights on the conditioned likelihood.
 
 - :class:`UniformProposal`: every op of every mixop uniformly (single-path one-shot; PC-NAS's warm-up).
 - :class:`PartialModelPool`: the pool of the P best partial models ``(o_1, ..., o_l)``; a draw picks a member
-  uniformly and completes it with uniform ops that keep the architecture under the latency limit. After each
+  uniformly and completes it uniformly among the completions that meet the latency limit (the paper only says
+  "randomly sample the missing operator[s]" for training, Sec. 3.3; we keep training draws under the limit
+  too, so the weights are trained on the architectures that the potentials score). After each
   interval the pool is extended by every op of the next mixop, and the top P candidates by *potential*
   (Eq. 11: mean one-batch validation accuracy of random completions, Algorithm 1) form the new pool.
-- :class:`Completion`: uniform random completion of a partial model under a latency limit.
+- :class:`Completion`: uniform random completion of a partial model under a latency limit, exact whatever the
+  fraction of completions that meet it.
 
 Both proposals report the *effective number of architectures* sharing the weights, exp(entropy) of the
 proposal ignoring the latency limit: ``prod_l N_l`` for the uniform one, ``|pool| x prod_{l > depth} N_l`` for
@@ -23,6 +26,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,30 +41,64 @@ class LatencyLimitError(ConfigError):
 
 
 class Completion:
-    """Uniform random completion of partial models; with a limit, completions always meet it.
+    """Uniform random completion of partial models; with a latency limit, uniform over the completions that meet
+    it (Li et al. 2019, Sec. 3.3: the potential of Eq. 11 averages "uniformly sampl[ed] valid models").
 
-    ``costs[l][o]``: latency of op ``o`` of mixop ``l``; ``fixed``: latency of the fixed parts. A completion is
-    drawn uniformly and redrawn up to ``max_tries`` times until it meets the limit (uniform over the valid
-    completions, as Eq. 11 asks); if that fails, each remaining op is drawn uniformly among those that leave the
-    rest feasible, which always succeeds when any completion does. A partial model no completion of which meets
-    the limit raises :class:`LatencyLimitError` naming the limit and the fastest latency possible.
+    ``costs[l][o]``: latency of op ``o`` of mixop ``l``; ``fixed``: latency of the fixed parts. An architecture
+    is valid when ``fixed + sum_l costs[l][o_l] <= limit`` (:meth:`meets`, 1e-9 ms tolerance).
+
+    Sampling is exact in every case, in two stages that each return a uniform draw of the valid completions
+    (so their mixture is uniform too):
+
+    1. rejection: up to ``max_tries`` uniform completions, the first valid one is returned (cheap when most
+       completions are valid, and the draws are those of the unconstrained sampler);
+    2. otherwise rejection from a *bounded sequential proposal*, exact whatever the fraction of valid
+       completions. Let ``N(l, b)`` count the completions of mixops ``l..L-1`` whose latency is at most ``b``.
+       Counting it exactly is a knapsack count over real costs (the achievable sums grow as ``ops^layers``),
+       so a dynamic programme over a grid of ``grid`` budget steps ``h`` computes an upper bound instead:
+       with costs shifted by each mixop's cheapest op and floored to the grid, ``C = floor(c / h)``,
+       ``U(L, k) = [k >= 0]`` and ``U(l, k) = sum_o U(l+1, k - C_lo)``. Since ``floor(b - c) <= floor(b) -
+       floor(c)``, ``U(l, K(b)) >= N(l, b)`` at every layer. A draw walks the mixops, picking op ``o`` with
+       probability ``U(l+1, k - C_lo) / U(l, k)`` and giving up with the leftover mass; at the last mixop the
+       weights are the exact validity indicators. The probabilities telescope: every valid completion is
+       drawn with probability exactly ``1 / U(start, K)`` and nothing invalid is ever returned, so an accepted
+       draw is uniform over the valid completions. Only the acceptance rate ``N / U`` depends on the grid:
+       flooring loosens the budget by at most ``L h``, a fraction ``L / grid`` of the largest budget (about
+       0.5 % at 21 mixops and the default 4096 steps), so a draw is accepted with probability close to 1 at
+       any limit; the grid costs ``O(L x ops x grid)`` once, a draw ``O(L x ops)``.
+
+    The counts are float64 (``ops^L`` overflows int64 at 21 mixops); each layer's sum is inflated by 1e-12 so
+    that rounding can never make a bound smaller than the sum it bounds. The draws come from ``generator``
+    (float64 uniforms), so a seeded generator gives the same completions everywhere.
+
+    A partial model no completion of which meets the limit raises :class:`LatencyLimitError` naming the limit and
+    the fastest latency possible.
     """
 
+    TOLERANCE = 1e-9
+    """Slack (ms) of :meth:`meets` against rounding of the latency sums."""
+
     def __init__(self, num_ops: Sequence[int], costs: Sequence[Sequence[float]] | None = None, fixed: float = 0.0,
-                 limit: float | None = None, max_tries: int = 100) -> None:
+                 limit: float | None = None, max_tries: int = 100, grid: int = 4096) -> None:
         self.num_ops = [int(n) for n in num_ops]
         if costs is not None and [len(c) for c in costs] != self.num_ops:
             raise ValueError("costs need one entry per op of every mixop")
         if limit is not None and costs is None:
             raise ValueError("a latency limit needs the latency table (costs)")
+        if grid < 1:
+            raise ValueError("grid must be >= 1")
         self.costs = [list(map(float, c)) for c in costs] if costs is not None else None
         self.fixed = float(fixed)
         self.limit = limit
         self.max_tries = max(1, int(max_tries))
+        self.grid = int(grid)
         self._tail_min = [0.0] * (len(self.num_ops) + 1)
         if self.costs is not None:
             for layer in reversed(range(len(self.num_ops))):
                 self._tail_min[layer] = self._tail_min[layer + 1] + min(self.costs[layer])
+        self._bounds: tuple[float, float, list[np.ndarray], np.ndarray] | None = None
+        self.proposals = 0
+        """Draws of the bounded sequential proposal so far (stage 2), accepted or not."""
 
     def latency(self, arch: Sequence[int]) -> float:
         """Latency of a (partial) architecture: fixed parts plus its ops' entries (0 without a table)."""
@@ -73,37 +111,84 @@ class Completion:
         return self.latency(prefix) + self._tail_min[len(prefix)] if self.costs is not None else 0.0
 
     def meets(self, arch: Sequence[int]) -> bool:
-        return self.limit is None or self.latency(arch) <= self.limit + 1e-9
+        return self.limit is None or self.latency(arch) <= self.limit + self.TOLERANCE
 
     def feasible(self, prefix: Sequence[int] = ()) -> bool:
-        return self.limit is None or self.fastest(prefix) <= self.limit + 1e-9
+        return self.limit is None or self.fastest(prefix) <= self.limit + self.TOLERANCE
 
     def _draw(self, start: int, generator: torch.Generator | None) -> list[int]:
         u = torch.rand(len(self.num_ops) - start, generator=generator).tolist()
         return [min(int(v * n), n - 1) for v, n in zip(u, self.num_ops[start:], strict=True)]
 
+    def _budget(self, prefix: Sequence[int]) -> float:
+        """Latency left to the ops after ``prefix``, above their cheapest choices."""
+        assert self.limit is not None
+        return self.limit + self.TOLERANCE - self.latency(prefix) - self._tail_min[len(prefix)]
+
+    def bounds(self) -> tuple[float, float, list[np.ndarray], np.ndarray]:
+        """The grid of stage 2: step ``h``, slack ``s``, floored shifted costs per mixop, and ``U`` of shape
+        ``(L + 1, K + 1)`` (row ``l``: mixops ``l..L-1``, column ``k``: budget index ``floor((b + s) / h)``)."""
+        if self._bounds is None:
+            assert self.costs is not None and self.limit is not None
+            shifted = [np.asarray(c) - min(c) for c in self.costs]
+            top = self._budget(())  # the largest budget of any prefix: every op costs at least its mixop's min
+            slack = 1e-6 * max(1.0, abs(self.limit))  # >> rounding of the sums: a valid completion stays counted
+            positive = [v for c in shifted for v in c if v > 0]
+            h = max(top, min(positive, default=1.0)) / self.grid
+            size = int(math.floor((top + 2 * slack) / h)) + 1
+            floored = [np.floor(c / h).astype(np.int64) for c in shifted]
+            table = np.zeros((len(self.num_ops) + 1, size))
+            table[-1] = 1.0
+            for layer in reversed(range(len(self.num_ops))):
+                row = np.zeros(size)
+                for step in floored[layer]:
+                    if step < size:
+                        row[step:] += table[layer + 1][: size - step]
+                table[layer] = row * (1 + 1e-12)
+            self._bounds = (h, slack, floored, table)
+        return self._bounds
+
+    def _propose(self, prefix: list[int], generator: torch.Generator | None) -> list[int] | None:
+        """One draw of the bounded sequential proposal: a valid completion, each with probability
+        ``1 / U(start, K)``, or None (the leftover mass)."""
+        assert self.costs is not None
+        h, slack, floored, table = self.bounds()
+        start, last = len(prefix), len(self.num_ops) - 1
+        k = int(math.floor((self._budget(prefix) + slack) / h))
+        assert 0 <= k < table.shape[1]
+        u = torch.rand(len(self.num_ops) - start, generator=generator, dtype=torch.float64).tolist()
+        arch = list(prefix)
+        self.proposals += 1
+        for layer, v in zip(range(start, last + 1), u, strict=True):
+            if layer < last:
+                weights = [table[layer + 1][k - c] if k >= c else 0.0 for c in floored[layer]]
+            else:  # the exact validity of each complete architecture
+                weights = [float(self.meets(arch + [op])) for op in range(self.num_ops[layer])]
+            op = int(np.searchsorted(np.cumsum(weights), v * table[layer][k], side="right"))
+            if op == len(weights):  # the leftover mass U(l, k) - sum of the weights
+                return None
+            arch.append(op)
+            k -= int(floored[layer][op])
+        return arch
+
     def complete(self, prefix: Sequence[int] = (), generator: torch.Generator | None = None) -> list[int]:
-        """A uniformly drawn full architecture that starts with ``prefix`` and meets the limit."""
+        """A full architecture that starts with ``prefix``, drawn uniformly among those that meet the limit."""
         prefix = [int(o) for o in prefix]
         if not self.feasible(prefix):
             raise LatencyLimitError(
                 f"no architecture starting with {prefix} meets the latency limit of {self.limit:.4g} ms: the "
                 f"fastest possible takes {self.fastest(prefix):.4g} ms (fastest of the whole space: "
                 f"{self.fastest():.4g} ms); raise the limit")
+        if len(prefix) == len(self.num_ops):
+            return prefix
         for _ in range(self.max_tries):
             arch = prefix + self._draw(len(prefix), generator)
             if self.meets(arch):
                 return arch
-        arch = list(prefix)
-        spent = self.latency(arch)
-        for layer in range(len(prefix), len(self.num_ops)):
-            assert self.costs is not None and self.limit is not None
-            budget = self.limit + 1e-9 - spent - self._tail_min[layer + 1]
-            allowed = [o for o, c in enumerate(self.costs[layer]) if c <= budget]
-            op = allowed[int(torch.randint(len(allowed), (1,), generator=generator))]
-            arch.append(op)
-            spent += self.costs[layer][op]
-        return arch
+        while True:  # accepted with probability N / U, close to 1 (see the class docstring)
+            arch = self._propose(prefix, generator)
+            if arch is not None:
+                return arch
 
 
 class UniformProposal(nn.Module):

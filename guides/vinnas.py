@@ -1,5 +1,5 @@
-"""VINNAS guide (papers/vinnas.md Eq. 5): factorised Normal posteriors over every weight tensor and over the op
-strengths alpha of each cell type, parametrised by means and log-variances.
+"""VINNAS guide (Ferianc, Fan & Rodrigues, arXiv:2007.06103, 2020; Eq. 5): factorised Normal posteriors over
+every weight tensor and over the op strengths alpha of each cell type, parametrised by means and log-variances.
 
 Initialisation (Sec. V-A): log-variances at -10, weight means Xavier-uniform (passed in by the model),
 ``mu_alpha ~ N(0, 0.001)`` read as a standard deviation of 0.001 (the DARTS convention

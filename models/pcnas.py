@@ -1,4 +1,4 @@
-"""PC-NAS model (papers/pcnas.md Sec. 3.1-3.2): a uniform prior over the op of every mixop and the single-path
+"""PC-NAS model (Li et al. 2019, Sec. 3.1-3.2): a uniform prior over the op of every mixop and the single-path
 super-network as likelihood under a subsampled data plate.
 
 ``p(m) p(D | theta, m)`` with ``m = (o_1, ..., o_L)``, ``o_l ~ Categorical(uniform over the ops of layer l)``

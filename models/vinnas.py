@@ -1,4 +1,5 @@
-"""VINNAS model (papers/vinnas.md Eq. 3-4 and 8): log-uniform priors on every weight of the DARTS cell
+"""VINNAS model (Ferianc, Fan & Rodrigues, "VINNAS: Variational Inference-based Neural Network Architecture
+Search", arXiv:2007.06103, 2020; Eq. 3-4 and 8): log-uniform priors on every weight of the DARTS cell
 super-network and on the op strengths alpha of each cell type; the super-network, mixing its ops by
 ``z = softmax(alpha)``, as the likelihood under a subsampled data plate.
 
@@ -10,7 +11,9 @@ statistics during the search (Sec. V-A), so it always normalises with the statis
 The objective's weights gamma_1..3 (Eq. 8) are set by the method each epoch. The KL terms are scaled on the
 sample sites (the guide applies the same handlers: ``TraceMeanField_ELBO`` takes the analytic KL's scale
 from the guide site); a weight of 0 leaves its term out (``poutine.mask(False)``) because
-``poutine.scale(0)`` raises. The entropy term enters as a ``pyro.factor``.
+``poutine.scale(0)`` raises. The entropy term enters as a ``pyro.factor`` scaled by gamma_3 alone, so the
+loss is Eq. 8 term by term: the NLL summed over the ``size`` examples of the split (the data plate scales a
+mini-batch's sum by size / batch), plus gamma_1 KL_w + gamma_2 KL_alpha + gamma_3 sum H(E_q[z]), each once.
 """
 
 from __future__ import annotations
@@ -146,8 +149,8 @@ class VINNASModel(nn.Module):
             alphas = {kind: pyro.sample(alpha_site(kind), self._alpha_prior) for kind in self.cell_types}
         size = size or len(x)
         if g_entropy > 0 and op_entropy is not None:
-            # per-example units like the mean NLL: the ELBO is a sum over the split, hence the factor size
-            with poutine.scale(scale=g_entropy * size):
+            # Eq. 8's gamma_3 * sum H, as is: like the KLs, once per split (not per example, not times size)
+            with poutine.scale(scale=g_entropy):
                 pyro.factor("op_entropy", -op_entropy)
         if index is None:
             index = torch.arange(len(x), device=x.device)

@@ -1,5 +1,7 @@
 """GDAS: straight-through sampler, one op per edge, gradients, temperature schedule, derivation, search."""
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -7,6 +9,7 @@ import torch
 from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from torch.distributions import kl_divergence
+from torch.distributions.utils import clamp_probs
 
 from bayesnas.config import preset
 from bayesnas.data import load_dataset
@@ -119,6 +122,168 @@ def test_registered_kl_between_underlying_categoricals():
     assert TraceMeanField_ELBO().differentiable_loss(model, guide).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def _replayed_draw(method, seed, batch):
+    """The proposal's draw that ``method.loss`` makes after ``torch.manual_seed(seed)``, recomputed from the
+    definition of the straight-through Gumbel-softmax (Eq. 5-7): the soft sample softmax((A + G) / tau) with
+    the same Gumbel noise (same generator state, one ``(batch, E, K)`` draw per cell type in order) and the
+    hard one-hot h = one_hot(argmax) that the forward pass uses."""
+    torch.manual_seed(seed)
+    guide = method.guide
+    soft, hard = {}, {}
+    for kind in guide.cell_types:
+        logits = guide.logits[kind] if batch is None else guide.logits[kind].expand(batch, *guide.logits[kind].shape)
+        tau = torch.tensor(guide.temperature)
+        soft[kind] = clamp_probs(torch.distributions.RelaxedOneHotCategorical(tau, logits=logits).rsample())
+        hard[kind] = torch.nn.functional.one_hot(soft[kind].argmax(-1), soft[kind].shape[-1]).float()
+    return soft, hard
+
+
+def _likelihood_and_its_logit_gradient(method, x, y, soft, hard):
+    """Mean negative log-likelihood of the super-network under the hard draw, and its gradient with respect to
+    the logits A through the straight-through path: dL/dA = (dL/dh) d softmax((A + G) / tau) / dA."""
+    h = {k: v.clone().requires_grad_() for k, v in hard.items()}
+    nll = torch.nn.functional.cross_entropy(method.model.net(x, h), y)
+    dh = torch.autograd.grad(nll, list(h.values()))
+    kinds = list(hard)
+    grads = torch.autograd.grad(sum((soft[k] * d).sum() for k, d in zip(kinds, dh, strict=True)),
+                                [method.guide.logits[k] for k in kinds])
+    return nll.detach(), dict(zip(kinds, grads, strict=True)), dict(zip(kinds, dh, strict=True))
+
+
+def _kl_to_uniform(method):
+    """sum over cell types and edges of KL(Categorical(softmax A_e) || uniform) = sum_k p_k log p_k + log K."""
+    total = 0
+    for a in method.guide.logits.values():
+        p = torch.softmax(a, -1)
+        total = total + (p * torch.log(p)).sum() + a.shape[0] * math.log(a.shape[1])
+    return total
+
+
+@pytest.mark.parametrize("sample_per", ["batch", "example"])
+def test_likelihood_gradient_reaches_the_logits_of_the_sampled_ops(data, sample_per):
+    """beta = 1: the analytic KL alone would give every logit a gradient, so take it out and check the rest,
+    the likelihood's straight-through gradient, against its independent computation; it is non-zero on
+    exactly the edges that ran an op other than ``none`` (``none`` outputs zeros: dL/dh = 0)."""
+    torch.manual_seed(0)
+    method = make(data, beta=1.0, sample_per=sample_per)
+    method.begin_epoch(0)
+    x, y, index = data.train.x[:8], data.train.y[:8], torch.arange(8)
+    batch = 8 if sample_per == "example" else None
+    torch.manual_seed(123)
+    method.loss(x, y, index, 100)[0].backward()
+    soft, hard = _replayed_draw(method, 123, batch)
+    _, likelihood_grad, _ = _likelihood_and_its_logit_gradient(method, x, y, soft, hard)
+    kl_grad = torch.autograd.grad(_kl_to_uniform(method), list(method.guide.logits.values()))
+    none = method.space.op_names.index("none")
+    for kind, kl_g in zip(method.guide.cell_types, kl_grad, strict=True):
+        scale = 1.0 if sample_per == "example" else 1 / 100  # per-example KL counted once per example
+        observed_likelihood_grad = method.guide.logits[kind].grad - scale * kl_g
+        torch.testing.assert_close(observed_likelihood_grad, likelihood_grad[kind], atol=1e-6, rtol=1e-4)
+        ran_an_op = (hard[kind].argmax(-1) != none)
+        ran_an_op = ran_an_op.any(0) if sample_per == "example" else ran_an_op
+        assert ran_an_op.any()
+        assert (observed_likelihood_grad[ran_an_op].abs().sum(-1) > 1e-6).all()
+        assert (observed_likelihood_grad[~ran_an_op].abs() < 1e-8).all()  # zero up to the KL subtracted
+        assert observed_likelihood_grad.abs().sum() > 0.1 * scale * kl_g.abs().sum()
+
+
+def test_annealed_temperature_reaches_the_distribution_of_the_loss(data):
+    """The straight-through gradient scales with 1 / tau (d softmax(z / tau) / dz): the gradient of the loss
+    after ``begin_epoch`` matches the one computed at the annealed tau, and not the one at the other tau."""
+    method = make(data, tau_max=10.0, tau_min=0.5)
+    x, y, index = data.train.x[:8], data.train.y[:8], torch.arange(8)
+    expected = {}
+    for epoch, tau in [(0, 10.0), (1, 0.5)]:
+        method.begin_epoch(epoch)
+        assert method.guide.temperature == tau
+        method.guide.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        method.loss(x, y, index, 100)[0].backward()
+        soft, hard = _replayed_draw(method, 7, None)
+        _, expected[tau], _ = _likelihood_and_its_logit_gradient(method, x, y, soft, hard)
+        for kind in method.guide.cell_types:
+            torch.testing.assert_close(method.guide.logits[kind].grad, expected[tau][kind], atol=1e-7, rtol=1e-4)
+        other = 0.5 if tau == 10.0 else 10.0
+        method.guide.temperature = other
+        soft, hard_other = _replayed_draw(method, 7, None)
+        method.guide.temperature = tau
+        _, wrong, _ = _likelihood_and_its_logit_gradient(method, x, y, soft, hard_other)
+        assert not all(torch.allclose(method.guide.logits[k].grad, wrong[k], rtol=0.05)
+                       for k in method.guide.cell_types)
+
+
+@pytest.mark.parametrize("sample_per", ["batch", "example"])
+def test_value_of_the_beta_weighted_loss(data, sample_per):
+    """beta > 0: the loss per example is the negative ELBO over the data-set size N (``size``),
+    mean_i -log p(y_i | x_i, f) + beta * KL(q || p) / N with one architecture per mini-batch (one KL), and
+    + beta * KL(q || p) with one per example (N KLs), KL(q || p) = sum over cell types and edges of
+    KL(Categorical(softmax A) || uniform) (Pyro's analytic KL of the straight-through site)."""
+    beta, size = 0.5, 100
+    torch.manual_seed(0)
+    method = make(data, beta=beta, sample_per=sample_per)
+    with torch.no_grad():
+        for a in method.guide.logits.values():
+            a.copy_(torch.randn(a.shape))  # far from uniform, so the KL term matters
+    method.begin_epoch(1)
+    x, y, index = data.train.x[:8], data.train.y[:8], torch.arange(8)
+    torch.manual_seed(11)
+    loss, right = method.loss(x, y, index, size)
+    soft, hard = _replayed_draw(method, 11, 8 if sample_per == "example" else None)
+    with torch.no_grad():
+        logits = method.model.net(x, hard)
+        nll = torch.nn.functional.cross_entropy(logits, y)
+        kl = _kl_to_uniform(method)
+    kl_scale = 1.0 if sample_per == "example" else 1 / size
+    assert kl > 1.0
+    assert loss.item() == pytest.approx((nll + beta * kl_scale * kl).item(), rel=1e-5)
+    assert right == int((logits.argmax(-1) == y).sum())
+
+
+def test_phases_splits_optimisers_and_start(data):
+    """Algorithm 1 with the paper's settings: weights on D_T by SGD (the search configuration: lr, momentum,
+    nesterov, weight decay, clipping, cosine schedule); logits A on D_V by Adam (lr 3e-4, betas (0.5, 0.999),
+    weight decay 1e-3, constant); the architecture phase starts after ``warmup_epochs``."""
+    method = make(data, warmup_epochs=3)
+    config = method.config
+    weights, arch = method.phases()
+    assert (weights.name, weights.split, arch.name, arch.split) == ("weights", "weights", "architecture",
+                                                                    "architecture")
+    assert (weights.optimizer, weights.schedule, weights.start_epoch) == ("sgd", "cosine", 0)
+    assert (weights.lr, weights.lr_min, weights.momentum, weights.nesterov, weights.weight_decay,
+            weights.grad_clip) == (config.lr, config.lr_min, config.momentum, config.nesterov,
+                                   config.weight_decay, config.grad_clip)
+    assert (config.lr, config.lr_min, config.momentum, config.weight_decay) == (0.025, 0.001, 0.9, 3e-4)
+    assert (arch.optimizer, arch.schedule, arch.start_epoch) == ("adam", "constant", 3)
+    assert (arch.betas, arch.weight_decay, arch.lr) == ((0.5, 0.999), 1e-3, method.options.arch_lr)
+    assert arch.lr == method.options.arch_lr == 0.01  # the gdas-digits preset; the paper's defaults:
+    defaults = get_method("gdas").options_type()
+    assert (defaults.arch_lr, defaults.arch_weight_decay, defaults.warmup_epochs) == (3e-4, 1e-3, 0)
+    # disjoint parameters: every network weight in the first phase, exactly the logits A in the second
+    w_ids = [id(p) for g in weights.param_groups for p in g["params"]]
+    a_ids = [id(p) for g in arch.param_groups for p in g["params"]]
+    assert set(w_ids) == {id(p) for p in method.model.parameters()} and len(w_ids) == len(set(w_ids))
+    assert set(a_ids) == {id(p) for p in method.guide.logits.values()}
+    optimizer, scheduler = weights.make_optimizer(config.epochs)
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (
+        config.lr, config.momentum, config.nesterov and config.momentum > 0, config.weight_decay)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and scheduler.eta_min == config.lr_min
+    optimizer, _ = arch.make_optimizer(config.epochs)
+    assert isinstance(optimizer, torch.optim.Adam)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (method.options.arch_lr, (0.5, 0.999), 1e-3)
+    # each phase scales its loss by the size of its own half of the training split
+    halves = data.halves(config.seed)
+    assert method.split_sizes == {"weights": len(halves[0]), "architecture": len(halves[1])}
+    sizes = []
+    method.loss = lambda x, y, index, size: sizes.append(size) or (torch.zeros(()), 0)
+    x, y, index = data.train.x[:4], data.train.y[:4], torch.arange(4)
+    weights.loss(x, y, index)
+    arch.loss(x, y, index)
+    assert sizes == [len(halves[0]), len(halves[1])]
+
+
 @pytest.mark.parametrize("beta,sample_per", [(0.0, "batch"), (1.0, "example")])
 def test_losses_and_sites(data, beta, sample_per):
     method = make(data, beta=beta, sample_per=sample_per)
@@ -133,8 +298,13 @@ def test_losses_and_sites(data, beta, sample_per):
 
 
 def test_tiny_search_writes_fading_and_cells(tmp_path):
-    config = preset("gdas-digits").merged({**TINY, "epochs": 3, "options": {**TINY["options"], "arch_lr": 0.05}})
+    config = preset("gdas-digits").merged({**TINY, "epochs": 3, "options": {**TINY["options"], "arch_lr": 0.05,
+                                                                            "retrain_auxiliary": 0.4}})
     summary = run_search(config, tmp_path / "run", progress=False)
+    # sizes without the DARTS auxiliary head, as the papers report them; the head reads the reduction cell
+    # (2 states x 2C = 16 channels): 1x1 conv to 128 + BN, 2x2 conv to 768 + BN, linear to 10 classes
+    head = (16 * 128 + 2 * 128) + (128 * 768 * 4 + 2 * 768) + (768 * 10 + 10)
+    assert summary["params_with_auxiliary"] - summary["params"] == head
     rows = read_jsonl(tmp_path / "run/metrics.jsonl")
     assert [r["tau"] for r in rows] == [10.0, 5.5, 1.0]
     assert rows[-1]["log10_effective_architectures"] < rows[0]["log10_effective_architectures"]

@@ -1,19 +1,26 @@
 """PC-NAS: chain space, latency table, proposals (pool, completions), model, search, ranking command."""
 
+import collections
+import dataclasses
+import itertools
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from pyro import poutine
+from scipy import stats
 
 from bayesnas import latency
 from bayesnas.cli import EXIT_ERROR, main
 from bayesnas.config import ConfigError, preset
-from bayesnas.data import load_dataset
+from bayesnas.data import Split, load_dataset
 from bayesnas.infer import run_search
 from bayesnas.io import read_jsonl
 from bayesnas.methods import get_method
+from bayesnas.methods import pcnas as pcnas_method
 from bayesnas.methods.pcnas import (  # the proposals (guides/pcnas.py) and the model (models/pcnas.py)
     Completion,
     LatencyLimitError,
@@ -22,6 +29,7 @@ from bayesnas.methods.pcnas import (  # the proposals (guides/pcnas.py) and the 
     UniformProposal,
     conditioned_nll,
 )
+from bayesnas.rank import correlation
 from bayesnas.spaces import Genotype, GenotypeError, get_space, load_genotype
 from bayesnas.spaces.chain import ChainSpace
 
@@ -151,7 +159,7 @@ def test_pool_extension_and_top_p_on_hand_made_potentials():
 def test_completions_always_meet_the_limit_or_fail_clearly():
     costs = [[1.0, 2.0, 3.0, 10.0]] * 4
     generator = torch.Generator().manual_seed(0)
-    for limit, tries in ((9.0, 100), (9.0, 1), (5.0, 1)):  # tries = 1: the constrained sampler takes over
+    for limit, tries in ((9.0, 100), (9.0, 1), (5.0, 1)):  # tries = 1: the exact sampler takes over
         completion = Completion([4] * 4, costs, fixed=1.0, limit=limit, max_tries=tries)
         archs = [completion.complete((), generator) for _ in range(200)]
         assert all(completion.latency(a) <= limit for a in archs)
@@ -169,6 +177,72 @@ def test_completions_always_meet_the_limit_or_fail_clearly():
     assert record["infeasible"] == 1 and pool.members == [(2,), (1,)]
     uniform = UniformProposal([4, 3])
     assert uniform.effective_architectures() == 12 and len(uniform.sample(generator)) == 2
+
+
+IRREGULAR = [[0.3, 1.1, 2.45], [0.2, 0.9, 1.7], [0.5, 0.6, 2.2], [0.1, 1.3, 1.4]]  # 4 mixops x 3 ops, fixed 0.7 ms
+
+
+def _layer_by_layer(completion, prefix, generator):
+    """The former fallback: each op uniform among those that leave the rest feasible (not uniform overall)."""
+    arch, spent = list(prefix), completion.latency(prefix)
+    for layer in range(len(prefix), len(completion.num_ops)):
+        budget = completion.limit + 1e-9 - spent - sum(min(c) for c in completion.costs[layer + 1:])
+        allowed = [o for o, c in enumerate(completion.costs[layer]) if c <= budget]
+        op = allowed[int(torch.randint(len(allowed), (1,), generator=generator))]
+        arch.append(op)
+        spent += completion.costs[layer][op]
+    return arch
+
+
+def _chi_square_p(draw, valid, n):
+    counts = collections.Counter(tuple(draw()) for _ in range(n))
+    assert set(counts) <= set(valid)  # nothing over the limit, nothing off the prefix
+    return stats.chisquare([counts[a] for a in valid]).pvalue
+
+
+@pytest.mark.parametrize(("limit", "prefix", "tries", "grid"), [
+    (2.6, (), 1, 4096),  # 5 of 81 valid; every draw by the exact sampler (stage 2)
+    (2.6, (), 1, 2),  # a 2-step grid: the bound is loose, stage 2 often gives up, accepted draws stay uniform
+    (3.3, (), 1, 4096),  # 12 of 81 valid
+    (3.6, (0,), 1, 4096),  # completions of a prefix
+])
+def test_completions_are_uniform_over_the_valid_set(limit, prefix, tries, grid):
+    completion = Completion([3] * 4, IRREGULAR, fixed=0.7, limit=limit, max_tries=tries, grid=grid)
+    valid = [a for a in itertools.product(range(3), repeat=4) if a[:len(prefix)] == prefix and
+             0.7 + sum(IRREGULAR[layer][o] for layer, o in enumerate(a)) <= limit]
+    assert 5 <= len(valid) <= 15
+    n = 300 * len(valid)
+    generator = torch.Generator().manual_seed(0)
+    p_new = _chi_square_p(lambda: completion.complete(prefix, generator), valid, n)
+    assert completion.proposals > 0 and p_new > 0.01  # seeded: deterministic
+    generator = torch.Generator().manual_seed(0)
+    p_old = _chi_square_p(lambda: _layer_by_layer(completion, prefix, generator), valid, n)
+    assert p_old < 1e-12  # the same test rejects the former fallback
+
+
+def test_exact_sampler_handles_a_tiny_valid_fraction_and_counts_exactly_on_grid_costs():
+    costs = [[0.0, 1.0, 2.0]] * 8  # 3^8 = 6561 architectures; 9 take <= 1 ms: 100 uniform tries fail 87 % of the time
+    completion = Completion([3] * 8, costs, fixed=0.0, limit=1.0)
+    valid = [a for a in itertools.product(range(3), repeat=8) if sum(a) <= 1]
+    assert len(valid) == 9 and (1 - 9 / 3 ** 8) ** 100 > 0.8
+    generator = torch.Generator().manual_seed(1)
+    assert _chi_square_p(lambda: completion.complete((), generator), valid, 2700) > 0.01
+    assert completion.proposals > 100  # the exact stage ran for most draws
+    generator = torch.Generator().manual_seed(1)
+    assert _chi_square_p(lambda: _layer_by_layer(completion, (), generator), valid, 2700) < 1e-12
+    # costs on the grid: the bound U(0, K) is the exact count (9 at 1 ms; 1 + 8 + 8 + C(8, 2) = 45 at 2 ms)
+    for limit, count in ((1.0, 9), (2.0, 45)):
+        exact = Completion([3] * 8, costs, fixed=0.0, limit=limit)
+        h, slack, _, table = exact.bounds()
+        assert table[0][int(math.floor((exact._budget(()) + slack) / h))] == pytest.approx(count, rel=1e-9)
+    # irregular costs: the bound is never below the exact count of any prefix's completions
+    loose = Completion([3] * 4, IRREGULAR, fixed=0.7, limit=3.3, grid=7)
+    h, slack, _, table = loose.bounds()
+    for depth in range(4):
+        for prefix in itertools.product(range(3), repeat=depth):
+            if loose.feasible(prefix):
+                count = sum(loose.meets(prefix + rest) for rest in itertools.product(range(3), repeat=4 - depth))
+                assert table[depth][int(math.floor((loose._budget(prefix) + slack) / h))] >= count
 
 
 # --- model ------------------------------------------------------------------------------------------------------
@@ -260,6 +334,88 @@ def test_unreachable_latency_limit_fails_before_writing(tiny_config, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+class _Recorder(torch.nn.Module):
+    """Stands in for the super-network: reads each image's id from pixel (0, 0) and predicts ``(id + o_L) % 10``;
+    records every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, arch):
+        ids = x[:, 0, 0, 0].round().long()
+        self.calls.append((ids.clone(), list(arch)))
+        return F.one_hot((ids + int(arch[-1])) % 10, 10).float()
+
+
+def test_potential_is_the_mean_of_s_one_batch_validation_accuracies(tiny_config):
+    data = load_dataset("digits", seed=0, fraction=0.4)
+    n_val = len(data.val)
+    ids = torch.arange(n_val) + 1000  # validation images carry ids 1000.., the training images -1
+    x = torch.zeros_like(data.val.x)
+    x[:, 0, 0, 0] = ids.float()
+    labels = torch.randint(10, (n_val,), generator=torch.Generator().manual_seed(3))
+    train_x = torch.full_like(data.train.x, -1.0)
+    data = dataclasses.replace(data, val=Split(x, labels), train=Split(train_x, data.train.y))
+    config = tiny_config.merged({"options": {"num_evaluations": 7, "eval_batch_size": 16}})
+    method = get_method("pcnas")(config, data, torch.device("cpu"))
+    method.pool.completion = Completion([3] * 3, [[1.0, 2.0, 0.5]] * 3, fixed=1.0, limit=4.0)
+    method.model.net = _Recorder()
+    value = method.potential((1,), torch.Generator().manual_seed(0))
+    calls = method.model.net.calls
+    assert len(calls) == 7  # S completions, one batch each
+    accuracies = []
+    for batch_ids, arch in calls:
+        assert len(batch_ids) == 16 and len(set(batch_ids.tolist())) == 16  # one batch of distinct images
+        assert bool(((batch_ids >= 1000) & (batch_ids < 1000 + n_val)).all())  # from the validation split only
+        assert arch[0] == 1 and 1.0 + sum([1.0, 2.0, 0.5][o] for o in arch) <= 4.0  # the prefix, under the limit
+        accuracies.append(float(((batch_ids + arch[-1]) % 10 == labels[batch_ids - 1000]).float().mean()))
+    assert len({tuple(b.tolist()) for b, _ in calls}) == 7  # a fresh batch per completion
+    assert value == pytest.approx(sum(accuracies) / 7, abs=1e-12)
+    assert 0 < value < 1
+
+
+def test_training_draws_complete_a_pool_member_under_the_limit(tiny_config, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    config = tiny_config.merged({"options": {"latency_ms": 4.5, "retrain_epochs": 0}})
+    table = _seed_table(config, run)  # ops cost 1, 2, 0 ms (Identity); fixed 1 ms: the limit binds
+    pending, drawn = [], collections.defaultdict(list)
+    original = pcnas_method.conditioned_nll
+
+    def recording(model, arch, *args):
+        pending.append(list(arch))
+        return original(model, arch, *args)
+
+    def on_step(event):
+        drawn[event.epoch].append(pending.pop())
+
+    monkeypatch.setattr(pcnas_method, "conditioned_nll", recording)
+    run_search(config, run, progress=False, on_step=on_step)
+    rows = read_jsonl(run / "metrics.jsonl")
+    names = [list(row) for row in table.ms]
+    assert sorted(drawn) == [0, 1, 2, 3] and all(len(drawn[e]) >= 2 for e in drawn)
+    for epoch, archs in drawn.items():
+        ops = [[names[layer][o] for layer, o in enumerate(arch)] for arch in archs]
+        if epoch >= 1:  # after the (unconstrained, uniform) warm-up: a member of that epoch's pool, completed
+            assert all(table.latency(o) <= 4.5 for o in ops)  # under the limit
+            pool, depth = rows[epoch]["pool"], epoch
+            assert len(pool) == 2 and all(len(m) == depth for m in pool)
+            assert all(o[:depth] in pool for o in ops)
+    assert len({tuple(a) for a in drawn[3]}) <= 2  # the final pool fixes every mixop
+
+
+def test_correlation_on_known_values():
+    exact = correlation([1.0, 2.0, 3.0, 4.0], [3.0, 5.0, 7.0, 9.0])  # y = 2x + 1
+    assert exact["pearson_r"] == pytest.approx(1.0) and exact["kendall_tau"] == pytest.approx(1.0)
+    # x = 1..5, y = (2, 1, 4, 3, 5): sum dx dy = 8, sum dx^2 = sum dy^2 = 10 -> r = 0.8; 8 concordant and
+    # 2 discordant pairs of 10 -> tau = 0.6
+    known = correlation([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0])
+    assert known["pearson_r"] == pytest.approx(0.8) and known["kendall_tau"] == pytest.approx(0.6)
+    assert correlation([1.0, 2.0, 3.0], [-1.0, -2.0, -3.0])["pearson_r"] == pytest.approx(-1.0)
+    constant = correlation([0.5, 0.5, 0.5], [0.1, 0.2, 0.3])
+    assert constant["pearson_r"] is None and constant["kendall_tau"] is None
+
+
 # --- command line -----------------------------------------------------------------------------------------------
 def test_cli_search_prints_potentials_and_rank_prints_both_correlations(tmp_path, capsys):
     config = tmp_path / "tiny.json"
@@ -279,8 +435,13 @@ def test_cli_search_prints_potentials_and_rank_prints_both_correlations(tmp_path
     assert "one-shot (uniform)" in out and "PC-NAS (pool)" in out and out.count("Kendall tau") == 2
     result = json.loads((ranked / "rank.json").read_text())
     assert result["num_architectures"] == 3 and len({tuple(a["ops"]) for a in result["architectures"]}) == 3
+    standalone = np.array([a["standalone_test_accuracy"] for a in result["architectures"]])
     for name in ("oneshot", "pcnas"):
-        assert result[name]["pearson_r"] is None or -1 <= result[name]["pearson_r"] <= 1
+        supernet = np.array([a[f"{name}_supernet_accuracy"] for a in result["architectures"]])
+        if supernet.std() > 0 and standalone.std() > 0:  # Pearson's r of the rows, computed here
+            assert result[name]["pearson_r"] == pytest.approx(np.corrcoef(supernet, standalone)[0, 1])
+        else:
+            assert result[name]["pearson_r"] is None
         assert (ranked / name / "summary.json").exists()
     assert result["oneshot"]["effective_architectures_last"] == 27
     assert result["pcnas"]["effective_architectures_last"] == 2

@@ -1,9 +1,11 @@
 """VINNAS: model/guide sites, Eq. 8 terms and gammas, Algorithm 1's stages, SNR selection, pruning, run folder."""
 
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pyro import poutine
 
 import bayesnas.distributions as bd
@@ -97,7 +99,7 @@ def test_loss_is_eq8_with_each_term_weighted_by_its_gamma(method, monkeypatch):
     assert loss((0.5, 0.25, 0.1)) - base == pytest.approx((0.5 * kl_w + 0.25 * kl_a) / n, rel=1e-4)
     torch.manual_seed(0)
     entropy = float(method.guide.op_entropy(method.options.entropy_samples, 0.0, method.model.zero_op))
-    assert loss((0.0, 0.0, 0.3)) - base == pytest.approx(0.2 * entropy, rel=1e-4)
+    assert loss((0.0, 0.0, 0.3)) - base == pytest.approx(0.2 * entropy / n, rel=1e-4)  # g3 H once, not N times
     assert 0 < entropy <= 2 * 5 * torch.log(torch.tensor(10.0)).item() + 1e-4  # 2 cells x 5 edges x log K
     # the KLs come from the registered closed form, one call per site, never from Monte Carlo
     calls = []
@@ -105,6 +107,120 @@ def test_loss_is_eq8_with_each_term_weighted_by_its_gamma(method, monkeypatch):
     monkeypatch.setattr(bd, "kl_normal_log_uniform_elementwise", lambda *a: calls.append(1) or original(*a))
     loss((1.0, 1.0, 0.0))
     assert len(calls) == len(method.model.weight_sites) + 2
+
+
+def test_stage_loss_equals_eq8_on_a_fixed_draw(method, monkeypatch):
+    """Stage 2's loss times N is Eq. 8 (Ferianc et al. 2020) with D = the architecture half (N examples):
+    sum_D NLL (the batch's smoothed cross-entropy scaled by N / M) + g1 KL_w + g2 KL_alpha + g3 sum H."""
+    x, y, index = _batch(method, 24)
+    n, m = len(method.arch_half), len(y)
+    g1, g2, g3 = 0.3, 0.7, 2.5
+    entropy = 1.75  # a fixed stand-in for sum_{i,j} H(E_q[z^{i,j}]) (its estimate is checked separately)
+    monkeypatch.setattr(method.guide, "op_entropy", lambda *a, **k: torch.tensor(entropy))
+    kl_w, kl_a = method.kl_terms()
+
+    def scaled_loss(gammas):
+        method.model.gammas = method.guide.gammas = gammas
+        torch.manual_seed(0)  # the same local-reparameterisation noise for every call
+        with torch.no_grad():
+            loss = method.architecture_loss(x, y, index)[0].item() * n
+        nll = F.cross_entropy(method.model.last_logits.double(), y, label_smoothing=0.1, reduction="sum").item()
+        return loss, nll * n / m
+
+    loss, nll = scaled_loss((g1, g2, g3))
+    assert n > 100 and loss == pytest.approx(nll + g1 * kl_w + g2 * kl_a + g3 * entropy, rel=1e-6)
+    # the entropy's own share, free of the large KL terms: g3 * H, not g3 * N * H
+    with_entropy, _ = scaled_loss((0.0, 0.0, g3))
+    without, nll0 = scaled_loss((0.0, 0.0, 0.0))
+    assert without == pytest.approx(nll0, rel=1e-6)
+    assert with_entropy - without == pytest.approx(g3 * entropy, rel=1e-3)
+
+
+def test_zero_op_strength_is_clipped_in_the_mixture_and_the_entropy(config, data):
+    """Sec. V-A: the zero op's sampled strength is clipped (at ``zero_alpha_max``) before the softmax of Eq. 3."""
+    torch.manual_seed(0)
+    method = get_method("vinnas")(config.merged({"options": {"zero_alpha_max": 0.5}}), data, torch.device("cpu"))
+    ops = list(method.space.op_names)
+    zero = ops.index("none")
+    E, K = method.space.arch_shape()
+    alpha = torch.linspace(-1.0, 1.0, E * K).reshape(E, K)
+    alpha[:, zero] = torch.tensor([3.0, -2.0, 0.5, 0.7, 10.0][:E] + [1.0] * max(E - 5, 0))
+    z = method.model.op_weights({"normal": alpha})["normal"]
+    clipped = alpha.clone()
+    clipped[:, zero] = alpha[:, zero].clamp(max=0.5)  # 3 -> 0.5, -2 stays, 0.5 stays, 0.7 -> 0.5, 10 -> 0.5
+    expected = clipped.exp() / clipped.exp().sum(-1, keepdim=True)
+    torch.testing.assert_close(z, expected)
+    assert float(z[4, zero]) < 0.2 and float(z[1, zero]) == pytest.approx(math.exp(-2.0) / clipped[1].exp().sum())
+    other = [k for k in range(K) if k != zero]
+    torch.testing.assert_close(z[:, other], expected[:, other])  # the other ops' strengths are not clipped
+    method.model.zero_alpha_max = None  # off: the plain softmax
+    torch.testing.assert_close(method.model.op_weights({"normal": alpha})["normal"], torch.softmax(alpha, -1))
+    method.model.zero_alpha_max = 0.5
+    # the entropy term sees the same clipped strengths: with sigma ~ 0, E_q[z] = softmax(clipped mu)
+    g = method.guide
+    with torch.no_grad():
+        for kind in g.cell_types:
+            g.mu_alpha[kind].copy_(alpha)
+            g.log_var_alpha[kind].fill_(-40.0)
+    with torch.no_grad():
+        h = float(g.op_entropy(4, 0.5, method.model.zero_op))
+    assert h == pytest.approx(2 * float(-(expected * expected.log()).sum()), rel=1e-5)
+    assert h != pytest.approx(2 * float(-(torch.softmax(alpha, -1) * torch.log_softmax(alpha, -1)).sum()), rel=1e-3)
+    # and a forward pass of the super-network mixes its ops with the clipped sample
+    seen = []
+    forward = method.model.net.forward
+    method.model.net.forward = lambda x, weights: seen.append(weights) or forward(x, weights)
+    method.set_gammas(method.config.epochs - 1)
+    with torch.no_grad():
+        method.weight_loss(*_batch(method))
+    torch.testing.assert_close(seen[0]["normal"], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_best_alpha_is_chosen_on_the_architecture_half(method, monkeypatch):
+    """Algorithm 1, lines 15-18: after each epoch from the warm-up on, theta_alpha is kept when the error on
+    D_theta_alpha (the architecture half) is the lowest so far; val, test and the weight half play no part."""
+    g = method.guide
+    # real accuracy of the posterior-mean super-network on the architecture half, computed independently
+    method.begin_epoch(1)
+    row = method.epoch_metrics()
+    with torch.no_grad():
+        logits = method.model.predict(method.arch_half.x, g.weight_means(3.0), g.alpha_means())
+    assert row["arch_error"] == pytest.approx(float((logits.argmax(-1) != method.arch_half.y).float().mean()))
+    assert int(g.best_epoch) == 1 and row["best_arch_error"] == pytest.approx(row["arch_error"])
+    g.best_error.fill_(float("inf"))
+    g.best_epoch.fill_(-1)
+
+    # crafted accuracies: the architecture half is best at epoch 2, every other split at epoch 3
+    arch_acc = {1: 0.5, 2: 0.9, 3: 0.6}
+    other_acc = {1: 0.5, 2: 0.1, 3: 0.99}
+
+    def accuracy(split, alphas=None):
+        return (arch_acc if split is method.arch_half else other_acc)[method.epoch]
+
+    monkeypatch.setattr(method, "accuracy", accuracy)
+    mu = {}
+    method.begin_epoch(0)  # warm-up (warmup_epochs = 1): no error measured, nothing kept
+    assert "arch_error" not in method.epoch_metrics() and int(g.best_epoch) == -1
+    for epoch in (1, 2, 3):
+        with torch.no_grad():
+            for v in g.mu_alpha.values():
+                v.fill_(float(epoch))
+        mu[epoch] = {k: v.detach().clone() for k, v in g.mu_alpha.items()}
+        method.begin_epoch(epoch)
+        row = method.epoch_metrics()
+        assert row["arch_error"] == pytest.approx(1 - arch_acc[epoch])
+    assert int(g.best_epoch) == 2 and float(g.best_error) == pytest.approx(0.1)
+    assert g.restore_best()
+    for k, v in g.mu_alpha.items():
+        torch.testing.assert_close(v.detach(), mu[2][k])
+
+
+def test_digits_preset_keeps_the_entropy_weight_of_the_older_units():
+    """The preset's gamma_3 is 0.05 * N, N the architecture half: the weight 0.05 * N * H had before."""
+    config = preset("vinnas-digits")
+    digits = load_dataset("digits", seed=0)
+    n = len(digits.halves(0)[1])
+    assert n == 629 and config.options["gamma_entropy"] == pytest.approx(0.05 * n)
 
 
 def test_gammas_rise_linearly_after_the_warm_up(config, data):
@@ -191,7 +307,7 @@ def test_pruned_params_count_weights_below_the_threshold(method):
         g.log_var_w["net/stem/0/weight"].fill_(10.0)  # sigma^2 >> mu^2: log lambda >= 3
     assert method.pruned_params() == total - kept_in_stem and kept_in_stem > 0.9 * stem.numel()
     means = g.weight_means(prune_threshold=3.0)
-    assert float(means["net.stem.0.weight"].abs().sum()) == 0.0
+    assert float(means["net.stem.0.weight"].detach().abs().sum()) == 0.0
 
 
 def test_bad_options_and_spaces_fail_with_one_line(config, data):

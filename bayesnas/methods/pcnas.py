@@ -1,5 +1,6 @@
-"""PC-NAS (papers/pcnas.md Algorithms 1-2): single-path training of the chain super-network under a shrinking
-partial-model pool, a hard latency limit, then the best of the final pool retrained from scratch.
+"""PC-NAS (Li et al. 2019, "Improving one-shot NAS by suppressing the posterior fading", Algorithms 1-2):
+single-path training of the chain super-network under a shrinking partial-model pool, a hard latency limit,
+then the best of the final pool retrained from scratch.
 
 Schedule (Algorithm 2), one phase of the shared loop on the whole training split:
 
@@ -64,7 +65,8 @@ class PCNASOptions:
     eval_batch_size: int = 64
     """Size of the one validation batch of a potential evaluation."""
     max_resamples: int = 100
-    """Uniform redraws of a completion before the constrained sampler takes over."""
+    """Uniform redraws of a completion before the exact sampler of :class:`Completion` takes over (both draw
+    uniformly among the completions that meet the latency limit; this only trades speed)."""
     accuracy_samples: int = 4
     """Architectures drawn from the current proposal for the per-epoch validation accuracy."""
     retrain_epochs: int = 40
@@ -226,7 +228,9 @@ class PCNAS(SearchMethod):
     @torch.no_grad()
     def potential(self, partial, generator: torch.Generator) -> float:
         """Eq. 11 by Algorithm 1: mean one-batch validation accuracy of S random completions of ``partial``
-        that meet the latency limit (each on its own random validation batch)."""
+        that meet the latency limit (each on its own random validation batch). Algorithm 1 draws S completions and
+        drops those over the limit, averaging fewer than S; we draw S from the valid ones (uniformly, as Sec. 3.3
+        says), which estimates the same expectation with S terms."""
         val = self.data.val
         completion = self.pool.completion
         net = self.model.net

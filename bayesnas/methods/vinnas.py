@@ -1,11 +1,16 @@
-"""VINNAS (papers/vinnas.md, Eq. 4-8, Algorithm 1): variational dropout with log-uniform (ARD) priors over the
-weights and op strengths of a DARTS cell super-network, then selection by the positive SNR of alpha.
+"""VINNAS (Ferianc, Fan & Rodrigues, arXiv:2007.06103, 2020; Eq. 4-8, Algorithm 1): variational dropout with
+log-uniform (ARD) priors over the weights and op strengths of a DARTS cell super-network, then selection by the
+positive SNR of alpha.
 
 Algorithm 1 as the search loop runs it: every step does stage 1 (theta_w and Psi on a mini-batch of one half
 of the training split) and, from epoch ``warmup_epochs`` on ("weight epochs"), stage 2 (theta_alpha on a
 mini-batch of the other half); both minimise Eq. 8 with the gammas of the epoch. After each epoch the error of
 the posterior-mean super-network on the architecture half is measured and theta_alpha is copied when it is the
 best so far; selection restores that copy.
+
+The loss of a stage is Eq. 8 with the half it trains on as the data set D (N examples, the mini-batch's NLL
+scaled by N / batch): ``sum_D NLL + g1 KL_w + g2 KL_alpha + g3 sum_{i,j} H(E_q[z^{i,j}])``, each gamma exactly
+the paper's; the optimisers see it divided by N (a constant factor per stage).
 """
 
 from __future__ import annotations
@@ -45,7 +50,10 @@ class VINNASOptions:
     gamma_alpha: float = 1.0
     """Final gamma_2 (weight on KL_alpha)."""
     gamma_entropy: float = 0.1
-    """Final gamma_3 (weight on sum H(E_q[z]), in per-example units like the mean NLL)."""
+    """Final gamma_3 (weight on sum_{i,j} H(E_q[z^{i,j}]) in Eq. 8), in the paper's units: the entropy counts
+    once against the NLL summed over the N examples of the stage's half and against the KLs, so its pull on
+    alpha per example is gamma_3 / N. (Earlier versions scaled this option by N, i.e. it meant gamma_3 / N:
+    multiply an old value by the size of the architecture half to convert.)"""
     gamma_start: int | None = None
     """Epoch at which the gammas leave 0 and start rising linearly to their final values at the last epoch
     (null: ``warmup_epochs``)."""
@@ -155,7 +163,8 @@ class VINNAS(SearchMethod):
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, size: int,
               frozen: set[str]) -> tuple[torch.Tensor, int]:
-        """Eq. 8 per example: ``mean NLL + (g1 KL_w + g2 KL_alpha) / N + g3 sum H(E_q[z])``."""
+        """Eq. 8 over a split of ``size`` = N examples, divided by N:
+        ``mean NLL + (g1 KL_w + g2 KL_alpha + g3 sum H(E_q[z])) / N``."""
         o = self.options
         self.guide.frozen = frozen
         entropy = None

@@ -1,4 +1,5 @@
-"""DARTS cell space shared by VINNAS (papers/vinnas.md Sec. IV) and GDAS (papers/gdas.md Sec. 3-4).
+"""DARTS cell space (Liu et al., ICLR 2019) shared by VINNAS (Ferianc, Fan & Rodrigues, arXiv:2007.06103,
+Sec. IV) and GDAS (Dong & Yang, CVPR 2019, Sec. 3-4).
 
 A network is a stem, a sequence of *normal* (N) and *reduction* (R) cells given by a layout string, global
 average pooling and a linear classifier. A cell takes the outputs of cells c-2 and c-1, computes ``states``
@@ -213,7 +214,11 @@ class FixedReductionCell(nn.Module):
 
 class CellNetwork(nn.Module):
     """Stem, cells by layout, BN + ReLU, pooling, classifier (as the GDAS authors' search network).
-    ``genotype=None`` gives the super-network."""
+    ``genotype=None`` gives the super-network. ``auxiliary=True`` (retraining) adds the DARTS auxiliary head
+    (:class:`~bayesnas.spaces.ops.AuxiliaryHead`) after cell :meth:`auxiliary_index`; in training mode the
+    forward then returns ``(logits, aux_logits)``, except for a batch of one example (the head's last BN
+    would normalise one value per channel; the last mini-batch of an epoch can be that small), where it
+    returns ``logits`` alone and that step has no auxiliary loss."""
 
     def __init__(self, config: CellSpaceConfig, genotype: Genotype | None = None, sparse: bool = False,
                  auxiliary: bool = False, drop_path: float = 0.0) -> None:
@@ -238,13 +243,21 @@ class CellNetwork(nn.Module):
             cells.append(cell)
             c_pp, c_p, reduction_prev = c_p, config.states * c, kind == "reduce"
         self.cells = nn.ModuleList(cells)
-        self.aux_index = 2 * len(cells) // 3 - 1
+        self.aux_index = self.auxiliary_index(len(cells))
         self.aux_head = None
         if auxiliary and len(cells) >= 3:
             self.aux_head = AuxiliaryHead(self._out_channels(config, layout, channels, self.aux_index),
                                           config.num_classes)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c_p, affine=affine), nn.ReLU())
         self.classifier = nn.Linear(c_p, config.num_classes)
+
+    @staticmethod
+    def auxiliary_index(cells: int) -> int:
+        """Index of the cell whose output feeds the auxiliary head: ``2 * cells // 3`` as in DARTS (Liu et al.,
+        ICLR 2019; authors' ``NetworkCIFAR``), which in the 20-cell CIFAR network (``6NR6NR6N``) is cell 13,
+        the second reduction cell (8x8 map). Never the last cell, whose features the classifier already sees:
+        in a 3-cell ``NRN`` network the head reads the reduction cell (index 1)."""
+        return min(2 * cells // 3, cells - 2)
 
     @staticmethod
     def _out_channels(config: CellSpaceConfig, layout: str, channels: int, index: int) -> int:
@@ -258,7 +271,7 @@ class CellNetwork(nn.Module):
         aux = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, None if arch is None else arch.get(cell.kind))
-            if self.aux_head is not None and self.training and i == self.aux_index:
+            if self.aux_head is not None and self.training and i == self.aux_index and len(x) > 1:
                 aux = self.aux_head(s1)
         logits = self.classifier(self.lastact(s1).mean((2, 3)))
         return logits if aux is None else (logits, aux)

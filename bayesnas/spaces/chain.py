@@ -1,4 +1,4 @@
-"""MBConv chain space of PC-NAS (papers/pcnas.md Sec. 3.2, appendix A.1, Table 4; after ProxylessNAS).
+"""MBConv chain space of PC-NAS (Li et al. 2019, Sec. 3.2, appendix A.1, Table 4; after ProxylessNAS).
 
 A stem, an optional fixed first block, then ``L`` *mixed operators* (mixops) in a chain, grouped in stages of
 ``depths[i]`` layers of width ``widths[i]`` whose first layer has stride ``strides[i]``, then an optional 1x1

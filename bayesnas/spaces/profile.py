@@ -5,10 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bayesnas.spaces.ops import AuxiliaryHead
 
-def count_params(net: nn.Module) -> int:
-    """Number of trainable parameters (PyroSample weights of a converted super-network excluded)."""
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+def count_params(net: nn.Module, auxiliary: bool = False) -> int:
+    """Number of trainable parameters (PyroSample weights of a converted super-network excluded).
+
+    The auxiliary head (:class:`~bayesnas.spaces.ops.AuxiliaryHead`, a training aid dropped at test time) is
+    left out unless ``auxiliary=True``, as DARTS (Liu et al., ICLR 2019) and GDAS (Dong & Yang, CVPR 2019,
+    Table 1) report sizes: the authors' code counts every parameter whose name does not contain "auxiliary".
+    """
+    skip = set() if auxiliary else {id(p) for m in net.modules() if isinstance(m, AuxiliaryHead)
+                                     for p in m.parameters()}
+    return sum(p.numel() for p in net.parameters() if p.requires_grad and id(p) not in skip)
 
 
 @torch.no_grad()
