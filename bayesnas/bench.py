@@ -3,13 +3,15 @@
 For each method and seed the benchmark runs a search (:func:`bayesnas.infer.run_search`, the methods' own
 retraining turned off), then retrains the selected genotype from scratch on the full training set with one
 shared :class:`~bayesnas.train.TrainRecipe`; the random-search baseline of VINNAS (Table II, after DARTS)
-retrains uniformly random architectures of the cell space under the same recipe. The results are a Markdown
+retrains uniformly random architectures of the cell space under the same recipe. PGNAS's search also trains
+the fixed-drop-rate super-network of its "Random" baseline (Zhou et al., AAAI 2020, Table 3); that baseline's
+pick is retrained under the same recipe as its own row, ``pgnas-fixed-rate``. The results are a Markdown
 table and a CSV (``table.md``, ``table.csv``).
 
 The run folder is resumable at every level: ``OUT/<method>/seed<k>/search`` is an ordinary search run folder
-(continued from its last epoch checkpoint), and ``OUT/<method>/seed<k>/retrain.json`` marks a finished
-retraining, so a half-finished benchmark picks up where it stopped. ``OUT/budget.json`` pins the budget: a
-folder started under another budget is refused.
+(continued from its last epoch checkpoint), and ``OUT/<method>/seed<k>/retrain.json`` (for PGNAS's fixed-rate
+baseline also ``retrain-fixed-rate.json``) marks a finished retraining, so a half-finished benchmark picks up
+where it stopped. ``OUT/budget.json`` pins the budget: a folder started under another budget is refused.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from bayesnas.train import TrainRecipe, retrain
 
 RANDOM = "random"
 """The random-search baseline's row name."""
+FIXED_RATE = "pgnas-fixed-rate"
+"""The row of PGNAS's fixed-rate baseline: the pick of the super-network trained with one hand-set drop rate
+(PGNAS Table 3, "Random"), retrained like every other row. Produced by the ``pgnas`` jobs."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,10 @@ BUDGETS: dict[str, Budget] = {
                       "options": {"temperature": 0.2, "init_drop_rate": 0.1, "prior_precision": 150.0,
                                   "kl_dataset_size": 50000, "drop_rate_lr": 0.5, "num_candidates": 20,
                                   "baseline_drop_rate": 0.3}},
+            # gamma_entropy is Eq. 8's gamma_3: 0.05 x N, N = 2,700 (the architecture half of 10 % of the images)
             "vinnas": {"lr": 3e-3, "weight_decay": 0.0,
                        "options": {"warmup_epochs": 1, "arch_lr": 0.02, "gamma_w": 0.5, "gamma_alpha": 0.5,
-                                   "gamma_entropy": 0.05, "label_smoothing": 0.1, "retrain_epochs": 0}},
+                                   "gamma_entropy": 135.0, "label_smoothing": 0.1, "retrain_epochs": 0}},
             "gdas": {"lr": 0.025, "lr_min": 0.001, "nesterov": False, "weight_decay": 3e-4,
                      "options": {"tau_max": 10.0, "tau_min": 1.0, "warmup_epochs": 1, "arch_lr": 0.003,
                                  "retrain_epochs": 0}},
@@ -112,9 +118,10 @@ BUDGETS: dict[str, Budget] = {
                                             "kernel_sizes": [1, 3, 5]},
                       "options": {"temperature": 0.2, "init_drop_rate": 0.1, "prior_precision": 150.0,
                                   "kl_dataset_size": 500000, "num_candidates": 300, "baseline_drop_rate": 0.3}},
+            # gamma_entropy: 0.05 x N, N = 13,500 (the architecture half of 50 % of the images)
             "vinnas": {"lr": 3e-3, "weight_decay": 0.0,
                        "options": {"warmup_epochs": 12, "arch_lr": 0.005, "gamma_w": 0.3, "gamma_alpha": 0.3,
-                                   "gamma_entropy": 0.05, "label_smoothing": 0.1, "retrain_epochs": 0}},
+                                   "gamma_entropy": 675.0, "label_smoothing": 0.1, "retrain_epochs": 0}},
             "gdas": {"lr": 0.025, "lr_min": 0.001, "nesterov": False, "weight_decay": 3e-4,
                      "options": {"tau_max": 10.0, "tau_min": 1.0, "arch_lr": 3e-4, "retrain_epochs": 0}},
             "pcnas": {"lr": 0.1, "lr_min": 5e-4, "weight_decay": 1e-4,
@@ -133,6 +140,7 @@ for _budget in BUDGETS.values():  # GDAS and VINNAS search the budget's cells; o
     _budget.methods["gdas"]["space"] = {**_budget.cells, "ops": "gdas"}
 
 METHOD_ORDER = ("pgnas", "vinnas", "gdas", "pcnas", RANDOM)
+ROW_ORDER = ("pgnas", FIXED_RATE, "vinnas", "gdas", "pcnas", RANDOM)
 BENCHMARKS = ("fashion-mnist",)
 
 
@@ -153,7 +161,7 @@ class JobResult:
     """The architecture in one line."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Figures of the search's own ``summary.json`` (on its fraction of the data: the super-network's accuracy, or
-    PGNAS's selected pair's), for reference."""
+    PGNAS's selected pair's with the weights it inherits, no retraining), for reference."""
 
 
 def get_budget(dataset: str, name: str) -> Budget:
@@ -203,47 +211,66 @@ def run_benchmark(dataset: str, budget_name: str, out: str | Path, *, device: st
         bar.set_postfix(method=method, seed=seed)
         if seed not in data_by_seed:
             data_by_seed[seed] = load_dataset(budget.dataset, data_dir=data_dir, seed=seed).to(device)
-        result = _run_job(budget, method, seed, out / method / f"seed{seed}", data_by_seed[seed], device, data_dir,
-                          progress)
-        results.append(result)
-        if on_job is not None:
-            on_job(result)
+        for result in _run_job(budget, method, seed, out / method / f"seed{seed}", data_by_seed[seed], device,
+                               data_dir, progress):
+            results.append(result)
+            if on_job is not None:
+                on_job(result)
     bar.close()
     write_tables(out, budget, results, str(device), (Path(results_dir),) if results_dir else ())
     return results
 
 
 def _run_job(budget: Budget, method: str, seed: int, job: Path, data: Any, device: torch.device,
-             data_dir: str | Path | None, progress: bool) -> JobResult:
-    done = _read_json(job / "retrain.json")
-    if done is not None:
-        return JobResult(**done)
-    job.mkdir(parents=True, exist_ok=True)
+             data_dir: str | Path | None, progress: bool) -> list[JobResult]:
+    """The job's retrained result(s): one, or for PGNAS also its fixed-rate baseline's (when the search has one)."""
+    run_dir = job / "search"
     search: dict[str, Any] = {}
-    if method == RANDOM:
-        space = get_space("cells", {"in_channels": data.in_channels, "num_classes": data.num_classes,
-                                    **budget.cells, "ops": "vinnas"})
-        genotype = space.random_genotype(torch.Generator().manual_seed(seed))
-        genotype.save(job / "genotype.json")
-    else:
-        run_dir = job / "search"
-        search = _read_json(run_dir / "summary.json") or run_search(
-            budget.search_config(method, seed), run_dir, device=device, resume=(run_dir / "config.json").exists(),
-            data_dir=data_dir, progress=progress)
-        genotype = load_genotype(run_dir / search["genotype"])
-        space = get_space(genotype.space, genotype.config)
+    done = _read_json(job / "retrain.json")
+    if done is None:
+        job.mkdir(parents=True, exist_ok=True)
+        if method == RANDOM:
+            space = get_space("cells", {"in_channels": data.in_channels, "num_classes": data.num_classes,
+                                        **budget.cells, "ops": "vinnas"})
+            genotype = space.random_genotype(torch.Generator().manual_seed(seed))
+            genotype.save(job / "genotype.json")
+        else:
+            search = _read_json(run_dir / "summary.json") or run_search(
+                budget.search_config(method, seed), run_dir, device=device,
+                resume=(run_dir / "config.json").exists(), data_dir=data_dir, progress=progress)
+            genotype = load_genotype(run_dir / search["genotype"])
+        inherited = {k: search[k] for k in ("test_accuracy", "log10_effective_architectures_last", "params",
+                                            "pruned_fraction") if k in search}
+        done = _retrain(method, seed, genotype, data, budget, search, inherited, job / "retrain.json", progress)
+    results = [JobResult(**done)]
+    if method == "pgnas":
+        fixed = _read_json(job / "retrain-fixed-rate.json")
+        if fixed is None:
+            search = search or _read_json(run_dir / "summary.json") or {}
+            if "baseline_genotype" in search:  # a search run with the baseline switched off has none
+                inherited = {"test_accuracy": search["baseline_test_accuracy"], "params": search["baseline_params"],
+                             "drop_rate": search["baseline_drop_rate"]}
+                fixed = _retrain(FIXED_RATE, seed, load_genotype(run_dir / search["baseline_genotype"]), data,
+                                 budget, search, inherited, job / "retrain-fixed-rate.json", progress)
+        if fixed is not None:
+            results.append(JobResult(**fixed))
+    return results
+
+
+def _retrain(row: str, seed: int, genotype: Genotype, data: Any, budget: Budget, search: dict[str, Any],
+             inherited: dict[str, Any], path: Path, progress: bool) -> dict[str, Any]:
+    """Retrain ``genotype`` from scratch under the budget's recipe; write and return the job result."""
+    space = get_space(genotype.space, genotype.config)
     tic = time.perf_counter()
     net, val_acc, test_acc = retrain(space, genotype, data.train, data.val, data.test, budget.recipe, seed, progress)
     result = JobResult(
-        method=method, seed=seed, test_accuracy=test_acc, val_accuracy=val_acc, params=count_params(net),
+        method=row, seed=seed, test_accuracy=test_acc, val_accuracy=val_acc, params=count_params(net),
         retrain_seconds=round(time.perf_counter() - tic, 2),
         search_seconds=round(search.get("search_seconds", 0.0) + search.get("select_seconds", 0.0), 2),
         supernet_params=search.get("supernet_params"), pruned_params=search.get("pruned_params"),
-        genotype=_summarise(genotype),
-        extra={k: search[k] for k in ("test_accuracy", "log10_effective_architectures_last", "params",
-                                      "pruned_fraction") if k in search})
-    write_json(job / "retrain.json", asdict(result))
-    return result
+        genotype=_summarise(genotype), extra=inherited)
+    write_json(path, asdict(result))
+    return asdict(result)
 
 
 def _summarise(genotype: Genotype) -> str:
@@ -268,14 +295,15 @@ COLUMNS = ("method", "space", "seeds", "search_epochs", "test_acc_mean", "test_a
 def table_rows(results: list[JobResult], budget: Budget, device: str) -> list[dict[str, Any]]:
     """One row per method: test accuracy mean, sd and best over seeds; mean parameters and wall times."""
     rows = []
-    for method in [m for m in METHOD_ORDER if any(r.method == m for r in results)]:
+    for method in [m for m in ROW_ORDER if any(r.method == m for r in results)]:
         runs = [r for r in results if r.method == method]
         acc = [r.test_accuracy for r in runs]
+        searched = "pgnas" if method == FIXED_RATE else method
         space = "cells" if method in ("vinnas", "gdas", RANDOM) else (
-            "branches" if method == "pgnas" else "chain")
+            "branches" if searched == "pgnas" else "chain")
         rows.append({
             "method": method, "space": space, "seeds": len(runs),
-            "search_epochs": budget.search_config(method, 0).epochs if method != RANDOM else 0,
+            "search_epochs": budget.search_config(searched, 0).epochs if method != RANDOM else 0,
             "test_acc_mean": statistics.fmean(acc), "test_acc_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
             "test_acc_best": max(acc), "params": round(statistics.fmean(r.params for r in runs)),
             "supernet_params": runs[0].supernet_params,
@@ -329,6 +357,16 @@ def render_markdown(rows: list[dict[str, Any]], budget: Budget, results: list[Jo
             f"| {100 * row['test_acc_mean']:.2f} +- {100 * row['test_acc_sd']:.2f} "
             f"| {100 * row['test_acc_best']:.2f} | {row['params']:,} | {pruned} | {row['search_min']:.1f} "
             f"| {row['retrain_min']:.1f} | {row['device']} |")
+    pgnas = [res for res in results if res.method in ("pgnas", FIXED_RATE)]
+    if any(res.method == FIXED_RATE for res in pgnas):
+        lines += ["", f"`{FIXED_RATE}`: PGNAS's \"Random\" baseline (Table 3): a second super-network of the same "
+                  "space trained in the same search loop (same epochs and batches) with one fixed drop rate instead of "
+                  "learned ones, sampled and scored like PGNAS (same number of candidates, best on validation); its "
+                  "pick is retrained under the recipe above. The PGNAS search minutes cover both super-networks. "
+                  "Test accuracy of the two picks with the weights they inherit from their super-networks (no "
+                  "retraining, the search's data):", ""]
+        lines += [f"- {res.method} seed {res.seed}: {100 * res.extra['test_accuracy']:.2f} %, "
+                  f"{res.extra['params']:,} parameters" for res in pgnas if "test_accuracy" in res.extra]
     lines += ["", "Architectures found (per seed):", ""]
     lines += [f"- {res.method} seed {res.seed} ({100 * res.test_accuracy:.2f} %): {res.genotype}" for res in results]
     return "\n".join(lines) + "\n"

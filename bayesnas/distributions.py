@@ -1,6 +1,6 @@
 """Distributions of the hybrid network representation and the KL divergences registered for them.
 
-PGNAS (papers/pgnas.md, Sec. 2.2) writes each searchable convolution kernel as the hybrid variable
+PGNAS (Zhou et al., AAAI 2020, Sec. 2.2) writes each searchable convolution kernel as the hybrid variable
 ``phi = w * alpha``: an input-channel slice ``phi[:, k]`` is switched off when ``alpha_k = 0``.
 
 * :class:`SpikeAndSlab` is the prior ``u * delta(0) + (1 - u) * N(0, 1/d^2)`` on every input-channel slice.
@@ -106,8 +106,10 @@ class ConcreteDropout(TorchDistribution):
 
     ``m`` is the deterministic kernel (a point parameter), ``drop_rate`` the scalar ``p_l^s`` shared by
     the ``K`` input-channel slices, ``eps_k`` a relaxed Bernoulli keep variable per slice. With
-    ``rescale=True`` kept slices are divided by ``1 - p`` as in Gal's concrete dropout (the PGNAS authors'
-    code does not rescale).
+    ``rescale=True`` kept slices are divided by ``1 - p`` as in Gal's concrete dropout (Gal, Hron and Kendall,
+    "Concrete Dropout", NeurIPS 2017; the PGNAS authors' code does not rescale): the kernel a kept slice
+    carries is then :attr:`kernel` ``= m / (1 - p)`` everywhere (training forward, samples, built networks and
+    the KL), so ``phi = kernel * eps``.
     """
 
     arg_constraints = {"drop_rate": constraints.unit_interval}
@@ -130,16 +132,22 @@ class ConcreteDropout(TorchDistribution):
     def keep_scale(self) -> torch.Tensor | float:
         return 1.0 / (1.0 - self.drop_rate) if self.rescale else 1.0
 
+    @property
+    def kernel(self) -> torch.Tensor:
+        """The kernel of a kept slice: ``m``, or ``m / (1 - p)`` with rescaling. A hard keep mask ``z``
+        gives ``phi = kernel * z``: the super-network at ``z`` and the network built from ``z`` use it."""
+        return self.weight * self.keep_scale
+
     def mean_kernel(self) -> torch.Tensor:
-        """``E_q[phi] = m (1 - p)`` (times ``1 / (1 - p)`` with rescaling): dropout's weight-scaling rule."""
-        return self.weight * (1 - self.drop_rate) * self.keep_scale
+        """``E_q[phi] = kernel (1 - p)``: ``m (1 - p)``, or ``m`` with rescaling (dropout's weight-scaling rule)."""
+        return self.kernel * (1 - self.drop_rate)
 
     def rsample(self, sample_shape: torch.Size = _NO_SAMPLE_SHAPE) -> torch.Tensor:
         if sample_shape:
             return torch.stack([self.rsample() for _ in range(math.prod(sample_shape))]).reshape(
                 self._extended_shape(sample_shape))
         eps = relaxed_keep_mask(self.drop_rate, self.temperature, (self.num_slices,))
-        return self.weight * _slice_view(eps, self.weight) * self.keep_scale
+        return self.kernel * _slice_view(eps, self.weight)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Density of the keep variables behind ``value``.
@@ -156,7 +164,8 @@ class ConcreteDropout(TorchDistribution):
 
     def local_reparameterize(self, op: Callable[..., torch.Tensor], x: torch.Tensor, *args,
                              **kwargs) -> torch.Tensor:
-        """``op(x * eps_i, m)`` with a fresh relaxed mask ``eps_i`` per example (Algorithm 1, line 3).
+        """``op(x * eps_i * keep_scale, m)`` = ``op(x * eps_i, kernel)`` with a fresh relaxed mask ``eps_i`` per
+        example (Algorithm 1, line 3).
 
         Masking slice k of the kernel equals masking input channel k of the activations, so each
         example gets its own architecture at the cost of one elementwise product.
@@ -170,20 +179,23 @@ class ConcreteDropout(TorchDistribution):
 def kl_concrete_dropout_spike_and_slab(q: ConcreteDropout, p: SpikeAndSlab) -> torch.Tensor:
     """PGNAS Eq. 15 (Gal's approximation, prior with ``u = 0``), for one kernel ``(l, s)``:
 
-    ``KL ~= d^2 (1 - p) / 2 * sum_k ||m_k||^2 - K * H(p)``, with ``d = 1 / slab_scale``.
+    ``KL ~= d^2 (1 - p) / 2 * sum_k ||M_k||^2 - K * H(p)``, with ``d = 1 / slab_scale`` and ``M`` the kernel a
+    kept slice carries (:attr:`ConcreteDropout.kernel`). Without rescaling ``M = m``: Eq. 15 as printed. With
+    rescaling ``M = m / (1 - p)``, so the term is ``d^2 ||m||^2 / (2 (1 - p))``, the regulariser of Gal, Hron and
+    Kendall's concrete dropout (NeurIPS 2017, Sec. 3).
     """
     if bool((p.spike_prob != 0).any()):
         raise ValueError("the KL of PGNAS Eq. 15 is derived for a spike probability u = 0 (the paper's prior)")
     d2 = p.slab_scale.to(q.weight).pow(-2)
     keep = 1 - q.drop_rate
-    return d2 * keep / 2 * q.weight.pow(2).sum() - q.num_slices * binary_entropy(q.drop_rate)
+    return d2 * keep / 2 * q.kernel.pow(2).sum() - q.num_slices * binary_entropy(q.drop_rate)
 
 
 @register_kl(dist.RelaxedOneHotCategoricalStraightThrough, dist.OneHotCategorical)
 def kl_relaxed_straight_through_one_hot(q: dist.RelaxedOneHotCategoricalStraightThrough,
                                         p: dist.OneHotCategorical) -> torch.Tensor:
     """GDAS's architecture term (DESIGN, "How proposals sit in Pyro"): the straight-through Gumbel-softmax
-    proposal (papers/gdas.md Eq. 5-7) is scored against the one-hot categorical prior by the KL between the
+    proposal (Dong and Yang, CVPR 2019, Eq. 5-7) is scored against the one-hot categorical prior by the KL between the
     underlying categoricals, ``sum_k pi_k (log pi_k - log p_k)``, a stated approximation (the relaxed
     density and the prior's probability mass are not comparable)."""
     log_q = torch.log_softmax(q.logits, -1)
@@ -192,7 +204,7 @@ def kl_relaxed_straight_through_one_hot(q: dist.RelaxedOneHotCategoricalStraight
 
 
 # ----------------------------------------------------------------------------------------------- VINNAS
-# VINNAS (papers/vinnas.md Eq. 4-5): log-uniform priors on every weight and op strength, factorised Normal
+# VINNAS (Ferianc et al. 2020, Eq. 4-5): log-uniform priors on every weight and op strength, factorised Normal
 # guides, KL by the Molchanov et al. (2017) approximation. Like the PGNAS pair above, both distributions have
 # an empty batch shape and the tensor's shape as event shape, so the registered KL is always found.
 

@@ -203,7 +203,7 @@ def pgnas_steps(args: argparse.Namespace, device: torch.device, sync: Callable[[
 # 2 states, C = 8) on 1x8x8 images (``--image-size`` defaults to 8 for VINNAS, 32 for PGNAS)
 VINNAS_SPACE = {"in_channels": 1, "channels": 8, "layout": "RN", "states": 2}
 # every term of Eq. 8 switched on (gamma_1..3 at these end values; the step is timed at the last epoch)
-VINNAS_OPTIONS = {"gamma_w": 0.1, "gamma_alpha": 0.1, "gamma_entropy": 0.05, "warmup_epochs": 0}
+VINNAS_OPTIONS = {"gamma_w": 0.1, "gamma_alpha": 0.1, "gamma_entropy": 31.45, "warmup_epochs": 0}
 
 
 class PlainLocalGaussian(nn.Module):
@@ -250,8 +250,8 @@ class PlainVINNAS(nn.Module):
         self.mu_alpha = nn.ParameterDict({k: nn.Parameter(v.detach().clone()) for k, v in guide.mu_alpha.items()})
         self.log_var_alpha = nn.ParameterDict({k: nn.Parameter(v.detach().clone())
                                                for k, v in guide.log_var_alpha.items()})
-        self.register_buffer("zero_op", method.model.zero_op.clone())
-        self.zero_max, self.smoothing, self.samples = o.zero_alpha_max, o.label_smoothing, o.entropy_samples
+        self.clip = method.model.clip  # the zero op's clipping (a plain function of the group and alpha)
+        self.smoothing, self.samples = o.label_smoothing, o.entropy_samples
         self.gammas = method.model.gammas
         self.frozen_alpha = True
 
@@ -260,7 +260,7 @@ class PlainVINNAS(nn.Module):
         if self.frozen_alpha:
             mu, log_var = mu.detach(), log_var.detach()
         alpha = mu + torch.exp(0.5 * log_var) * torch.randn(*shape, *mu.shape, device=mu.device)
-        return torch.where(self.zero_op, alpha.clamp(max=self.zero_max), alpha)
+        return self.clip(kind, alpha)
 
     def regularisers(self) -> tuple[torch.Tensor, torch.Tensor]:
         kl_w = sum(layer.kl() for layer in self.layers)

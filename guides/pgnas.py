@@ -1,4 +1,4 @@
-"""PGNAS guide (papers/pgnas.md Eq. 12-16): concrete-dropout posterior over every searchable kernel."""
+"""PGNAS guide (Zhou et al., AAAI 2020, Eq. 12-16): concrete-dropout posterior over every searchable kernel."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ class ConcreteDropoutGuide(PyroModule):
 
     Variational parameters: the kernels ``m`` (initialised from the super-network) and one drop-rate
     logit per kernel (initialised at ``init_drop_rate``; 0.1 in the authors' code). ``learn_drop_rate=False``
-    keeps ``p`` fixed (the hand-set rate of the "Random" baseline, Table 3).
+    keeps ``p`` fixed: the super-network of the "Random" baseline of Table 3, trained with one hand-set
+    dropout rate as in Bender et al. (ICML 2018).
     """
 
     def __init__(self, initial_weights: dict[str, torch.Tensor], temperature: float = 0.2,
@@ -55,16 +56,25 @@ class ConcreteDropoutGuide(PyroModule):
         return {site: self.drop_rate(site).item() for site in self.site_names}
 
     @torch.no_grad()
-    def sample_architecture(self, drop_rate: float | None = None) -> dict[str, torch.Tensor]:
-        """One architecture-weight pair: exact Bernoulli keep masks ``{site: bool (K,)}`` (Algorithm 1,
-        line 7), with the learned rates or, for the baseline, one fixed ``drop_rate``."""
+    def sample_architecture(self) -> dict[str, torch.Tensor]:
+        """One architecture-weight pair: exact Bernoulli keep masks ``{site: bool (K,)}`` drawn with this
+        guide's drop rates (Algorithm 1, line 7)."""
         masks = {}
         for site in self.site_names:
-            p = self.drop_rate(site) if drop_rate is None else torch.tensor(drop_rate)
+            p = self.drop_rate(site)
             k = self.weights[_key(site)].shape[1]
             masks[site] = torch.rand(k, device=p.device) >= p
         return masks
 
     def kernels(self) -> dict[str, torch.Tensor]:
-        """The learned kernels ``m`` by site name."""
+        """The learned kernels ``m`` (the variational parameters) by site name."""
         return {site: self.weights[_key(site)] for site in self.site_names}
+
+    def kept_kernels(self) -> dict[str, torch.Tensor]:
+        """The kernel a kept slice carries, by site: ``m``, or ``m / (1 - p)`` with rescaling."""
+        return {site: self.distribution(site).kernel for site in self.site_names}
+
+    def masked_kernels(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``phi`` at hard keep masks ``{site: bool (K,)}``: the kept kernels with the dropped slices zeroed."""
+        return {site: kernel * masks[site].to(kernel.dtype).view(1, -1, *([1] * (kernel.dim() - 2)))
+                for site, kernel in self.kept_kernels().items()}

@@ -1,4 +1,4 @@
-"""PGNAS model (papers/pgnas.md Eq. 8-10): spike-and-slab priors on the hybrid kernels, likelihood of the
+"""PGNAS model (Zhou et al., AAAI 2020, Eq. 8-10): spike-and-slab priors on the hybrid kernels, likelihood of the
 multi-branch super-network under a subsampled data plate."""
 
 from __future__ import annotations

@@ -13,10 +13,13 @@ from bayesnas import bench
 from bayesnas.cli import main
 from bayesnas.config import ConfigError
 from bayesnas.infer import StepEvent, run_search
+from bayesnas.spaces import get_space, load_genotype
+from bayesnas.spaces.profile import count_params
 
 TINY_METHODS = {
     "pgnas": {"space": {"stem_channels": 8, "widths": [8, 16], "depths": [1, 1], "kernel_sizes": [1, 3]},
-              "options": {"num_candidates": 3, "posterior_draws": 4, "kl_dataset_size": 50000}},
+              "options": {"num_candidates": 3, "posterior_draws": 4, "kl_dataset_size": 50000,
+                          "baseline_drop_rate": 0.2}},
 }
 
 
@@ -75,25 +78,31 @@ def test_bench_resumes_where_it_stopped(tiny_budget: bench.Budget, tmp_path: Pat
     first_epoch = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert not (run_dir / "summary.json").exists()
 
-    # The benchmark continues that search from its checkpoint, then stops after its second job.
+    # The benchmark continues that search from its checkpoint, then is killed while retraining PGNAS seed 1's
+    # fixed-rate pick (its fourth retraining: PGNAS seed 0, its baseline, PGNAS seed 1, then this one).
     done: list[bench.JobResult] = []
+    calls: list[str] = []
+    real_retrain = bench.retrain
 
-    def interrupt_after_two(result: bench.JobResult) -> None:
-        done.append(result)
-        if len(done) == 2:
+    def killed_on_fourth(space, genotype, *args, **kwargs):
+        calls.append(genotype.space)
+        if len(calls) == 4:
             raise KeyboardInterrupt
+        return real_retrain(space, genotype, *args, **kwargs)
 
+    monkeypatch.setattr(bench, "retrain", killed_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         bench.run_benchmark("digits", "cpu", out, device="cpu", methods=("pgnas", "random"), progress=False,
-                            on_job=interrupt_after_two)
+                            on_job=done.append)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and rows[0] == first_epoch  # epoch 0 was not redone
-    assert [(r.method, r.seed) for r in done] == [("pgnas", 0), ("pgnas", 1)]
+    assert [(r.method, r.seed) for r in done] == [("pgnas", 0), (bench.FIXED_RATE, 0)]
+    assert (out / "pgnas/seed1/retrain.json").exists() and not (out / "pgnas/seed1/retrain-fixed-rate.json").exists()
     assert not (out / "table.md").exists()
 
-    # Run again: finished jobs are read back, not recomputed; only the random baseline is left to train.
+    # Run again: finished jobs are read back, not recomputed; only PGNAS seed 1's fixed-rate pick and the random
+    # baseline are left to train.
     trained: list[str] = []
-    real_retrain = bench.retrain
 
     def counting_retrain(space, genotype, *args, **kwargs):
         trained.append(genotype.space)
@@ -102,23 +111,38 @@ def test_bench_resumes_where_it_stopped(tiny_budget: bench.Budget, tmp_path: Pat
     monkeypatch.setattr(bench, "retrain", counting_retrain)
     results = bench.run_benchmark("digits", "cpu", out, device="cpu", methods=("pgnas", "random"),
                                   results_dir=tmp_path / "results", progress=False)
-    assert trained == ["cells", "cells"]
-    assert [(r.method, r.seed) for r in results] == [("pgnas", 0), ("pgnas", 1), ("random", 0), ("random", 1)]
+    assert trained == ["branches", "cells", "cells"]
+    assert [(r.method, r.seed) for r in results] == [
+        ("pgnas", 0), (bench.FIXED_RATE, 0), ("pgnas", 1), (bench.FIXED_RATE, 1), ("random", 0), ("random", 1)]
     assert results[:2] == done
     assert all(0.0 <= r.test_accuracy <= 1.0 and r.params > 0 and r.retrain_seconds > 0 for r in results)
     assert results[0].supernet_params > results[0].params  # PGNAS's selected network is pruned
-    assert results[2].genotype != results[3].genotype  # one random architecture per seed
+    assert results[4].genotype != results[5].genotype  # one random architecture per seed
+
+    # The fixed-rate row is the pick of the search's baseline super-network, retrained under the same recipe.
+    for fixed, seed in ((results[1], 0), (results[3], 1)):
+        search_dir = out / "pgnas" / f"seed{seed}" / "search"
+        summary = json.loads((search_dir / "summary.json").read_text())
+        genotype = load_genotype(search_dir / summary["baseline_genotype"])
+        assert fixed.genotype == bench._summarise(genotype)
+        assert fixed.params == count_params(get_space("branches", genotype.config).build(genotype))
+        assert fixed.extra["test_accuracy"] == summary["baseline_test_accuracy"]
+        assert fixed.extra["drop_rate"] == TINY_METHODS["pgnas"]["options"]["baseline_drop_rate"]
 
     with open(out / "table.csv") as fh:
         table = list(csv.DictReader(fh))
-    assert [row["method"] for row in table] == ["pgnas", "random"]
-    pgnas = table[0]
-    accuracies = [r.test_accuracy for r in results[:2]]
-    assert float(pgnas["test_acc_mean"]) == pytest.approx(sum(accuracies) / 2, abs=1e-4)
-    assert float(pgnas["test_acc_best"]) == pytest.approx(max(accuracies), abs=1e-4)
-    assert pgnas["seeds"] == "2" and pgnas["device"] == "cpu" and pgnas["space"] == "branches"
+    assert [row["method"] for row in table] == ["pgnas", bench.FIXED_RATE, "random"]
+    for row, runs in ((table[0], results[0:3:2]), (table[1], results[1:4:2])):
+        accuracies = [r.test_accuracy for r in runs]
+        assert float(row["test_acc_mean"]) == pytest.approx(sum(accuracies) / 2, abs=1e-4)
+        assert float(row["test_acc_best"]) == pytest.approx(max(accuracies), abs=1e-4)
+        assert row["seeds"] == "2" and row["device"] == "cpu" and row["space"] == "branches"
+        assert row["search_epochs"] == str(tiny_budget.search_epochs)
     markdown = (out / "table.md").read_text()
     assert "| pgnas | branches | 2 |" in markdown and "random seed 1" in markdown
+    assert f"| {bench.FIXED_RATE} | branches | 2 |" in markdown
+    inherited = f"- {bench.FIXED_RATE} seed 1: {100 * results[3].extra['test_accuracy']:.2f} %"
+    assert inherited in markdown
     assert (tmp_path / "results" / "digits-cpu.md").read_text() == markdown
 
     # A folder started under another budget is refused, and nothing in it is touched.

@@ -81,6 +81,50 @@ def test_concrete_dropout_rescale_keeps_the_mean():
     torch.testing.assert_close(ConcreteDropout(m, torch.tensor(0.25), 0.2).mean_kernel(), 0.75 * m)
 
 
+@pytest.mark.parametrize("rescale", [False, True])
+def test_samples_forward_and_kl_use_one_kept_kernel(rescale):
+    """With rescaling a kept slice carries m / (1 - p) in the samples, in the per-example forward and in the KL
+    (Gal et al.'s concrete dropout: d^2 ||m||^2 / (2 (1 - p))); without, m and Eq. 15 as printed."""
+    p0, d2 = 0.4, 150.0
+    scale = 1 / (1 - p0) if rescale else 1.0
+    m = torch.randn(SHAPE, dtype=torch.float64)
+    q = ConcreteDropout(m, torch.tensor(p0, dtype=torch.float64), temperature=1e-3, rescale=rescale)
+    torch.testing.assert_close(q.kernel, m * scale)
+    # samples: every slice is (almost exactly) 0 or the kept kernel
+    torch.manual_seed(3)
+    phi = q.rsample()
+    kept = (phi / (m * scale))[0, :, 0, 0]
+    assert ((kept - 1).abs() < 1e-6).any() and (kept.abs() < 1e-6).any()
+    assert (((kept - 1).abs() < 1e-6) | (kept.abs() < 1e-6)).all()
+    torch.testing.assert_close(phi, m * scale * (kept > 0.5).double().view(1, -1, 1, 1))
+    # the per-example forward: op(x * eps_i / (1-p), m) = op(x, kept kernel * eps_i) on the same draw of eps
+    x = torch.randn(3, SHAPE[1], 5, 5, dtype=torch.float64)
+    torch.manual_seed(4)
+    out = q.local_reparameterize(torch.nn.functional.conv2d, x, None, 1, 1)
+    torch.manual_seed(4)
+    eps = relaxed_keep_mask(q.drop_rate, q.temperature, x.shape[:2])
+    for i in range(len(x)):
+        expected = torch.nn.functional.conv2d(x[i:i + 1], m * scale * eps[i].view(1, -1, 1, 1), None, 1, 1)
+        torch.testing.assert_close(out[i:i + 1], expected)
+    # the KL: d^2 (1 - p) / 2 ||m scale||^2 - K H(p)
+    h = -(p0 * math.log(p0) + (1 - p0) * math.log(1 - p0))
+    l2 = float((m ** 2).sum())
+    expected_kl = (d2 * l2 / (2 * (1 - p0)) if rescale else d2 * (1 - p0) / 2 * l2) - SHAPE[1] * h
+    kl = kl_divergence(q, SpikeAndSlab(0.0, d2 ** -0.5, SHAPE))
+    assert kl.item() == pytest.approx(expected_kl, rel=1e-6)
+
+
+def test_rescaled_kl_gradients_match_gal_et_al():
+    """d/dm [d^2 ||m||^2 / (2 (1-p))] = d^2 m / (1-p);  d/dp = d^2 ||m||^2 / (2 (1-p)^2) - K log((1-p)/p)."""
+    d2, p0 = 50.0, 0.3
+    m = torch.randn(SHAPE, dtype=torch.float64, requires_grad=True)
+    p = torch.tensor(p0, dtype=torch.float64, requires_grad=True)
+    kl_divergence(ConcreteDropout(m, p, 0.2, rescale=True), SpikeAndSlab(0.0, d2 ** -0.5, SHAPE)).backward()
+    torch.testing.assert_close(m.grad, d2 / (1 - p0) * m.detach(), rtol=1e-6, atol=1e-9)
+    expected_p = d2 / (2 * (1 - p0) ** 2) * float((m.detach() ** 2).sum()) - SHAPE[1] * math.log((1 - p0) / p0)
+    assert p.grad.item() == pytest.approx(expected_p, rel=1e-6)
+
+
 def test_spike_and_slab_log_prob():
     x = torch.randn(SHAPE)
     slab = SpikeAndSlab(0.0, 0.5, SHAPE)

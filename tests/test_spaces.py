@@ -48,34 +48,32 @@ def test_built_network_equals_masked_supernet_and_has_fewer_parameters(space):
     net = space.supernet().eval()
     kept = _random_kept(space, keep=0.6)
     genotype = space.genotype(kept)
-    built = space.build(genotype, inherit=net.state_dict()).eval()
-    # mask the super-network's kernels: slices not kept are zero, branches with an empty layer removed
+    # the true masked super-network: the kernel slices not kept are zero, nothing else changes
     masked = space.supernet().eval()
     masked.load_state_dict(net.state_dict())
     for layer, conv in masked.searchable():
         mask = torch.zeros(layer.in_channels)
         mask[kept[layer.layer][layer.branch]] = 1
-        other = "b" if layer.layer.endswith("a") else "a"
-        if not kept[layer.layer[:-1] + other][layer.branch]:
-            mask.zero_()
         conv.weight.data *= mask.view(1, -1, 1, 1)
-    for stage in masked.stages:
-        for block in stage:
-            for name in list(block.branches):
-                branch = block.branches[name]
-                if branch.conv_a.weight.abs().sum() == 0 or branch.conv_b.weight.abs().sum() == 0:
-                    del block.branches[name]
+    with torch.no_grad():  # non-zero BatchNorm offsets, so a dropped branch's offset would show
+        for bn in masked.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.bias.uniform_(-1, 1)
+                bn.running_mean.uniform_(-1, 1)
+    built = space.build(genotype, inherit=masked.state_dict()).eval()
     x = torch.randn(5, 1, 8, 8)
     torch.testing.assert_close(built(x), masked(x), atol=1e-5, rtol=1e-4)
     assert count_params(built) < 0.8 * count_params(net)
 
 
-def test_an_empty_layer_removes_its_branch(space):
+def test_an_empty_layer_keeps_only_its_batchnorm_offset(space):
     kept = space.full_genotype().choices
     kept["s1.b1.b"]["k5"] = []
     net = space.build(space.genotype(kept))
-    assert "k5" not in net.stages[1][1].branches
-    assert "k5" in net.stages[1][0].branches
+    branch = net.stages[1][1].branches["k5"]
+    assert branch.conv_a is None and branch.bn_a is None and branch.conv_b is None
+    assert sum(p.numel() for p in branch.parameters()) == 2 * 16
+    assert net.stages[1][0].branches["k5"].conv_b is not None
 
 
 def test_genotype_json_round_trip(space, tmp_path):

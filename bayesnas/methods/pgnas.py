@@ -1,4 +1,5 @@
-"""PGNAS (papers/pgnas.md): the model/guide pair under the search loop, and posterior-guided sampling."""
+"""PGNAS (Zhou et al., "One-Shot Neural Architecture Search Through A Posteriori Distribution
+Guided Sampling", AAAI 2020): the model/guide pair under the search loop, and posterior-guided sampling."""
 
 from __future__ import annotations
 
@@ -34,13 +35,20 @@ class PGNASOptions:
     kl_dataset_size: int | None = None
     """N used to weight the KL against the likelihood (authors: 5e5 on CIFAR); null: the real N."""
     rescale: bool = False
-    """Divide kept activations by 1 - p (Gal's concrete dropout); off in the authors' code."""
+    """Divide kept activations by 1 - p (Gal's concrete dropout); off in the authors' code. The KL and the
+    networks built from masks then use the kept kernel m / (1 - p) too."""
     drop_rate_lr: float | None = None
     """Learning rate of the drop-rate logits (null: the search lr)."""
     num_candidates: int = 100
     """C, the number of architecture-weight pairs drawn and ranked (Algorithm 1, line 7)."""
+    baseline: bool = True
+    """Train the "Random" baseline of Table 3 beside the search: a second super-network, same space, epochs and
+    batches, trained with one fixed drop rate (no learned rates, as in Bender et al., ICML 2018), then sampled
+    and scored like PGNAS (C candidates, best on validation, no fine-tuning). Doubles the search's cost."""
     baseline_drop_rate: float = 0.3
-    """Hand-set drop rate of the "Random" baseline of Table 3, sampled with the same C."""
+    """The baseline's fixed drop rate. The paper does not give it (Table 3: its sampled networks are about as
+    large as PGNAS's); 0.3 keeps about 60 % of the branch weights, more than PGNAS keeps on the presets, so the
+    baseline is not handicapped by size."""
     finetune_epochs: int = 0
     """Optional fine-tuning of the selected pair (0: none, as in the paper)."""
     posterior_draws: int = 200
@@ -49,7 +57,7 @@ class PGNASOptions:
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
-        if not 0 < self.init_drop_rate < 1 or not 0 <= self.baseline_drop_rate < 1:
+        if not 0 < self.init_drop_rate < 1 or not 0 < self.baseline_drop_rate < 1:
             raise ValueError("drop rates must lie in (0, 1)")
         if self.prior_precision <= 0:
             raise ValueError("prior_precision must be > 0")
@@ -57,9 +65,18 @@ class PGNASOptions:
             raise ValueError("num_candidates and posterior_draws must be >= 1, finetune_epochs >= 0")
 
 
+BASELINE_GENOTYPE = "baseline_genotype.json"
+"""The fixed-rate baseline's pick, next to ``genotype.json`` in the run folder."""
+
+
 @register
 class PGNAS(SearchMethod):
-    """Posterior-guided NAS: SVI of the concrete-dropout posterior (Eq. 14-16), then Algorithm 1's sampling."""
+    """Posterior-guided NAS: SVI of the concrete-dropout posterior (Eq. 14-16), then Algorithm 1's sampling.
+
+    With ``baseline`` on (the default) a second super-network with a fixed drop rate trains in the same loop (its
+    own phase on the same split) and is checkpointed with it; :meth:`select` reports its pick as
+    ``baseline_*``.
+    """
 
     name = "pgnas"
     options_type = PGNASOptions
@@ -69,18 +86,42 @@ class PGNAS(SearchMethod):
         o = self.options
         self.space = self.build_space(BranchSpace)
         self.num_train = len(data.train)
-        kl_scale = self.num_train / o.kl_dataset_size if o.kl_dataset_size else 1.0
-        self.model = PGNASModel(self.space.supernet(), o.prior_precision, o.spike_prob, kl_scale).to(device)
-        self.guide = ConcreteDropoutGuide(self.model.initial_weights, o.temperature, o.init_drop_rate,
-                                          o.rescale, kl_scale).to(device)
+        self.kl_scale = self.num_train / o.kl_dataset_size if o.kl_dataset_size else 1.0
+        self.model, self.guide = self._supernet(o.init_drop_rate, learn_drop_rate=True)
         self.reparam = LocalReparameterization()
         self.elbo = AnalyticKLELBO()
+        self.baseline_model: PGNASModel | None = None
+        self.baseline_guide: ConcreteDropoutGuide | None = None
+        if o.baseline:
+            self.baseline_model, self.baseline_guide = self._supernet(o.baseline_drop_rate, learn_drop_rate=False)
+            self.baseline_reparam = LocalReparameterization()
+        self._baseline_genotype = None
+
+    def _supernet(self, drop_rate: float, learn_drop_rate: bool) -> tuple[PGNASModel, ConcreteDropoutGuide]:
+        o = self.options
+        model = PGNASModel(self.space.supernet(), o.prior_precision, o.spike_prob, self.kl_scale).to(self.device)
+        guide = ConcreteDropoutGuide(model.initial_weights, o.temperature, drop_rate, o.rescale, self.kl_scale,
+                                     learn_drop_rate=learn_drop_rate).to(self.device)
+        return model, guide
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"model": self.model, "guide": self.guide}
+        modules = {"model": self.model, "guide": self.guide}
+        if self.baseline_model is not None:
+            modules.update(baseline_model=self.baseline_model, baseline_guide=self.baseline_guide)
+        return modules
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        nets = {"net": self.model.net}
+        if self.baseline_model is not None:
+            nets["baseline_net"] = self.baseline_model.net
+        return nets
 
     def phases(self) -> list[Phase]:
-        return [Phase.sgd(self.config, "search", "train", self.param_groups(), self.training_loss)]
+        phases = [Phase.sgd(self.config, "search", "train", self.param_groups(), self.training_loss)]
+        if self.baseline_model is not None:
+            phases.append(Phase.sgd(self.config, "baseline", "train", self.baseline_param_groups(),
+                                    self.baseline_loss))
+        return phases
 
     def param_groups(self) -> list[dict[str, Any]]:
         drop_lr = self.options.drop_rate_lr or self.config.lr
@@ -91,15 +132,29 @@ class PGNAS(SearchMethod):
             {"name": "network", "params": list(self.model.parameters())},
         ]
 
-    def training_loss(self, x, y, index):
-        """Negative ELBO of Eq. 14 per training example: ``(KL - (N/M) sum_i log p(y_i | ...)) / N``."""
-        model = poutine.trace(self.reparam(self.model))
-        loss = self.elbo.differentiable_loss(model, self.reparam(self.guide), x, y, index, self.num_train)
-        logits = model.trace.nodes["_RETURN"]["value"]
+    def baseline_param_groups(self) -> list[dict[str, Any]]:
+        """The baseline's kernels and point weights (its drop rate is fixed)."""
+        return [
+            {"name": "kernels", "params": list(self.baseline_guide.weights.values())},
+            {"name": "network", "params": list(self.baseline_model.parameters())},
+        ]
+
+    def _negative_elbo(self, model, guide, reparam, x, y, index):
+        traced = poutine.trace(reparam(model))
+        loss = self.elbo.differentiable_loss(traced, reparam(guide), x, y, index, self.num_train)
+        logits = traced.trace.nodes["_RETURN"]["value"]
         return loss / self.num_train, int((logits.argmax(-1) == y).sum())
 
+    def training_loss(self, x, y, index):
+        """Negative ELBO of Eq. 14 per training example: ``(kl_scale KL - (N/M) sum_i log p(y_i | ...)) / N``."""
+        return self._negative_elbo(self.model, self.guide, self.reparam, x, y, index)
+
+    def baseline_loss(self, x, y, index):
+        """The same negative ELBO for the fixed-rate super-network (its KL's entropy term is a constant)."""
+        return self._negative_elbo(self.baseline_model, self.baseline_guide, self.baseline_reparam, x, y, index)
+
     def mean_kernels(self) -> dict[str, torch.Tensor]:
-        """E_q[phi] = m (1 - p) (times 1/(1-p) with rescaling): the weight-scaling rule of dropout."""
+        """E_q[phi] = m (1 - p) (m with rescaling): the weight-scaling rule of dropout."""
         return {site: self.guide.distribution(site).mean_kernel() for site in self.guide.site_names}
 
     @torch.no_grad()
@@ -108,7 +163,13 @@ class PGNAS(SearchMethod):
 
     def epoch_metrics(self) -> dict[str, Any]:
         rates = self.guide.drop_rates()
-        return {"drop_rate": {self._label(site): round(p, 5) for site, p in rates.items()}}
+        metrics: dict[str, Any] = {"drop_rate": {self._label(site): round(p, 5) for site, p in rates.items()}}
+        if self.baseline_model is not None:
+            with torch.no_grad():
+                mean = {s: self.baseline_guide.distribution(s).mean_kernel() for s in self.baseline_guide.site_names}
+                metrics["baseline_val_accuracy"] = accuracy(
+                    self.baseline_model, self.data.val, predict=poutine.condition(self.baseline_model, data=mean))
+        return metrics
 
     def _where(self, site: str) -> tuple[str, str]:
         """(layer, branch) of a sample site."""
@@ -118,51 +179,74 @@ class PGNAS(SearchMethod):
     def _label(self, site: str) -> str:
         return "/".join(self._where(site))
 
-    def supernet_state(self) -> dict[str, torch.Tensor]:
-        """Plain state dict of the super-network: point weights plus the learned kernels m."""
-        state = dict(self.model.net.state_dict())
-        state.update({site.removeprefix("net."): m.detach() for site, m in self.guide.kernels().items()})
+    def supernet_state(self, baseline: bool = False) -> dict[str, torch.Tensor]:
+        """Plain state dict of the super-network (the baseline's with ``baseline``): point weights plus the
+        kernels a kept slice carries (``m``, or ``m / (1 - p)`` with rescaling)."""
+        model, guide = (self.baseline_model, self.baseline_guide) if baseline else (self.model, self.guide)
+        state = dict(model.net.state_dict())
+        state.update({site.removeprefix("net."): k.detach() for site, k in guide.kept_kernels().items()})
         return state
+
+    def masked_supernet(self, masks: dict[str, torch.Tensor], baseline: bool = False):
+        """``x -> logits`` of the super-network itself at hard keep masks (the model conditioned on
+        ``phi = kept kernel * z``); the network built from the same masks computes the same function."""
+        model, guide = (self.baseline_model, self.baseline_guide) if baseline else (self.model, self.guide)
+        return poutine.condition(model, data={s: k.detach() for s, k in guide.masked_kernels(masks).items()})
 
     def genotype(self, masks: dict[str, torch.Tensor]):
         return self.space.genotype_from_masks({self._where(s): m.cpu() for s, m in masks.items()})
 
-    def _sample(self, drop_rate: float | None, desc: str, progress: bool):
-        state = self.supernet_state()
+    def _sample(self, baseline: bool, desc: str, progress: bool):
+        state = self.supernet_state(baseline)
+        guide = self.baseline_guide if baseline else self.guide
 
         def score(masks):
             return accuracy(self.space.build(self.genotype(masks), inherit=state).to(self.device),
                             self.data.val)
 
-        result = posterior_guided_sampling(lambda: self.guide.sample_architecture(drop_rate), score,
-                                           self.options.num_candidates, desc, progress, self.world)
+        result = posterior_guided_sampling(guide.sample_architecture, score, self.options.num_candidates, desc,
+                                           progress, self.world)
         genotype = self.genotype(result.best)
         net = self.space.build(genotype, inherit=state).to(self.device)
         return genotype, net, result
 
+    def _finetune(self, net, progress: bool) -> float:
+        recipe = TrainRecipe(epochs=self.options.finetune_epochs, batch_size=self.config.batch_size,
+                             lr=self.config.lr / 10, weight_decay=0.0)
+        train_network(net, self.data.train, self.data.val, recipe, self.config.seed, progress, "fine-tune")
+        return accuracy(net, self.data.test)
+
     def select(self, progress: bool = True) -> Selection:
-        genotype, net, result = self._sample(None, "posterior-guided sampling", progress)
-        _, base_net, base = self._sample(self.options.baseline_drop_rate, "random baseline", progress)
-        extra = {
+        genotype, net, result = self._sample(False, "posterior-guided sampling", progress)
+        extra: dict[str, Any] = {
             "supernet_params": count_params(self.space.supernet()),
-            "baseline_val_accuracy": base.best_score,
-            "baseline_test_accuracy": accuracy(base_net, self.data.test),
-            "baseline_params": count_params(base_net),
-            "baseline_drop_rate": self.options.baseline_drop_rate,
             "num_candidates": self.options.num_candidates,
             "candidate_val_accuracy_mean": float(np.mean(result.scores)),
             "drop_rate": {self._label(s): p for s, p in self.guide.drop_rates().items()},
         }
+        base_net = None
+        if self.baseline_model is not None:
+            self._baseline_genotype, base_net, base = self._sample(True, "fixed-rate baseline", progress)
+            extra.update({
+                "baseline_drop_rate": self.options.baseline_drop_rate,
+                "baseline_val_accuracy": base.best_score,
+                "baseline_test_accuracy": accuracy(base_net, self.data.test),
+                "baseline_params": count_params(base_net),
+                "baseline_candidate_val_accuracy_mean": float(np.mean(base.scores)),
+                "baseline_genotype": BASELINE_GENOTYPE,
+            })
         if self.options.finetune_epochs:
-            recipe = TrainRecipe(epochs=self.options.finetune_epochs, batch_size=self.config.batch_size,
-                                 lr=self.config.lr / 10, weight_decay=0.0)
-            train_network(net, self.data.train, self.data.val, recipe, self.config.seed, progress, "fine-tune")
-            extra["finetuned_test_accuracy"] = accuracy(net, self.data.test)
+            extra["finetuned_test_accuracy"] = self._finetune(net, progress)
+            if base_net is not None:
+                extra["baseline_finetuned_test_accuracy"] = self._finetune(base_net, progress)
         return Selection(genotype, net, result.best_score, accuracy(net, self.data.test), extra)
 
     @torch.no_grad()
     def export(self, run_dir: Path) -> None:
-        """Posterior draws of the keep masks as ArviZ ``InferenceData`` (``posterior.nc``) and plots."""
+        """Posterior draws of the keep masks as ArviZ ``InferenceData`` (``posterior.nc``) and plots; the
+        fixed-rate baseline's pick as ``baseline_genotype.json``."""
+        if self._baseline_genotype is not None:
+            self._baseline_genotype.save(run_dir / BASELINE_GENOTYPE)
         layers = sorted({layer.layer for layer in self.model.layers})
         branches = [f"k{k}" for k in self.space.config.kernel_sizes]
         draws = self.options.posterior_draws

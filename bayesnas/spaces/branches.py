@@ -1,13 +1,16 @@
-"""Multi-branch ResNet space of PGNAS (papers/pgnas.md Sec. 3.1, after shake-shake, Gastaldi 2017).
+"""Multi-branch ResNet space of PGNAS (Zhou et al., AAAI 2020, Sec. 3.1, after shake-shake, Gastaldi 2017).
 
 Each residual block sums a shortcut and one branch per kernel size s; a branch is
 ``ReLU - conv_a(s x s) - BN - ReLU - conv_b(s x s) - BN``. Both convolutions are *searchable layers*: every
 input-channel slice ``w_{l,k}^s`` of their kernels can be switched off (the hybrid variable of Eq. 12).
 
 A genotype keeps, per layer ``l`` (``"s0.b0.a"``: stage 0, block 0, first conv) and branch ``"k3"``, the list of
-input channels that stay. :meth:`BranchSpace.build` turns it into a smaller dense network: ``conv_a`` reads
-only its kept block inputs and produces only the channels ``conv_b`` keeps, and a branch with nothing kept
-in either layer disappears (operation-level selection, Table 7).
+input channels that stay. :meth:`BranchSpace.build` turns it into a smaller dense network that computes exactly
+what the super-network computes with the dropped kernel slices set to zero: ``conv_a`` reads only its kept
+block inputs and produces only the channels ``conv_b`` keeps. A layer with nothing kept loses its convolution
+(operation-level selection, the paper's Table 7), but not the BatchNorm after it: the masked super-network
+still adds that BatchNorm's offset (``beta - gamma * mean / sqrt(var + eps)`` in evaluation), so the built
+branch keeps it as an input-independent term (the BatchNorm applied to zeros).
 """
 
 from __future__ import annotations
@@ -78,26 +81,46 @@ class BranchConv(SearchConv2d):
 
 
 class Branch(nn.Module):
-    """``ReLU - conv_a - BN - ReLU - conv_b - BN``; ``index`` gathers the kept block inputs (built nets)."""
+    """``ReLU - conv_a - BN - ReLU - conv_b - BN``; ``index`` gathers the kept block inputs (built nets).
+
+    In a built network a layer may keep no input channel: ``index == []`` (``conv_a`` reads nothing) or
+    ``mid_channels == 0`` (``conv_b`` reads nothing). That convolution is then absent and its output is zero, as
+    in the super-network with all its slices masked; the BatchNorm after it still applies (its offset), and
+    with ``mid_channels == 0`` only ``bn_b`` is left.
+    """
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, kernel_size: int, stride: int,
                  index: list[int] | None = None) -> None:
         super().__init__()
         self.register_buffer("index", None if index is None else torch.tensor(index, dtype=torch.long))
-        self.conv_a = BranchConv(in_channels, mid_channels, kernel_size, stride)
-        self.bn_a = nn.BatchNorm2d(mid_channels)
-        self.conv_b = BranchConv(mid_channels, out_channels, kernel_size)
+        self.stride = stride
+        self.out_channels = out_channels
+        reads_a = in_channels > 0 and mid_channels > 0 and (index is None or len(index) > 0)
+        self.conv_a = BranchConv(in_channels, mid_channels, kernel_size, stride) if reads_a else None
+        self.bn_a = nn.BatchNorm2d(mid_channels) if mid_channels > 0 else None
+        self.conv_b = BranchConv(mid_channels, out_channels, kernel_size) if mid_channels > 0 else None
         self.bn_b = nn.BatchNorm2d(out_channels)
 
+    def _zeros(self, x: torch.Tensor, channels: int) -> torch.Tensor:
+        """What a convolution of this branch with an all-zero kernel outputs (odd kernel, padding k // 2)."""
+        height, width = (x.shape[2] - 1) // self.stride + 1, (x.shape[3] - 1) // self.stride + 1
+        return x.new_zeros(x.shape[0], channels, height, width)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.index is not None:
-            x = x.index_select(1, self.index)
-        h = self.bn_a(self.conv_a(torch.relu(x)))
+        if self.conv_b is None:
+            return self.bn_b(self._zeros(x, self.out_channels))
+        if self.conv_a is None:
+            h = self._zeros(x, self.bn_a.num_features)
+        else:
+            if self.index is not None:
+                x = x.index_select(1, self.index)
+            h = self.conv_a(torch.relu(x))
+        h = self.bn_a(h)
         return self.bn_b(self.conv_b(torch.relu(h)))
 
 
 class MultiBranchBlock(nn.Module):
-    """Residual block: shortcut + sum of branches (one per kernel size that survives)."""
+    """Residual block: shortcut + sum of branches (one per kernel size)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int,
                  branches: Mapping[str, tuple[int, list[int] | None, int]], drop_path: float = 0.0) -> None:
@@ -145,8 +168,7 @@ class BranchNet(nn.Module):
                         branches[name] = (width, None, width)
                         continue
                     idx_a, idx_b = kept[f"s{i}.b{j}.a"][name], kept[f"s{i}.b{j}.b"][name]
-                    if idx_a and idx_b:
-                        branches[name] = (len(idx_b), None if len(idx_a) == in_ch else list(idx_a), width)
+                    branches[name] = (len(idx_b), None if len(idx_a) == in_ch else list(idx_a), width)
                 blocks.append(MultiBranchBlock(in_ch, width, stride, branches, drop_path))
                 in_ch = width
             stages.append(nn.Sequential(*blocks))
@@ -171,6 +193,8 @@ class BranchNet(nn.Module):
                 for name, branch in block.branches.items():
                     for pos in ("a", "b"):
                         conv = getattr(branch, f"conv_{pos}")
+                        if conv is None:  # a built network's layer that keeps no input channel
+                            continue
                         path = f"stages.{i}.{j}.branches.{name}.conv_{pos}"
                         yield SearchableLayer(f"s{i}.b{j}.{pos}", name, conv.kernel_shape[1], path), conv
 
