@@ -14,7 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bayesnas.config import DEFAULT_PRESET, PRESETS, ConfigError, SearchConfig, load_config_file, preset
+from bayesnas.config import (
+    DEFAULT_PRESET,
+    METHOD_SPACES,
+    PRESETS,
+    ConfigError,
+    SearchConfig,
+    load_config_file,
+    on_space,
+    preset,
+)
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -45,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "search", formatter_class=_Formatter, help="run an architecture search",
         description="Run an architecture search and write a run folder (config.json, checkpoint.pt, "
                     "metrics.jsonl, genotype.json, summary.json, posterior.nc, plots).\n\nPresets: "
-                    + ", ".join(PRESETS))
-    search.add_argument("--method", help="search method (pgnas); default: the preset's")
+                    + ", ".join(PRESETS) + "\n\nMethods and the spaces they search (default first):\n"
+                    + "\n".join(f"  {m:<8} {', '.join(s)}" for m, s in METHOD_SPACES.items()))
+    search.add_argument("--method", help=f"search method: {', '.join(METHOD_SPACES)}; default: the preset's")
+    search.add_argument("--space", choices=sorted({s for spaces in METHOD_SPACES.values() for s in spaces}),
+                        help="search space (default: the method's first; see the list above)")
     search.add_argument("--preset", default=None,
                         help=f"named settings to start from (default: {DEFAULT_PRESET}, or <method>-digits)")
     search.add_argument("--config", help="JSON file of options applied over the preset "
@@ -152,6 +164,8 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     config = preset(name)
     if args.config:
         config = config.merged(load_config_file(args.config))
+    if getattr(args, "space", None):
+        config = on_space(config.merged({"method": args.method}) if args.method else config, args.space)
     overrides: dict[str, Any] = {}
     for key in ("method", "dataset", "seed", "epochs", "batch_size", "lr", "precision", "channels_last", "compile"):
         if getattr(args, key, None) is not None:
@@ -169,23 +183,9 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
 
 def _describe(genotype: Any) -> str:
     """The chosen architecture in a few lines, whatever its space."""
-    lines = []
-    if genotype.space == "chain":  # PC-NAS: one op per mixop
-        from bayesnas.spaces import get_space
+    from bayesnas.spaces import get_space
 
-        return get_space("chain", genotype.config).describe(genotype)
-    if genotype.space == "cells":
-        for kind, states in genotype.choices.items():
-            lines.append(f"  {kind} cell:")
-            lines += [f"    state {j}: " + " + ".join(f"{op}(input {i})" for op, i in state)
-                      for j, state in enumerate(states)]
-    elif genotype.space == "branches":
-        for layer, branches in genotype.choices.items():
-            cells = [f"{b}:{len(idx):>3}" for b, idx in branches.items()]
-            lines.append(f"  {layer:<8} kept input channels  " + "  ".join(cells))
-    else:
-        lines += [f"  {key}: {value}" for key, value in genotype.choices.items()]
-    return "\n".join(lines)
+    return get_space(genotype.space, genotype.config).describe(genotype)
 
 
 def _require_out_when_distributed(args: argparse.Namespace) -> None:
@@ -223,17 +223,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"effective number of architectures sharing the weights: 10^{summary[fading + '_first']:.2f} "
               f"(first epoch) -> 10^{summary[fading + '_last']:.2f} (last epoch)")
     if "baseline_test_accuracy" in summary:
-        print(f"random baseline (fixed drop rate {summary['baseline_drop_rate']}): "
-              f"test accuracy {summary['baseline_test_accuracy']:.4f}, parameters {summary['baseline_params']:,}")
-    if "latency_ms" in summary:  # PC-NAS
+        print(f"fixed-rate baseline (a super-network trained with drop rate {summary['baseline_drop_rate']}, "
+              f"same candidates): test accuracy {summary['baseline_test_accuracy']:.4f}, "
+              f"parameters {summary['baseline_params']:,}")
+    if "latency_ms" in summary:  # PC-NAS and one-shot on a space with a latency table (the chain)
         limit = summary.get("latency_limit_ms")
         print(f"latency {summary['latency_ms']:.3f} ms (limit: {f'{limit:g} ms' if limit else 'none'}; measured on "
               f"{summary['latency_device']} at batch {summary['latency_batch_size']}), "
               f"{summary['flops'] / 1e6:.2f} M multiply-adds")
+    if "potentials" in summary:  # PC-NAS and one-shot on any space
         print("partial-model pool potentials per interval (Eq. 11, mean one-batch validation accuracy):")
-        for interval in summary.get("potentials", []):
+        for interval in summary["potentials"]:
             over = f", {interval['infeasible']} over the limit" if interval["infeasible"] else ""
-            print(f"  interval {interval['interval']} (mixop {interval['mixop']}, {interval['candidates']} "
+            print(f"  interval {interval['interval']} (decision {interval['decision']}, {interval['candidates']} "
                   f"candidates{over}): " + "  ".join(f"{p:.3f}" for p in interval["potentials"]))
     print(f"run folder: {out}  (summary.json, genotype.json, posterior.nc, training.png, "
           f"{', '.join(p.name for p in sorted(out.glob('*.png')) if p.name != 'training.png')})")
@@ -288,14 +290,12 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                                 [str(v) for v in rates.coords["branch"].values],
                                 f"drop rate p, mean over {len(args.runs)} run(s)", out / "diagnose_drop_rates.png")
     if "constant_data" in idata.groups() and "snr" in idata.constant_data:  # VINNAS
-        snr = idata.constant_data["snr"].mean("run")
-        for cell in snr.coords["cell"].values:
-            table = snr.sel(cell=cell).to_pandas()
-            print(f"\npositive SNR mu/sigma^2 of alpha, {cell} cell (mean over {len(args.runs)} run(s)):")
-            with pd.option_context("display.width", 200, "display.max_columns", 20):
-                print(table.round(2).to_string())
-            diagnostics.plot_matrix(table.values, [str(e) for e in table.index], [str(o) for o in table.columns],
-                                    f"positive SNR of alpha ({cell} cell)", out / f"diagnose_snr_{cell}.png")
+        table = idata.constant_data["snr"].mean("run").to_pandas()
+        print(f"\npositive SNR mu/sigma^2 of alpha per decision (mean over {len(args.runs)} run(s)):")
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(table.round(2).to_string())
+        diagnostics.plot_matrix(table.values, [str(e) for e in table.index], [str(o) for o in table.columns],
+                                "positive SNR of alpha", out / "diagnose_snr.png")
     forest = next((v for v in ("keep_fraction", "op_weight") if v in idata.posterior), None)
     if forest is not None:
         diagnostics.plot_forest(idata, forest, out / "diagnose_forest.png")

@@ -21,8 +21,10 @@ class SearchConfig:
 
     method: str = "pgnas"
     dataset: str = "digits"
+    space_name: str = ""
+    """The search space (``cells``, ``chain``, ``branches``); empty: the method's default space."""
     space: dict[str, Any] = field(default_factory=dict)
-    """Options of the method's search space (e.g. widths, depths, kernel_sizes for ``branches``)."""
+    """Options of the search space (e.g. widths, depths, kernel_sizes for ``branches``)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Method-specific options (validated by the method, see ``bayesnas search --help``)."""
     seed: int = 0
@@ -189,6 +191,22 @@ PRESETS.update({
 })
 PRESETS["pcnas-large"] = {**PRESETS["pcnas-small"], "space": {**PRESETS["pcnas-small"]["space"], "ops": "large"}}
 PRESETS.update({
+    # The uniform one-shot baseline (Bender et al., ICML 2018; PC-NAS Sec. 4.4) with PC-NAS's digits budget:
+    # uniform single-path training for all 40 epochs, then the same pool search on the trained super-network.
+    "oneshot-digits": {
+        **PRESETS["pcnas-digits"], "method": "oneshot",
+        "options": {k: v for k, v in PRESETS["pcnas-digits"]["options"].items()
+                    if k not in ("warmup_epochs", "interval_epochs")},
+    },
+    # Random search (the baseline of DARTS and VINNAS Table II): 8 uniformly random cells of the gdas-digits space,
+    # each trained alone for 10 epochs with GDAS's weight optimiser, the best on validation retrained for 60 epochs
+    # at lr 0.05 (the retraining of the other digits presets).
+    "random-digits": {
+        **{k: v for k, v in PRESETS["gdas-digits"].items() if k != "options"}, "method": "random", "epochs": 10,
+        "options": {"num_samples": 8, "retrain_epochs": 60, "retrain_lr": 0.05},
+    },
+})
+PRESETS.update({
     # VINNAS on digits (Ferianc et al., arXiv:2007.06103; small enough for 2 CPU cores): a reduction then a normal
     # cell with 2 states each, C = 8 in search, retrained from scratch with C = 16 for 40 epochs. Adam on the weights
     # (cosine) and on alpha (constant), as in the paper. The paper gives no gammas, warm-up or learning rates; ours,
@@ -250,6 +268,35 @@ PRESETS.update({
     },
 })
 DEFAULT_PRESET = "pgnas-digits"
+
+METHOD_SPACES: dict[str, tuple[str, ...]] = {
+    "pgnas": ("branches",),
+    "gdas": ("cells", "chain"),
+    "vinnas": ("cells", "chain"),
+    "pcnas": ("chain", "cells"),
+    "oneshot": ("chain", "cells"),
+    "random": ("cells", "chain"),
+}
+"""The spaces each method's math applies to, its default first (read by the methods and by ``--help``)."""
+
+SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "branches": PRESETS["pgnas-digits"]["space"],
+    "cells": PRESETS["gdas-digits"]["space"],
+    "chain": PRESETS["pcnas-digits"]["space"],
+}
+"""Space options a preset starts from when ``--space`` moves it to a space other than its own: the digits
+settings of the method that owns that space (data shape and image size always come from the data)."""
+
+
+def on_space(config: SearchConfig, name: str) -> SearchConfig:
+    """``config`` searching the space ``name``: its own space options when it already searches that space,
+    otherwise :data:`SPACE_DEFAULTS` of ``name``."""
+    if name not in SPACE_DEFAULTS:
+        raise ConfigError(f"unknown search space {name!r}; choose one of: {', '.join(SPACE_DEFAULTS)}")
+    current = config.space_name or METHOD_SPACES.get(config.method, ("",))[0]
+    if name == current:
+        return replace(config, space_name=name)
+    return replace(config, space_name=name, space=dict(SPACE_DEFAULTS[name]))
 
 
 def preset(name: str) -> SearchConfig:

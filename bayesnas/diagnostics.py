@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 with warnings.catch_warnings():  # arviz 0.x announces its 1.0 refactor on import
     warnings.simplefilter("ignore", FutureWarning)
@@ -17,6 +17,9 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from bayesnas.io import atomic_write, read_jsonl
+
+if TYPE_CHECKING:
+    from bayesnas.spaces.decisions import DecisionSpace
 
 POSTERIOR_FILE = "posterior.nc"
 
@@ -39,6 +42,45 @@ def save_posterior(run_dir: Path, draws: dict[str, np.ndarray], coords: dict[str
     idata.to_netcdf(str(tmp))
     os.replace(tmp, path)
     return path
+
+
+def decision_options(space: DecisionSpace) -> list[str]:
+    """Every option of the space's decisions, in order of first appearance (the ``op`` axis of a decision table)."""
+    return list(dict.fromkeys(o for g in space.groups().values() for o in g.options))
+
+
+def decision_table(space: DecisionSpace, values: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Per-group arrays ``{group: (..., n_g, K_g)}`` as one ``(..., decision, op)`` array: decisions in the space's
+    order, ops as :func:`decision_options`; an op that is not an option of a decision is NaN there."""
+    ops = decision_options(space)
+    first = np.asarray(next(iter(values.values())))
+    out = np.full((*first.shape[:-2], len(space.decisions()), len(ops)), np.nan,
+                  dtype=np.result_type(first.dtype, np.float32))
+    for name, g in space.groups().items():
+        rows = np.asarray(g.positions)[:, None]
+        cols = np.asarray([ops.index(o) for o in g.options])[None, :]
+        out[..., rows, cols] = np.asarray(values[name])
+    return out
+
+
+def save_decision_posterior(run_dir: Path, space: DecisionSpace, draws: dict[str, Mapping[str, np.ndarray]],
+                            constant: dict[str, Mapping[str, np.ndarray]], attrs: dict[str, Any]) -> Path:
+    """:func:`save_posterior` of per-group draws ``{name: {group: (chain, draw, n_g, K_g)}}`` and constants
+    ``{name: {group: (n_g, K_g)}}`` with dims ``decision`` (the space's decision names) and ``op``
+    (:func:`decision_table`)."""
+    coords = {"decision": [d.name for d in space.decisions()], "op": decision_options(space)}
+    return save_posterior(run_dir, {k: decision_table(space, v) for k, v in draws.items()}, coords=coords,
+                          dims=["decision", "op"], constant={k: decision_table(space, v) for k, v in constant.items()},
+                          attrs=attrs)
+
+
+def plot_decision_groups(space: DecisionSpace, values: Mapping[str, np.ndarray], title: str, path_stem: Path) -> None:
+    """One :func:`plot_matrix` per decision group (rows its decisions, columns its options), written to
+    ``{path_stem}_{group}.png``; ``title`` may name ``{group}``."""
+    decisions = space.decisions()
+    for name, g in space.groups().items():
+        plot_matrix(np.asarray(values[name]), g.decision_names(decisions), list(g.options), title.format(group=name),
+                    path_stem.with_name(f"{path_stem.name}_{name}.png"))
 
 
 def load_runs(run_dirs: Sequence[str | os.PathLike]) -> az.InferenceData:
@@ -78,11 +120,11 @@ def summary(idata: az.InferenceData) -> Any:
 def plot_matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: Path) -> None:
     fig = Figure(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.45 * len(rows)))
     ax = fig.subplots()
-    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(float(np.max(values)), 1e-6), aspect="auto")
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(float(np.nanmax(values)), 1e-6), aspect="auto")
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows)
     for (i, j), v in np.ndenumerate(values):
-        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < values.max() / 2 else "k",
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < np.nanmax(values) / 2 else "k",
                 fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax)

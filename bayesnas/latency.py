@@ -1,12 +1,13 @@
 """Latency lookup table of the chain space, measured on the current device, and a FLOPs proxy.
 
 PC-NAS (Li et al. 2019, Sec. 3.3, 4.1) imposes a hard latency limit measured on the target GPU at batch 16.
-As in ProxylessNAS and FBNet, the latency of an architecture is the sum of a per-(layer, op) lookup table
-plus the fixed parts (stem, first block, head, classifier): each entry is the median of a few timed forward
-passes of that module alone, at its input shape, after warm-up runs, with CUDA synchronised around each
-timing. The table is cached as ``latency.json`` (in the run folder) and reused whenever the device, batch size
-and space configuration match, so a resumed search or a second one sees the same numbers and measures nothing.
-The multiply-accumulate count of every entry (the FLOPs proxy) is stored beside it.
+As in ProxylessNAS and FBNet, the latency of an architecture is the sum of a per-(decision, option) lookup
+table (decision ``i`` is mixop ``i`` of :meth:`~bayesnas.spaces.chain.ChainSpace.decisions`, its options the
+mixop's op names) plus the fixed parts (stem, first block, head, classifier): each entry is the median of a few
+timed forward passes of that module alone, at its input shape, after warm-up runs, with CUDA synchronised
+around each timing. The table is cached as ``latency.json`` (in the run folder) and reused whenever the device,
+batch size and space configuration match, so a resumed search or a second one sees the same numbers and measures
+nothing. The multiply-accumulate count of every entry (the FLOPs proxy) is stored beside it.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def time_module(module: nn.Module, x: torch.Tensor, runs: int = 7, warmup: int =
 
 @dataclass
 class LatencyTable:
-    """``ms[l][op]`` and ``macs[l][op]`` per mixop and op name, plus the fixed parts' ``fixed_ms``/``fixed_macs``."""
+    """``ms[i][op]`` and ``macs[i][op]`` per decision ``i`` (mixop ``i``) and option (op name), plus the fixed
+    parts' ``fixed_ms``/``fixed_macs``."""
 
     device: str
     batch_size: int
@@ -100,8 +102,8 @@ class LatencyTable:
         return self.fixed_macs + sum(self.macs[i][op] for i, op in enumerate(ops))
 
     def costs(self, space: ChainSpace) -> list[list[float]]:
-        """Per-layer latency of each op in the order of the layer's op list (what the proposals index)."""
-        return [[self.ms[i][op] for op in layer.ops] for i, layer in enumerate(space.layers())]
+        """Per-decision latency of each option, in the decision's option order (what the proposals index)."""
+        return [[self.ms[i][op] for op in d.options] for i, d in enumerate(space.decisions())]
 
     def fastest(self) -> float:
         return self.fixed_ms + sum(min(row.values()) for row in self.ms)
@@ -132,7 +134,7 @@ def device_name(device: torch.device) -> str:
 
 def measure(space: ChainSpace, device: torch.device, batch_size: int = 16, runs: int = 7,
             warmup: int = 2) -> LatencyTable:
-    """Time every (layer, op) of ``space`` and its fixed parts on ``device`` at ``batch_size``."""
+    """Time every (decision, option) of ``space`` and its fixed parts on ``device`` at ``batch_size``."""
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # leave the caller's streams
         torch.manual_seed(0)

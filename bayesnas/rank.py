@@ -1,7 +1,8 @@
 """Ranking correlation between super-network accuracy and stand-alone accuracy (posterior fading, PC-NAS Sec. 4.4).
 
 Two super-networks are trained on the same data with the same budget and settings: the uniform single-path
-One-Shot one (``proposal: uniform``) and the PC-NAS one (``proposal: pool``). A sample of ``n`` architectures is
+One-Shot one (method ``oneshot``) and the PC-NAS one (method ``pcnas``, ``proposal: pool``), on the space of the
+configuration (the chain by default, or the cells). A sample of ``n`` architectures is
 then evaluated with each super-network's shared weights (validation split, BatchNorm on batch statistics) and
 trained alone from scratch with the standard trainer on a short budget (test split). Kendall's tau and
 Pearson's r between the two accuracies say how well each super-network ranks the architectures; the paper
@@ -11,6 +12,7 @@ our final pool" (``population: pool``, the default); ``population: uniform`` sam
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -26,11 +28,10 @@ from bayesnas.distributed import World, world_of
 from bayesnas.infer import resolve_device, run_search
 from bayesnas.io import write_json
 from bayesnas.methods import get_method
-from bayesnas.methods.pcnas import PCNAS
-from bayesnas.train import TrainRecipe, accuracy, train_network
+from bayesnas.methods.pcnas import PCNAS, OneShotOptions, search_recipe
+from bayesnas.train import accuracy, train_network
 
 RANK_FILE = "rank.json"
-SUPERNETS = {"oneshot": "uniform", "pcnas": "pool"}
 
 
 def correlation(x: list[float], y: list[float]) -> dict[str, float | None]:
@@ -51,7 +52,7 @@ def correlation(x: list[float], y: list[float]) -> dict[str, float | None]:
 
 def _trained(config: SearchConfig, run_dir: Path, data, device: torch.device) -> PCNAS:
     """The method of a finished search with its trained super-network and pool restored from the checkpoint."""
-    method = get_method("pcnas")(config, data, device)
+    method = get_method(config.method)(config, data, device)
     assert isinstance(method, PCNAS)
     method.prepare(run_dir, True)
     state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True)
@@ -103,10 +104,19 @@ def run_rank(config: SearchConfig, out: str | Path, *, num_archs: int = 12, trai
                      progress and world.is_main)
 
 
+def supernet_configs(config: SearchConfig) -> dict[str, SearchConfig]:
+    """The searches of both super-networks, without retraining: ``oneshot`` (the options it shares with PC-NAS)
+    and ``pcnas`` with the pool proposal."""
+    pcnas = config.merged({"options": {"proposal": "pool", "retrain_epochs": 0}})
+    shared = {f.name for f in dataclasses.fields(OneShotOptions)}
+    oneshot = dataclasses.replace(pcnas, method="oneshot",
+                                  options={k: v for k, v in pcnas.options.items() if k in shared})
+    return {"oneshot": oneshot, "pcnas": pcnas}
+
+
 def _rank(config: SearchConfig, out: Path, num_archs: int, train_epochs: int, population: str, device: torch.device,
           world: World, data_dir: str | Path | None, download: bool, progress: bool) -> dict[str, Any]:
-    configs = {name: config.merged({"options": {"proposal": proposal, "retrain_epochs": 0}})
-               for name, proposal in SUPERNETS.items()}
+    configs = supernet_configs(config)
     summaries = {}
     for name, cfg in configs.items():
         run_dir = out / name
@@ -120,19 +130,16 @@ def _rank(config: SearchConfig, out: Path, num_archs: int, train_epochs: int, po
                         fraction=config.data_fraction).to(device)
     methods = {name: _trained(cfg, out / name, data, device) for name, cfg in configs.items()}
     archs = sample_architectures(methods["pcnas"], num_archs, population, config.seed)
-    recipe = TrainRecipe(epochs=train_epochs, batch_size=config.batch_size, lr=config.lr, lr_min=config.lr_min,
-                         momentum=config.momentum, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-                         shift=config.shift, flip=config.flip)
-    space = methods["pcnas"].space
+    recipe = search_recipe(config, train_epochs)
+    pcnas = methods["pcnas"]
     mine = {}  # a distributed rank trains every world-size-th architecture; the rows are gathered
     for i, arch in enumerate(tqdm(archs, desc="stand-alone training", disable=not progress)):
         if not world.owns(i):
             continue
-        genotype = space.genotype(arch)
-        net = space.build(genotype).to(device)
+        net = pcnas.space.build(pcnas.space.genotype_from_indices(arch)).to(device)
         train_network(net, data.train, data.val, recipe, config.seed, progress=False)
-        ops = genotype.choices["ops"]
-        mine[i] = {"ops": ops, "latency_ms": methods["pcnas"].table.latency(ops),
+        ops = pcnas.ops(arch)
+        mine[i] = {"ops": ops, **({"latency_ms": pcnas.table.latency(ops)} if pcnas.table is not None else {}),
                    "standalone_test_accuracy": accuracy(net, data.test),
                    "standalone_val_accuracy": accuracy(net, data.val),
                    **{f"{name}_supernet_accuracy": m.supernet_accuracy(arch, data.val)

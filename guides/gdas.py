@@ -1,6 +1,9 @@
-"""GDAS proposal (papers/gdas.md Eq. 5-7): straight-through Gumbel-softmax over the ops of every edge."""
+"""GDAS proposal (Dong & Yang, CVPR 2019, Eq. 5-7): straight-through Gumbel-softmax over the options of every
+decision of the space."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import pyro
 import pyro.distributions as dist
@@ -12,24 +15,28 @@ from bayesnas.models.gdas import arch_site, kl_weight
 
 
 class GumbelSoftmaxProposal(PyroModule):
-    """``q(f) = RelaxedOneHotCategoricalStraightThrough(tau, logits=A)`` per cell type: the forward pass uses
-    the hard one-hot ``h = one_hot(argmax(A + G))`` and the backward pass the soft ``softmax((A + G) / tau)``
-    (Eq. 5-7), so every logit of a sampled edge gets a gradient while only one op per edge runs.
+    """``q(f) = RelaxedOneHotCategoricalStraightThrough(tau, logits=A_g)`` per decision group ``g`` (a cell type,
+    the chain's mixops): the forward pass uses the hard one-hot ``h = one_hot(argmax(A + G))`` and the backward
+    pass the soft ``softmax((A + G) / tau)`` (Eq. 5-7), so every logit of a sampled decision gets a gradient
+    while only one op per decision runs.
 
-    ``A`` starts at ``1e-3 * N(0, 1)`` as in the authors' code; ``temperature`` is annealed by the method.
+    ``A_g`` ``(n_g, K_g)`` starts at ``1e-3 * N(0, 1)`` as in the authors' code (``logits`` is keyed by group
+    name, so a cell space's checkpoint holds ``logits.normal``, ``logits.reduce``); ``temperature`` is annealed by
+    the method.
     """
 
-    def __init__(self, cell_types: list[str], arch_shape: tuple[int, int], temperature: float = 10.0,
-                 per_example: bool = False, beta: float = 1.0) -> None:
+    def __init__(self, shapes: Mapping[str, tuple[int, int]], temperature: float = 10.0, per_example: bool = False,
+                 beta: float = 1.0) -> None:
         super().__init__()
-        self.cell_types = cell_types
-        self.logits = nn.ParameterDict({kind: nn.Parameter(1e-3 * torch.randn(arch_shape)) for kind in cell_types})
+        self.groups = list(shapes)
+        # pairs, not a dict: a ParameterDict sorts a dict's keys, and the groups keep the space's order
+        self.logits = nn.ParameterDict([(g, nn.Parameter(1e-3 * torch.randn(shape))) for g, shape in shapes.items()])
         self.temperature = temperature
         self.per_example = per_example
         self.beta = beta
 
-    def distribution(self, kind: str, batch: int | None = None) -> dist.TorchDistribution:
-        logits = self.logits[kind]
+    def distribution(self, group: str, batch: int | None = None) -> dist.TorchDistribution:
+        logits = self.logits[group]
         if batch is not None:
             logits = logits.expand(batch, *logits.shape)
         tau = torch.tensor(self.temperature, dtype=logits.dtype, device=logits.device)
@@ -37,7 +44,7 @@ class GumbelSoftmaxProposal(PyroModule):
 
     def _sample(self, batch: int | None) -> dict[str, torch.Tensor]:
         with kl_weight(self.beta):
-            return {kind: pyro.sample(arch_site(kind), self.distribution(kind, batch)) for kind in self.cell_types}
+            return {g: pyro.sample(arch_site(g), self.distribution(g, batch)) for g in self.groups}
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, index: torch.Tensor | None = None,
                 size: int | None = None) -> dict[str, torch.Tensor]:
@@ -50,19 +57,18 @@ class GumbelSoftmaxProposal(PyroModule):
 
     @torch.no_grad()
     def probabilities(self) -> dict[str, torch.Tensor]:
-        """``softmax(A)`` per cell type, ``(E, K)``."""
-        return {kind: torch.softmax(a, -1) for kind, a in self.logits.items()}
+        """``softmax(A_g)`` per group, ``(n_g, K_g)``."""
+        return {g: torch.softmax(a, -1) for g, a in self.logits.items()}
 
     @torch.no_grad()
-    def edge_entropy(self) -> dict[str, torch.Tensor]:
-        """Entropy of each edge's op distribution (nats), ``(E,)`` per cell type."""
-        return {kind: -(p * torch.log(p.clamp_min(1e-30))).sum(-1) for kind, p in self.probabilities().items()}
+    def decision_entropy(self) -> dict[str, torch.Tensor]:
+        """Entropy of each decision's op distribution (nats), ``(n_g,)`` per group."""
+        return {g: -(p * torch.log(p.clamp_min(1e-30))).sum(-1) for g, p in self.probabilities().items()}
 
     def log_effective_architectures(self) -> float:
-        """log of exp(sum of edge entropies): how many architectures effectively share the weights."""
-        return float(sum(h.sum() for h in self.edge_entropy().values()))
+        """log of exp(sum of decision entropies): how many architectures effectively share the weights."""
+        return float(sum(h.sum() for h in self.decision_entropy().values()))
 
     def mode(self) -> dict[str, torch.Tensor]:
-        """The most probable architecture, as one-hot ``(E, K)`` per cell type."""
-        k = len(next(iter(self.logits.values()))[0])
-        return {kind: nn.functional.one_hot(a.argmax(-1), k).to(a.dtype) for kind, a in self.logits.items()}
+        """The most probable architecture, as one-hot ``(n_g, K_g)`` per group."""
+        return {g: nn.functional.one_hot(a.argmax(-1), a.shape[-1]).to(a.dtype) for g, a in self.logits.items()}

@@ -1,15 +1,17 @@
-"""Proposals of PC-NAS (Li et al. 2019, Sec. 3.3, Algorithms 1-2): distributions over architectures without
-learned parameters, each with its own update rule.
+"""Proposals of PC-NAS (Li et al., CVPR 2020, Sec. 3.3, Algorithms 1-2): distributions over architectures without
+learned parameters, each with its own update rule. An architecture is one option index per decision of the
+space, in the order of :meth:`~bayesnas.spaces.decisions.DecisionSpace.decisions` (the chain: one op per mixop;
+the cells: one op per edge and cell type).
 
 They are not Pyro guides: the search draws ``m`` from the proposal,
 conditions the model on it and trains the shared weights on the conditioned likelihood.
 
-- :class:`UniformProposal`: every op of every mixop uniformly (single-path one-shot; PC-NAS's warm-up).
+- :class:`UniformProposal`: every option of every decision uniformly (single-path one-shot; PC-NAS's warm-up).
 - :class:`PartialModelPool`: the pool of the P best partial models ``(o_1, ..., o_l)``; a draw picks a member
   uniformly and completes it uniformly among the completions that meet the latency limit (the paper only says
   "randomly sample the missing operator[s]" for training, Sec. 3.3; we keep training draws under the limit
   too, so the weights are trained on the architectures that the potentials score). After each
-  interval the pool is extended by every op of the next mixop, and the top P candidates by *potential*
+  interval the pool is extended by every option of the next decision, and the top P candidates by *potential*
   (Eq. 11: mean one-batch validation accuracy of random completions, Algorithm 1) form the new pool.
 - :class:`Completion`: uniform random completion of a partial model under a latency limit, exact whatever the
   fraction of completions that meet it.
@@ -42,9 +44,9 @@ class LatencyLimitError(ConfigError):
 
 class Completion:
     """Uniform random completion of partial models; with a latency limit, uniform over the completions that meet
-    it (Li et al. 2019, Sec. 3.3: the potential of Eq. 11 averages "uniformly sampl[ed] valid models").
+    it (Li et al., CVPR 2020, Sec. 3.3: the potential of Eq. 11 averages "uniformly sampl[ed] valid models").
 
-    ``costs[l][o]``: latency of op ``o`` of mixop ``l``; ``fixed``: latency of the fixed parts. An architecture
+    ``costs[l][o]``: latency of option ``o`` of decision ``l``; ``fixed``: latency of the fixed parts. An architecture
     is valid when ``fixed + sum_l costs[l][o_l] <= limit`` (:meth:`meets`, 1e-9 ms tolerance).
 
     Sampling is exact in every case, in two stages that each return a uniform draw of the valid completions
@@ -53,22 +55,22 @@ class Completion:
     1. rejection: up to ``max_tries`` uniform completions, the first valid one is returned (cheap when most
        completions are valid, and the draws are those of the unconstrained sampler);
     2. otherwise rejection from a *bounded sequential proposal*, exact whatever the fraction of valid
-       completions. Let ``N(l, b)`` count the completions of mixops ``l..L-1`` whose latency is at most ``b``.
+       completions. Let ``N(l, b)`` count the completions of decisions ``l..L-1`` whose latency is at most ``b``.
        Counting it exactly is a knapsack count over real costs (the achievable sums grow as ``ops^layers``),
        so a dynamic programme over a grid of ``grid`` budget steps ``h`` computes an upper bound instead:
-       with costs shifted by each mixop's cheapest op and floored to the grid, ``C = floor(c / h)``,
+       with costs shifted by each decision's cheapest option and floored to the grid, ``C = floor(c / h)``,
        ``U(L, k) = [k >= 0]`` and ``U(l, k) = sum_o U(l+1, k - C_lo)``. Since ``floor(b - c) <= floor(b) -
-       floor(c)``, ``U(l, K(b)) >= N(l, b)`` at every layer. A draw walks the mixops, picking op ``o`` with
-       probability ``U(l+1, k - C_lo) / U(l, k)`` and giving up with the leftover mass; at the last mixop the
+       floor(c)``, ``U(l, K(b)) >= N(l, b)`` at every layer. A draw walks the decisions, picking option ``o`` with
+       probability ``U(l+1, k - C_lo) / U(l, k)`` and giving up with the leftover mass; at the last decision the
        weights are the exact validity indicators. The probabilities telescope: every valid completion is
        drawn with probability exactly ``1 / U(start, K)`` and nothing invalid is ever returned, so an accepted
        draw is uniform over the valid completions. Only the acceptance rate ``N / U`` depends on the grid:
        flooring loosens the budget by at most ``L h``, a fraction ``L / grid`` of the largest budget (about
-       0.5 % at 21 mixops and the default 4096 steps), so a draw is accepted with probability close to 1 at
-       any limit; the grid costs ``O(L x ops x grid)`` once, a draw ``O(L x ops)``.
+       0.5 % at the chain's 21 mixops and the default 4096 steps), so a draw is accepted with probability
+       close to 1 at any limit; the grid costs ``O(L x ops x grid)`` once, a draw ``O(L x ops)``.
 
-    The counts are float64 (``ops^L`` overflows int64 at 21 mixops); each layer's sum is inflated by 1e-12 so
-    that rounding can never make a bound smaller than the sum it bounds. The draws come from ``generator``
+    The counts are float64 (``ops^L`` overflows int64 at 21 mixops of 10 ops); each layer's sum is inflated by
+    1e-12 so that rounding can never make a bound smaller than the sum it bounds. The draws come from ``generator``
     (float64 uniforms), so a seeded generator gives the same completions everywhere.
 
     A partial model no completion of which meets the limit raises :class:`LatencyLimitError` naming the limit and
@@ -82,7 +84,7 @@ class Completion:
                  limit: float | None = None, max_tries: int = 100, grid: int = 4096) -> None:
         self.num_ops = [int(n) for n in num_ops]
         if costs is not None and [len(c) for c in costs] != self.num_ops:
-            raise ValueError("costs need one entry per op of every mixop")
+            raise ValueError("costs need one entry per option of every decision")
         if limit is not None and costs is None:
             raise ValueError("a latency limit needs the latency table (costs)")
         if grid < 1:
@@ -126,12 +128,12 @@ class Completion:
         return self.limit + self.TOLERANCE - self.latency(prefix) - self._tail_min[len(prefix)]
 
     def bounds(self) -> tuple[float, float, list[np.ndarray], np.ndarray]:
-        """The grid of stage 2: step ``h``, slack ``s``, floored shifted costs per mixop, and ``U`` of shape
-        ``(L + 1, K + 1)`` (row ``l``: mixops ``l..L-1``, column ``k``: budget index ``floor((b + s) / h)``)."""
+        """The grid of stage 2: step ``h``, slack ``s``, floored shifted costs per decision, and ``U`` of shape
+        ``(L + 1, K + 1)`` (row ``l``: decisions ``l..L-1``, column ``k``: budget index ``floor((b + s) / h)``)."""
         if self._bounds is None:
             assert self.costs is not None and self.limit is not None
             shifted = [np.asarray(c) - min(c) for c in self.costs]
-            top = self._budget(())  # the largest budget of any prefix: every op costs at least its mixop's min
+            top = self._budget(())  # the largest budget of any prefix: every op costs at least its decision's min
             slack = 1e-6 * max(1.0, abs(self.limit))  # >> rounding of the sums: a valid completion stays counted
             positive = [v for c in shifted for v in c if v > 0]
             h = max(top, min(positive, default=1.0)) / self.grid
@@ -192,7 +194,8 @@ class Completion:
 
 
 class UniformProposal(nn.Module):
-    """``q(m) = prod_l Uniform(O_l)``: single-path one-shot sampling (Guo et al. 2019; PC-NAS warm-up)."""
+    """``q(m) = prod_l Uniform(O_l)``: single-path one-shot sampling (Bender et al., ICML 2018; Guo et al.,
+    ECCV 2020; PC-NAS warm-up)."""
 
     kind = "uniform"
 
@@ -226,7 +229,7 @@ class PartialModelPool(nn.Module):
 
     @property
     def depth(self) -> int:
-        """Number of mixops fixed by the members (0 before the first update)."""
+        """Number of decisions fixed by the members (0 before the first update)."""
         return len(self.members[0]) if self.members else 0
 
     @property
@@ -234,9 +237,9 @@ class PartialModelPool(nn.Module):
         return self.depth == len(self.num_ops)
 
     def candidates(self) -> list[Architecture]:
-        """Every member extended by every op of the next mixop (the ops of the first mixop when empty)."""
+        """Every member extended by every option of the next decision (the options of the first when empty)."""
         if self.complete:
-            raise ValueError("the pool already fixes every mixop")
+            raise ValueError("the pool already fixes every decision")
         layer = self.depth
         return [member + (op,) for member in (self.members or [()]) for op in range(self.num_ops[layer])]
 
@@ -247,14 +250,14 @@ class PartialModelPool(nn.Module):
         everything = self.candidates()
         candidates = [c for c in everything if self.completion.feasible(c)]
         if not candidates:
-            raise LatencyLimitError(f"no candidate of mixop {self.depth} meets the latency limit of "
+            raise LatencyLimitError(f"no candidate of decision {self.depth} meets the latency limit of "
                                     f"{self.completion.limit} ms (fastest: {self.completion.fastest():.4g} ms)")
         scores = world.max([float(potential(c)) if world.owns(i) else float("-inf")
                             for i, c in enumerate(candidates)])
         order = sorted(range(len(candidates)), key=lambda i: -scores[i])[: self.pool_size]
         self.members = [candidates[i] for i in order]
         self.potentials = [scores[i] for i in order]
-        record = {"interval": len(self.history), "layer": self.depth - 1, "candidates": len(candidates),
+        record = {"interval": len(self.history), "decision": self.depth - 1, "candidates": len(candidates),
                   "infeasible": len(everything) - len(candidates),
                   "pool": [list(m) for m in self.members], "potentials": list(self.potentials),
                   "candidate_potentials": [[list(c), s] for c, s in zip(candidates, scores, strict=True)]}

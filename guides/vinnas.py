@@ -1,5 +1,6 @@
 """VINNAS guide (Ferianc, Fan & Rodrigues, arXiv:2007.06103, 2020; Eq. 5): factorised Normal posteriors over
-every weight tensor and over the op strengths alpha of each cell type, parametrised by means and log-variances.
+every weight tensor and over the op strengths alpha of every decision (one ``(n_g, K_g)`` tensor per decision group
+of the space), parametrised by means and log-variances.
 
 Initialisation (Sec. V-A): log-variances at -10, weight means Xavier-uniform (passed in by the model),
 ``mu_alpha ~ N(0, 0.001)`` read as a standard deviation of 0.001 (the DARTS convention
@@ -9,7 +10,7 @@ Algorithm 1; either can be frozen (detached) so that a stage's backward pass ski
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 
 import pyro
@@ -24,9 +25,9 @@ def _key(site: str) -> str:
     return site.replace(".", "/")
 
 
-def alpha_site(kind: str) -> str:
-    """The name of a cell type's strength site (as in ``bayesnas.models.vinnas``)."""
-    return f"alpha.{kind}"
+def alpha_site(group: str) -> str:
+    """The name of a decision group's strength site (as in ``bayesnas.models.vinnas``)."""
+    return f"alpha.{group}"
 
 
 def kl_weight(gamma: float) -> AbstractContextManager:
@@ -35,25 +36,27 @@ def kl_weight(gamma: float) -> AbstractContextManager:
 
 
 class VINNASGuide(nn.Module):
-    """``q(w) q(alpha_normal) q(alpha_reduce)``, all factorised Normal (:class:`LocalNormal`, so convolutions
-    fed with the weight samples are locally reparameterised)."""
+    """``q(w) prod_g q(alpha_g)`` (e.g. ``q(alpha_normal) q(alpha_reduce)`` on cells), all factorised Normal
+    (:class:`LocalNormal`, so convolutions fed with the weight samples are locally reparameterised). ``shapes``:
+    ``{group: (n_g, K_g)}``; the alpha parameters and buffers are keyed by group name."""
 
-    def __init__(self, initial_weights: Mapping[str, torch.Tensor], cell_types: Sequence[str],
-                 arch_shape: tuple[int, int], init_log_var: float = -10.0, alpha_init_std: float = 1e-3) -> None:
+    def __init__(self, initial_weights: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, int]],
+                 init_log_var: float = -10.0, alpha_init_std: float = 1e-3) -> None:
         super().__init__()
         self.weight_sites = list(initial_weights)
-        self.cell_types = list(cell_types)
+        self.groups = list(shapes)
         self.mu_w = nn.ParameterDict({_key(s): nn.Parameter(w.detach().clone()) for s, w in initial_weights.items()})
         self.log_var_w = nn.ParameterDict({_key(s): nn.Parameter(torch.full_like(w, init_log_var))
                                            for s, w in initial_weights.items()})
-        self.mu_alpha = nn.ParameterDict({k: nn.Parameter(alpha_init_std * torch.randn(arch_shape))
-                                          for k in self.cell_types})
-        self.log_var_alpha = nn.ParameterDict({k: nn.Parameter(torch.full(arch_shape, init_log_var))
-                                               for k in self.cell_types})
+        # pairs, not dicts: a ParameterDict sorts a dict's keys, and the groups keep the space's order
+        self.mu_alpha = nn.ParameterDict([(g, nn.Parameter(alpha_init_std * torch.randn(shape)))
+                                          for g, shape in shapes.items()])
+        self.log_var_alpha = nn.ParameterDict([(g, nn.Parameter(torch.full(shape, init_log_var)))
+                                               for g, shape in shapes.items()])
         # theta_alpha at the best stage-2 error so far (Algorithm 1, lines 15-18), checkpointed with the rest
-        for k in self.cell_types:
-            self.register_buffer(f"best_mu_alpha_{k}", torch.zeros(arch_shape))
-            self.register_buffer(f"best_log_var_alpha_{k}", torch.full(arch_shape, init_log_var))
+        for g, shape in shapes.items():
+            self.register_buffer(f"best_mu_alpha_{g}", torch.zeros(shape))
+            self.register_buffer(f"best_log_var_alpha_{g}", torch.full(shape, init_log_var))
         self.register_buffer("best_error", torch.tensor(float("inf")))
         self.register_buffer("best_epoch", torch.tensor(-1))
         self.gammas = (0.0, 0.0, 0.0)
@@ -68,8 +71,8 @@ class VINNASGuide(nn.Module):
         k = _key(site)
         return LocalNormal(self._p("weights", self.mu_w[k]), self._p("weights", self.log_var_w[k]))
 
-    def alpha_distribution(self, kind: str) -> LocalNormal:
-        return LocalNormal(self._p("alpha", self.mu_alpha[kind]), self._p("alpha", self.log_var_alpha[kind]))
+    def alpha_distribution(self, group: str) -> LocalNormal:
+        return LocalNormal(self._p("alpha", self.mu_alpha[group]), self._p("alpha", self.log_var_alpha[group]))
 
     def forward(self, *args, **kwargs) -> None:
         g_w, g_alpha, _ = self.gammas
@@ -77,8 +80,8 @@ class VINNASGuide(nn.Module):
             for site in self.weight_sites:
                 pyro.sample(site, self.weight_distribution(site))
         with kl_weight(g_alpha):
-            for kind in self.cell_types:
-                pyro.sample(alpha_site(kind), self.alpha_distribution(kind))
+            for g in self.groups:
+                pyro.sample(alpha_site(g), self.alpha_distribution(g))
 
     # ------------------------------------------------------------------ parameters
     def weight_parameters(self) -> Iterator[nn.Parameter]:
@@ -90,15 +93,16 @@ class VINNASGuide(nn.Module):
         yield from self.log_var_alpha.values()
 
     # ------------------------------------------------------------------ summaries of q
-    def op_entropy(self, samples: int = 16, zero_alpha_max: float | None = None,
-                   zero_op: torch.Tensor | None = None) -> torch.Tensor:
-        """``sum_{i,j} H(E_q[z^{i,j}])`` over both cell types (Eq. 8), ``E_q[z]`` estimated by ``samples``
-        reparameterised draws of alpha (differentiable in theta_alpha)."""
+    def op_entropy(self, samples: int = 16,
+                   clip: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``sum_{i,j} H(E_q[z^{i,j}])`` over every decision (Eq. 8), ``E_q[z]`` estimated by ``samples``
+        reparameterised draws of alpha (differentiable in theta_alpha); ``clip(group, alpha)`` is the model's
+        clipping of the zero op (:meth:`~bayesnas.models.vinnas.VINNASModel.clip`) applied before the softmax."""
         total = torch.zeros((), device=next(iter(self.mu_alpha.values())).device)
-        for kind in self.cell_types:
-            alpha = self.alpha_distribution(kind).rsample((samples,))
-            if zero_alpha_max is not None and zero_op is not None:
-                alpha = torch.where(zero_op, alpha.clamp(max=zero_alpha_max), alpha)
+        for g in self.groups:
+            alpha = self.alpha_distribution(g).rsample((samples,))
+            if clip is not None:
+                alpha = clip(g, alpha)
             z = torch.softmax(alpha, -1).mean(0)
             total = total - torch.xlogy(z, z).sum()
         return total
@@ -117,20 +121,20 @@ class VINNASGuide(nn.Module):
         return {s: log_lambda(self.mu_w[_key(s)], self.log_var_w[_key(s)]) for s in self.weight_sites}
 
     def alpha_means(self) -> dict[str, torch.Tensor]:
-        return {k: self.mu_alpha[k] for k in self.cell_types}
+        return {g: self.mu_alpha[g] for g in self.groups}
 
     def snr(self) -> dict[str, torch.Tensor]:
-        """Positive signal-to-noise ratio ``mu_alpha / sigma_alpha^2`` per (edge, op) (Sec. IV-C)."""
-        return {k: self.mu_alpha[k] * torch.exp(-self.log_var_alpha[k]) for k in self.cell_types}
+        """Positive signal-to-noise ratio ``mu_alpha / sigma_alpha^2`` per (decision, op) (Sec. IV-C)."""
+        return {g: self.mu_alpha[g] * torch.exp(-self.log_var_alpha[g]) for g in self.groups}
 
     @torch.no_grad()
     def remember_best(self, error: float, epoch: int) -> bool:
         """Keep a copy of theta_alpha when ``error`` beats the best so far (Algorithm 1, lines 16-18)."""
         if not error < float(self.best_error):
             return False
-        for k in self.cell_types:
-            getattr(self, f"best_mu_alpha_{k}").copy_(self.mu_alpha[k])
-            getattr(self, f"best_log_var_alpha_{k}").copy_(self.log_var_alpha[k])
+        for g in self.groups:
+            getattr(self, f"best_mu_alpha_{g}").copy_(self.mu_alpha[g])
+            getattr(self, f"best_log_var_alpha_{g}").copy_(self.log_var_alpha[g])
         self.best_error.fill_(error)
         self.best_epoch.fill_(epoch)
         return True
@@ -140,7 +144,7 @@ class VINNASGuide(nn.Module):
         """Put the remembered theta_alpha back (no-op when stage 2 never ran)."""
         if int(self.best_epoch) < 0:
             return False
-        for k in self.cell_types:
-            self.mu_alpha[k].copy_(getattr(self, f"best_mu_alpha_{k}"))
-            self.log_var_alpha[k].copy_(getattr(self, f"best_log_var_alpha_{k}"))
+        for g in self.groups:
+            self.mu_alpha[g].copy_(getattr(self, f"best_mu_alpha_{g}"))
+            self.log_var_alpha[g].copy_(getattr(self, f"best_log_var_alpha_{g}"))
         return True

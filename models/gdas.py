@@ -1,8 +1,10 @@
-"""GDAS model (papers/gdas.md Sec. 3): a one-hot architecture site per cell type with a uniform prior, and
-the likelihood of the cell super-network that runs only the sampled op of each edge."""
+"""GDAS model (Dong & Yang, "Searching for a Robust Neural Architecture in Four GPU Hours", CVPR 2019, Sec. 3):
+a one-hot architecture site per decision group of the space with a uniform prior, and the likelihood of the
+super-network that runs only the sampled op of each decision."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 
 import pyro
@@ -10,12 +12,11 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule
+from torch import nn
 
-from bayesnas.spaces.cell import CellNetwork
 
-
-def arch_site(kind: str) -> str:
-    return f"arch_{kind}"
+def arch_site(group: str) -> str:
+    return f"arch_{group}"
 
 
 def kl_weight(beta: float) -> AbstractContextManager:
@@ -25,8 +26,15 @@ def kl_weight(beta: float) -> AbstractContextManager:
     return poutine.scale(scale=beta) if beta else nullcontext()
 
 
+def _drop_shared_prior(module: nn.Module, state: dict, prefix: str, *args) -> None:
+    """Checkpoints written before the prior was kept per group hold its all-zero logits as one buffer
+    ``prior_logits``; it carries nothing, so loading ignores it (such a run resumes)."""
+    state.pop(f"{prefix}prior_logits", None)
+
+
 class GDASModel(PyroModule):
-    """``p(f) prod_i p(y_i | x_i, f)``: ``f[kind]`` one-hot ``(E, K)`` per cell type, uniform over ops.
+    """``p(f) prod_i p(y_i | x_i, f)``: ``f[group]`` one-hot ``(n_g, K_g)`` per decision group, uniform over the
+    options of every decision.
 
     ``per_example=True`` draws one architecture per example (the paper's description), inside the data
     plate; otherwise one per mini-batch (the authors' code). ``beta`` weights the architecture terms of the
@@ -34,30 +42,33 @@ class GDASModel(PyroModule):
     keeps only the likelihood.
     """
 
-    def __init__(self, net: CellNetwork, cell_types: list[str], arch_shape: tuple[int, int],
-                 per_example: bool = False, beta: float = 1.0) -> None:
+    def __init__(self, net: nn.Module, shapes: Mapping[str, tuple[int, int]], per_example: bool = False,
+                 beta: float = 1.0) -> None:
         super().__init__()
         self.net = net
-        self.cell_types = cell_types
+        self.shapes = dict(shapes)
         self.per_example = per_example
         self.beta = beta
-        self.register_buffer("prior_logits", torch.zeros(arch_shape))
+        self.register_load_state_dict_pre_hook(_drop_shared_prior)
 
-    def _sample_arch(self, batch: int | None) -> dict[str, torch.Tensor]:
-        prior = dist.OneHotCategorical(logits=self.prior_logits)
-        if batch is not None:
-            prior = prior.expand((batch, *self.prior_logits.shape[:-1]))
+    def _sample_arch(self, batch: int | None, device: torch.device) -> dict[str, torch.Tensor]:
+        arch = {}
         with kl_weight(self.beta):
-            return {kind: pyro.sample(arch_site(kind), prior.to_event(1)) for kind in self.cell_types}
+            for group, shape in self.shapes.items():
+                prior = dist.OneHotCategorical(logits=torch.zeros(shape, device=device))
+                if batch is not None:
+                    prior = prior.expand((batch, shape[0]))
+                arch[group] = pyro.sample(arch_site(group), prior.to_event(1))
+        return arch
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, index: torch.Tensor | None = None,
                 size: int | None = None) -> torch.Tensor:
         if index is None:
             index = torch.arange(len(x), device=x.device)
-        arch = None if self.per_example else self._sample_arch(None)
+        arch = None if self.per_example else self._sample_arch(None, x.device)
         with pyro.plate("data", size or len(x), subsample=index):
             if self.per_example:
-                arch = self._sample_arch(len(x))
+                arch = self._sample_arch(len(x), x.device)
             logits = self.net(x, arch)
             pyro.sample("y", dist.Categorical(logits=logits), obs=y)
         return logits

@@ -1,12 +1,15 @@
 """VINNAS model (Ferianc, Fan & Rodrigues, "VINNAS: Variational Inference-based Neural Network Architecture
-Search", arXiv:2007.06103, 2020; Eq. 3-4 and 8): log-uniform priors on every weight of the DARTS cell
-super-network and on the op strengths alpha of each cell type; the super-network, mixing its ops by
-``z = softmax(alpha)``, as the likelihood under a subsampled data plate.
+Search", arXiv:2007.06103, 2020; Eq. 3-4 and 8): log-uniform priors on every weight of the dense super-network
+of a space (the DARTS cells of the paper, or the chain) and on the op strengths alpha of every decision, one
+``(n_g, K_g)`` site per decision group; the super-network, mixing the ops of each decision by
+``z = softmax(alpha)`` (the weights form of :mod:`bayesnas.spaces.decisions`), as the likelihood under a
+subsampled data plate.
 
-Which weights are random (the paper: "every weight w"): every convolution kernel of the super-network (stem,
-the cells' preprocessing, every candidate op) and the classifier's weight matrix, one sample site per tensor.
-Point estimates (the paper's Psi): the classifier's bias. BatchNorm has neither affine parameters nor running
-statistics during the search (Sec. V-A), so it always normalises with the statistics of the batch.
+Which weights are random (the paper: "every weight w"): every convolution kernel of the super-network (every
+:class:`~bayesnas.spaces.ops.SearchConv2d`: stem, the cells' preprocessing or the chain's fixed blocks, every
+candidate op) and the classifier's weight matrix, one sample site per tensor. Point estimates (the paper's
+Psi): the classifier's bias (and affine BatchNorm parameters, where a space keeps them). BatchNorm has no
+running statistics during the search (Sec. V-A), so it always normalises with the statistics of the batch.
 
 The objective's weights gamma_1..3 (Eq. 8) are set by the method each epoch. The KL terms are scaled on the
 sample sites (the guide applies the same handlers: ``TraceMeanField_ELBO`` takes the analytic KL's scale
@@ -18,7 +21,7 @@ mini-batch's sum by size / batch), plus gamma_1 KL_w + gamma_2 KL_alpha + gamma_
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 
 import pyro
@@ -30,7 +33,7 @@ from torch import nn
 
 from bayesnas import reparam
 from bayesnas.distributions import LogUniform
-from bayesnas.spaces.cell import CellNetwork
+from bayesnas.spaces.decisions import DecisionGroup
 from bayesnas.spaces.ops import SearchConv2d
 
 
@@ -71,18 +74,20 @@ def strip_batchnorm(net: nn.Module) -> None:
             m.running_mean = m.running_var = m.num_batches_tracked = None
 
 
-def alpha_site(kind: str) -> str:
-    return f"alpha.{kind}"
+def alpha_site(group: str) -> str:
+    return f"alpha.{group}"
 
 
 class VINNASModel(nn.Module):
     """``p(alpha) p(w) prod_i p(y_i | x_i, w, softmax(alpha))`` with log-uniform ``p(alpha)`` and ``p(w)``.
 
-    ``initial_weights`` holds the Xavier-uniform initial means of the guide (paper, Sec. V-A), by site.
+    ``net`` is a super-network built with ``sparse=False``, ``groups`` the space's decision groups
+    (``alpha[group]`` is ``(n_g, K_g)``). ``initial_weights`` holds the Xavier-uniform initial means of the guide
+    (paper, Sec. V-A), by site.
     """
 
-    def __init__(self, net: CellNetwork, cell_types: Sequence[str], arch_shape: tuple[int, int],
-                 op_names: Sequence[str], label_smoothing: float = 0.1, zero_alpha_max: float | None = 0.0) -> None:
+    def __init__(self, net: nn.Module, groups: Mapping[str, DecisionGroup], label_smoothing: float = 0.1,
+                 zero_alpha_max: float | None = 0.0) -> None:
         super().__init__()
         strip_batchnorm(net)
         old = net.classifier
@@ -90,11 +95,16 @@ class VINNASModel(nn.Module):
         with torch.no_grad():
             net.classifier.bias.copy_(old.bias)
         self.net = net
-        self.cell_types = list(cell_types)
-        self.arch_shape = tuple(arch_shape)
+        self.groups = list(groups)
         self.label_smoothing = float(label_smoothing)
         self.zero_alpha_max = zero_alpha_max
-        self.register_buffer("zero_op", torch.tensor([name == "none" for name in op_names]))
+        self.zero_ops = {name: torch.tensor([op == "none" for op in g.options])
+                         for name, g in groups.items() if "none" in g.options}
+        """The ``none`` op of the groups that have one, whose strength is clipped."""
+        # checkpoints written before the groups held the clipping mask as a buffer ``zero_op``: a constant of the
+        # space, ignored on loading (such a run resumes)
+        self.register_load_state_dict_pre_hook(lambda module, state, prefix, *args: state.pop(f"{prefix}zero_op",
+                                                                                               None))
         self.gammas = (0.0, 0.0, 0.0)
         """(gamma_1, gamma_2, gamma_3) of Eq. 8: weights of KL_w, KL_alpha and the op entropy."""
         self.layers: dict[str, nn.Module] = {}
@@ -109,22 +119,24 @@ class VINNASModel(nn.Module):
                 self.layers[site] = module
                 self.initial_weights[site] = mu
         self._weight_priors = {site: LogUniform(m.weight.shape) for site, m in self.layers.items()}
-        self._alpha_prior = LogUniform(self.arch_shape)
+        self._alpha_priors = {name: LogUniform(g.shape) for name, g in groups.items()}
         self.last_logits: torch.Tensor | None = None
 
     @property
     def weight_sites(self) -> list[str]:
         return list(self.layers)
 
+    def clip(self, group: str, alpha: torch.Tensor) -> torch.Tensor:
+        """``alpha`` (``(..., n_g, K_g)``) with the zero op's strength clipped at ``zero_alpha_max`` (Sec. V-A: "we
+        clip the strength of the zero operation to avoid scaling problems"); unchanged in a group without one."""
+        zero = self.zero_ops.get(group)
+        if zero is None or self.zero_alpha_max is None:
+            return alpha
+        return torch.where(zero.to(alpha.device), alpha.clamp(max=self.zero_alpha_max), alpha)
+
     def op_weights(self, alphas: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``z = softmax(alpha)`` per edge (Eq. 3). The zero op's strength is clipped at ``zero_alpha_max``
-        (Sec. V-A: "we clip the strength of the zero operation to avoid scaling problems")."""
-        out = {}
-        for kind, alpha in alphas.items():
-            if self.zero_alpha_max is not None:
-                alpha = torch.where(self.zero_op, alpha.clamp(max=self.zero_alpha_max), alpha)
-            out[kind] = torch.softmax(alpha, -1)
-        return out
+        """``z = softmax(alpha)`` per decision (Eq. 3), the zero op's strength clipped (:meth:`clip`)."""
+        return {g: torch.softmax(self.clip(g, alpha), -1) for g, alpha in alphas.items()}
 
     def set_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         for site, w in weights.items():
@@ -139,14 +151,15 @@ class VINNASModel(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, index: torch.Tensor | None = None,
                 size: int | None = None, op_entropy: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: a mini-batch of a split of size ``size``, ``index``: its positions; ``op_entropy``:
-        ``sum_{i,j} H(E_q[z^{i,j}])``, computed by the guide from its parameters (the model has none)."""
+        ``sum_{i,j} H(E_q[z^{i,j}])`` over every decision, computed by the guide from its parameters (the model
+        has none)."""
         g_w, g_alpha, g_entropy = self.gammas
         with kl_weight(g_w):
             for site, module in self.layers.items():
                 # a plain attribute since __init__ (not a Parameter): set it without nn.Module's __setattr__
                 module.__dict__["weight"] = pyro.sample(site, self._weight_priors[site])
         with kl_weight(g_alpha):
-            alphas = {kind: pyro.sample(alpha_site(kind), self._alpha_prior) for kind in self.cell_types}
+            alphas = {g: pyro.sample(alpha_site(g), self._alpha_priors[g]) for g in self.groups}
         size = size or len(x)
         if g_entropy > 0 and op_entropy is not None:
             # Eq. 8's gamma_3 * sum H, as is: like the KLs, once per split (not per example, not times size)

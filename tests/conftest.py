@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from bayesnas.config import preset
 
@@ -13,3 +14,12 @@ TINY = {
 def tiny_config():
     """A PGNAS search on digits that takes a few seconds."""
     return preset("pgnas-digits").merged(TINY)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks: one thread is as fast, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,7 +1,10 @@
-"""GDAS: straight-through sampler, one op per edge, gradients, temperature schedule, derivation, search."""
+"""GDAS: straight-through sampler, one op per decision, gradients, temperature schedule, derivation, search, on
+the cell space and on the chain."""
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -18,10 +21,17 @@ from bayesnas.io import read_jsonl
 from bayesnas.methods import get_method
 from bayesnas.methods.gdas import annealed_temperature
 from bayesnas.select import derive_cell
+from bayesnas.spaces import get_space, load_genotype
 from bayesnas.spaces.cell import CellSpace, MixedEdge
 
 SPACE = {"channels": 4, "layout": "NRN", "states": 2, "ops": "gdas"}
 TINY = {"epochs": 2, "space": SPACE, "options": {"retrain_epochs": 1, "posterior_draws": 5, "warmup_epochs": 0}}
+CHAIN = {"stem_channels": 8, "first_block_channels": 0, "widths": [16], "depths": [3], "strides": [2],
+         "head_channels": 0, "ops": ["MBConv_1_3", "MBConv_3_3", "MBConv_3_5", "Identity"]}
+"""A tiny chain with both decision groups: a transition (3 ops, no Identity), then two residual mixops (4 ops).
+Each mixop's output reaches the loss through a residual sum or the classifier: a mixop followed directly by a
+layer without residual (conv, BatchNorm) would get no straight-through gradient, BatchNorm being invariant to
+the scale h_k its output carries."""
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +39,10 @@ def data():
     return load_dataset("digits", seed=0)
 
 
-def make(data, **options):
+def make(data, space_name="cells", **options):
     config = preset("gdas-digits").merged({**TINY, "options": {**TINY["options"], **options}})
+    if space_name == "chain":
+        config = replace(config, space_name="chain", space=CHAIN)
     return get_method("gdas")(config, data, torch.device("cpu"))
 
 
@@ -130,7 +142,7 @@ def _replayed_draw(method, seed, batch):
     torch.manual_seed(seed)
     guide = method.guide
     soft, hard = {}, {}
-    for kind in guide.cell_types:
+    for kind in guide.groups:
         logits = guide.logits[kind] if batch is None else guide.logits[kind].expand(batch, *guide.logits[kind].shape)
         tau = torch.tensor(guide.temperature)
         soft[kind] = clamp_probs(torch.distributions.RelaxedOneHotCategorical(tau, logits=logits).rsample())
@@ -159,13 +171,15 @@ def _kl_to_uniform(method):
     return total
 
 
-@pytest.mark.parametrize("sample_per", ["batch", "example"])
-def test_likelihood_gradient_reaches_the_logits_of_the_sampled_ops(data, sample_per):
+@pytest.mark.parametrize("space_name,sample_per", [("cells", "batch"), ("cells", "example"), ("chain", "batch"),
+                                                   ("chain", "example")])
+def test_likelihood_gradient_reaches_the_logits_of_the_sampled_ops(data, space_name, sample_per):
     """beta = 1: the analytic KL alone would give every logit a gradient, so take it out and check the rest,
     the likelihood's straight-through gradient, against its independent computation; it is non-zero on
-    exactly the edges that ran an op other than ``none`` (``none`` outputs zeros: dL/dh = 0)."""
+    exactly the decisions that ran an op other than ``none`` (``none`` outputs zeros: dL/dh = 0). The chain has
+    no ``none``: every mixop runs an op (Identity too: its output is x h_k), so every decision's logits get it."""
     torch.manual_seed(0)
-    method = make(data, beta=1.0, sample_per=sample_per)
+    method = make(data, space_name, beta=1.0, sample_per=sample_per)
     method.begin_epoch(0)
     x, y, index = data.train.x[:8], data.train.y[:8], torch.arange(8)
     batch = 8 if sample_per == "example" else None
@@ -174,14 +188,16 @@ def test_likelihood_gradient_reaches_the_logits_of_the_sampled_ops(data, sample_
     soft, hard = _replayed_draw(method, 123, batch)
     _, likelihood_grad, _ = _likelihood_and_its_logit_gradient(method, x, y, soft, hard)
     kl_grad = torch.autograd.grad(_kl_to_uniform(method), list(method.guide.logits.values()))
-    none = method.space.op_names.index("none")
-    for kind, kl_g in zip(method.guide.cell_types, kl_grad, strict=True):
+    groups = method.space.groups()
+    assert list(groups) == (["normal", "reduce"] if space_name == "cells" else ["transition", "mixop"])
+    for kind, kl_g in zip(method.guide.groups, kl_grad, strict=True):
         scale = 1.0 if sample_per == "example" else 1 / 100  # per-example KL counted once per example
         observed_likelihood_grad = method.guide.logits[kind].grad - scale * kl_g
         torch.testing.assert_close(observed_likelihood_grad, likelihood_grad[kind], atol=1e-6, rtol=1e-4)
-        ran_an_op = (hard[kind].argmax(-1) != none)
+        options = groups[kind].options
+        ran_an_op = hard[kind].argmax(-1) != (options.index("none") if "none" in options else -1)
         ran_an_op = ran_an_op.any(0) if sample_per == "example" else ran_an_op
-        assert ran_an_op.any()
+        assert ran_an_op.all() if space_name == "chain" else ran_an_op.any()
         assert (observed_likelihood_grad[ran_an_op].abs().sum(-1) > 1e-6).all()
         assert (observed_likelihood_grad[~ran_an_op].abs() < 1e-8).all()  # zero up to the KL subtracted
         assert observed_likelihood_grad.abs().sum() > 0.1 * scale * kl_g.abs().sum()
@@ -201,7 +217,7 @@ def test_annealed_temperature_reaches_the_distribution_of_the_loss(data):
         method.loss(x, y, index, 100)[0].backward()
         soft, hard = _replayed_draw(method, 7, None)
         _, expected[tau], _ = _likelihood_and_its_logit_gradient(method, x, y, soft, hard)
-        for kind in method.guide.cell_types:
+        for kind in method.guide.groups:
             torch.testing.assert_close(method.guide.logits[kind].grad, expected[tau][kind], atol=1e-7, rtol=1e-4)
         other = 0.5 if tau == 10.0 else 10.0
         method.guide.temperature = other
@@ -209,7 +225,7 @@ def test_annealed_temperature_reaches_the_distribution_of_the_loss(data):
         method.guide.temperature = tau
         _, wrong, _ = _likelihood_and_its_logit_gradient(method, x, y, soft, hard_other)
         assert not all(torch.allclose(method.guide.logits[k].grad, wrong[k], rtol=0.05)
-                       for k in method.guide.cell_types)
+                       for k in method.guide.groups)
 
 
 @pytest.mark.parametrize("sample_per", ["batch", "example"])
@@ -293,7 +309,8 @@ def test_losses_and_sites(data, beta, sample_per):
     loss.backward()
     assert all(p.grad is not None for p in method.guide.parameters())
     trace = poutine.trace(method.guide).get_trace(x, y, index, 100)
-    expected = (8, *method.space.arch_shape()) if sample_per == "example" else method.space.arch_shape()
+    shape = method.space.groups()["normal"].shape
+    expected = (8, *shape) if sample_per == "example" else shape
     assert trace.nodes["arch_normal"]["value"].shape == expected
 
 
@@ -312,12 +329,66 @@ def test_tiny_search_writes_fading_and_cells(tmp_path):
     assert set(summary["cells"]) == {"normal", "reduce"}
     assert (tmp_path / "run/posterior.nc").exists() and (tmp_path / "run/op_probabilities_normal.png").exists()
     assert summary["params"] < summary["supernet_params"]
+    # fading per decision: one entropy per edge of each cell type, in the space's order; their sum is log N_eff
+    entropy = rows[-1]["decision_entropy"]
+    assert {k: len(v) for k, v in entropy.items()} == {"normal": 5, "reduce": 5}
+    assert rows[-1]["log10_effective_architectures"] == pytest.approx(
+        sum(map(sum, entropy.values())) / math.log(10), abs=1e-3)
+
+
+def test_tiny_search_on_the_chain_derives_the_most_probable_op_of_every_mixop(tmp_path):
+    config = preset("gdas-digits").merged({**TINY, "options": {**TINY["options"], "arch_lr": 0.05}})
+    run = tmp_path / "run"
+    summary = run_search(replace(config, space_name="chain", space=CHAIN), run, progress=False)
+    genotype = load_genotype(run / "genotype.json")  # validated against the chain
+    space = get_space("chain", genotype.config)
+    decisions = space.decisions()
+    assert genotype.space == "chain" and summary["chain"] == genotype.choices
+    assert summary["params"] == space.params(genotype) < summary["supernet_params"]
+    # the derivation is the argmax of softmax(A) per decision, A as checkpointed after the last epoch
+    logits = {k.removeprefix("logits."): v for k, v in
+              torch.load(run / "checkpoint.pt", weights_only=True)["modules"]["guide"].items()}
+    assert {k: tuple(v.shape) for k, v in logits.items()} == {"transition": (1, 3), "mixop": (2, 4)}
+    expected = [""] * len(decisions)
+    for name, g in space.groups().items():
+        for p, k in zip(g.positions, logits[name].argmax(-1).tolist(), strict=True):
+            expected[p] = g.options[k]
+    assert genotype.choices["ops"] == expected
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["tau"] for r in rows] == [10.0, 1.0]
+    assert {k: len(v) for k, v in rows[-1]["decision_entropy"].items()} == {"transition": 1, "mixop": 2}
+    assert rows[-1]["log10_effective_architectures"] < rows[0]["log10_effective_architectures"] <= (
+        (2 * math.log(4) + math.log(3)) / math.log(10) + 1e-4)
+
+    import arviz as az
+
+    idata = az.from_netcdf(str(run / "posterior.nc"))
+    probability = idata.constant_data["op_probability"]
+    assert idata.posterior["op_choice"].dims == ("chain", "draw", "decision", "op")
+    assert list(probability.coords["decision"].values) == [d.name for d in decisions]
+    assert list(probability.coords["op"].values) == list(CHAIN["ops"])
+    transition = decisions[space.groups()["transition"].positions[0]].name
+    assert np.isnan(float(probability.sel(decision=transition, op="Identity")))  # not an option there
+    assert np.nansum(probability.values, axis=-1) == pytest.approx(np.ones(len(decisions)), abs=1e-5)
+    assert np.nansum(idata.posterior["op_choice"].values, axis=-1) == pytest.approx(1.0)
+    for name in ("op_probabilities_mixop.png", "op_probabilities_transition.png"):
+        assert (run / name).exists(), name
+
+
+def test_a_checkpoint_of_the_shared_prior_buffer_still_loads(data):
+    """Checkpoints written before the prior was kept per group hold one all-zero ``prior_logits`` buffer; the
+    guide's keys are the cell types' names as before."""
+    method = make(data)
+    state = method.model.state_dict()
+    assert "prior_logits" not in state
+    method.model.load_state_dict({**state, "prior_logits": torch.zeros(method.space.groups()["normal"].shape)})
+    assert sorted(method.guide.state_dict()) == ["logits.normal", "logits.reduce"]
 
 
 def test_fixed_reduction_cell_searches_only_normal_cells(data):
     config = preset("gdas-digits").merged({**TINY, "space": {**SPACE, "states": 4, "fixed_reduction": True}})
     method = get_method("gdas")(config, data, torch.device("cpu"))
-    assert method.guide.cell_types == ["normal"]
+    assert method.guide.groups == ["normal"]
     assert set(method.genotype().choices) == {"normal"}
 
 

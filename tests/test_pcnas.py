@@ -1,4 +1,5 @@
-"""PC-NAS: chain space, latency table, proposals (pool, completions), model, search, ranking command."""
+"""PC-NAS and one-shot: chain space, latency table, proposals (pool, completions), model, search on the chain and
+on the cells, ranking command."""
 
 import collections
 import dataclasses
@@ -44,13 +45,7 @@ TINY = {  # 3 mixops x 3 ops, warm-up 1 + 3 intervals x 1 epoch; a few seconds
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: one thread is as fast, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -69,15 +64,15 @@ def test_full_size_layout_has_21_mixops_and_identity_only_where_shapes_allow():
     layers = small.layers()
     assert len(layers) == 21 and layers[0].input_shape == (16, 112, 112)
     first_of_stage = {0, 4, 8, 12, 16, 20}
-    assert small.num_ops() == [9 if i in first_of_stage else 10 for i in range(21)]
-    assert large.num_ops() == [19 if i in first_of_stage else 20 for i in range(21)]
+    assert small.num_options() == [9 if i in first_of_stage else 10 for i in range(21)]
+    assert large.num_options() == [19 if i in first_of_stage else 20 for i in range(21)]
     assert all("Identity" not in layers[i].ops for i in first_of_stage)
     scaled = ChainSpace.from_dict({"width_mult": 0.5, "depth_scale": 0.5})
     assert len(scaled.layers()) == 2 + 2 + 2 + 2 + 2 + 1 and scaled.layers()[0].out_channels == 16
 
 
 def test_genotype_round_trip_and_clear_errors(space, tmp_path):
-    genotype = space.genotype([1, 2, 0])
+    genotype = space.genotype_from_indices([1, 2, 0])
     assert genotype.choices == {"ops": ["MBConv_3_3", "Identity", "MBConv_1_3"]}
     path = tmp_path / "genotype.json"
     genotype.save(path)
@@ -98,20 +93,21 @@ def test_genotype_round_trip_and_clear_errors(space, tmp_path):
 
 def test_supernet_runs_only_the_chosen_path_and_built_network_matches(space):
     torch.manual_seed(0)
-    net = space.supernet()
+    net = space.supernet(sparse=True)
     x = torch.randn(6, 1, 8, 8)
-    net(x, [1, 0, 2]).sum().backward()
+    arch = space.index_architecture([1, 0, 2])
+    net(x, arch).sum().backward()
     used = {name.split(".ops.")[1].split(".")[0] for name, p in net.named_parameters()
             if ".ops." in name and p.grad is not None and name.startswith(("blocks.0.", "blocks.1.", "blocks.3."))}
     assert used == {"MBConv_3_3", "MBConv_1_3"}  # Identity (mixop 2) has no weights
     net.eval()
-    genotype = space.genotype([1, 0, 2])
+    genotype = space.genotype_from_indices([1, 0, 2])
     built = space.build(genotype, inherit=net.state_dict()).eval()
-    torch.testing.assert_close(built(x), net(x, [1, 0, 2]))
-    one_hot = [F.one_hot(torch.tensor(i), 3).float() for i in (1, 0, 2)]
-    torch.testing.assert_close(net(x, one_hot), net(x, torch.tensor([1, 0, 2])))
+    torch.testing.assert_close(built(x), net(x, arch))
+    one_hot = {group: F.one_hot(value, 3).float() for group, value in arch.items()}  # straight-through form
+    torch.testing.assert_close(net(x, one_hot), net(x, arch))
     assert space.params(genotype) < sum(p.numel() for p in net.parameters())
-    assert space.flops(space.genotype([1, 1, 1])) > space.flops(space.genotype([0, 0, 0]))
+    assert space.flops(space.genotype_from_indices([1, 1, 1])) > space.flops(space.genotype_from_indices([0, 0, 0]))
     with pytest.raises(GenotypeError, match="no auxiliary head"):
         space.build(genotype, auxiliary=True)
 
@@ -130,6 +126,8 @@ def test_latency_table_is_cached_and_reused(space, tmp_path, monkeypatch):
     ops = ["MBConv_3_3", "Identity", "MBConv_1_3"]
     assert table.latency(ops) == pytest.approx(table.fixed_ms + sum(table.ms[i][op] for i, op in enumerate(ops)))
     assert table.flops(ops) == space.flops(space.genotype(ops))  # the per-op FLOPs proxy adds up exactly
+    # what the proposals index: one row per decision, its options in the decision's order
+    assert table.costs(space) == [[table.ms[i][op] for op in d.options] for i, d in enumerate(space.decisions())]
     conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
     assert latency.count_macs(conv, (4, 5, 5)) == 6 * 5 * 5 * 4 * 9
 
@@ -147,7 +145,7 @@ def test_pool_extension_and_top_p_on_hand_made_potentials():
     assert pool.members == [(1, 1), (2, 0)] and pool.potentials == [0.9, 0.8]
     pool.update(lambda c: sum(c) / 10)
     assert pool.members == [(1, 1, 1), (2, 0, 1)] and pool.complete and pool.effective_architectures() == 2
-    with pytest.raises(ValueError, match="already fixes every mixop"):
+    with pytest.raises(ValueError, match="already fixes every decision"):
         pool.candidates()
     restored = PartialModelPool([3, 2, 2], pool_size=2)
     restored.load_state_dict(pool.state_dict())  # the pool is checkpointed with the search
@@ -248,7 +246,7 @@ def test_exact_sampler_handles_a_tiny_valid_fraction_and_counts_exactly_on_grid_
 # --- model ------------------------------------------------------------------------------------------------------
 def test_model_sites_and_conditioned_likelihood(space):
     torch.manual_seed(0)
-    model = PCNASModel(space.supernet(), space.num_ops())
+    model = PCNASModel(space.supernet(sparse=True), space)
     x, y = torch.randn(8, 1, 8, 8), torch.randint(10, (8,))
     trace = poutine.trace(model).get_trace(x, y, torch.arange(8), 100)
     arch_sites = [f"op_{i}" for i in range(3)]
@@ -260,7 +258,7 @@ def test_model_sites_and_conditioned_likelihood(space):
     assert obs["is_observed"] and obs["cond_indep_stack"][0].full_size == 100 and obs["scale"] == 100 / 8
     model.eval()
     nll, logits = conditioned_nll(model, [2, 1, 0], x, y, torch.arange(8), 100)
-    torch.testing.assert_close(nll, F.cross_entropy(model.net(x, [2, 1, 0]), y))
+    torch.testing.assert_close(nll, F.cross_entropy(model.net(x, space.index_architecture([2, 1, 0])), y))
     assert logits.shape == (8, 10)
 
 
@@ -335,17 +333,20 @@ def test_unreachable_latency_limit_fails_before_writing(tiny_config, tmp_path):
 
 
 class _Recorder(torch.nn.Module):
-    """Stands in for the super-network: reads each image's id from pixel (0, 0) and predicts ``(id + o_L) % 10``;
-    records every call."""
+    """Stands in for the super-network: reads each image's id from pixel (0, 0) and predicts ``(id + o_L) % 10``
+    from the index form of the architecture; records every call (with one option index per decision)."""
 
-    def __init__(self):
+    def __init__(self, space):
         super().__init__()
+        self.space = space
         self.calls = []
 
     def forward(self, x, arch):
         ids = x[:, 0, 0, 0].round().long()
-        self.calls.append((ids.clone(), list(arch)))
-        return F.one_hot((ids + int(arch[-1])) % 10, 10).float()
+        assert all(not value.is_floating_point() for value in arch.values())  # the index form
+        indices = self.space.indices(arch)
+        self.calls.append((ids.clone(), indices))
+        return F.one_hot((ids + indices[-1]) % 10, 10).float()
 
 
 def test_potential_is_the_mean_of_s_one_batch_validation_accuracies(tiny_config):
@@ -360,7 +361,7 @@ def test_potential_is_the_mean_of_s_one_batch_validation_accuracies(tiny_config)
     config = tiny_config.merged({"options": {"num_evaluations": 7, "eval_batch_size": 16}})
     method = get_method("pcnas")(config, data, torch.device("cpu"))
     method.pool.completion = Completion([3] * 3, [[1.0, 2.0, 0.5]] * 3, fixed=1.0, limit=4.0)
-    method.model.net = _Recorder()
+    method.model.net = _Recorder(method.space)
     value = method.potential((1,), torch.Generator().manual_seed(0))
     calls = method.model.net.calls
     assert len(calls) == 7  # S completions, one batch each
@@ -402,6 +403,72 @@ def test_training_draws_complete_a_pool_member_under_the_limit(tiny_config, tmp_
             assert len(pool) == 2 and all(len(m) == depth for m in pool)
             assert all(o[:depth] in pool for o in ops)
     assert len({tuple(a) for a in drawn[3]}) <= 2  # the final pool fixes every mixop
+
+
+CELLS = {"channels": 4, "layout": "RN", "states": 1, "ops": "none,skip_connect,sep_conv_3x3"}
+"""A normal and a reduction cell of one state: 2 cell types x 2 edges = 4 decisions of 3 ops."""
+CELL_SPACE = {**CELLS, "in_channels": 1, "num_classes": 10, "image_size": 8}
+
+
+def on_cells(config, **options):
+    """``config`` on the tiny cell space, warm-up 1 + 4 intervals x 1 epoch."""
+    return dataclasses.replace(config, space_name="cells", space=dict(CELLS), epochs=5).merged({"options": options})
+
+
+def test_pool_grows_over_the_cell_decisions(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    summary = run_search(on_cells(tiny_config), run, progress=False)
+    space = get_space("cells", CELL_SPACE)
+    names = [d.name for d in space.decisions()]
+    assert names == ["normal:0<-0", "normal:0<-1", "reduce:0<-0", "reduce:0<-1"]
+    options = space.decisions()[0].options
+    assert options == ("none", "skip_connect", "sep_conv_3x3")
+    rows = read_jsonl(run / "metrics.jsonl")
+    # 3^4 uniform, then P = 2 members x the options of the decisions still open
+    assert [r["effective_architectures"] for r in rows] == [81, 2 * 27, 2 * 9, 2 * 3, 2]
+    assert [r["stage"] for r in rows] == ["warm-up", "pool", "pool", "pool", "pool"]
+    for depth, row in enumerate(rows[1:], start=1):
+        assert len(row["pool"]) == 2 and all(len(m) == depth and set(m) <= set(options) for m in row["pool"])
+    assert [i["decision"] for i in summary["potentials"]] == names  # one interval per decision, in order
+    assert [i["candidates"] for i in summary["potentials"]] == [3, 6, 6, 6]
+    assert summary["potentials"][-1]["pool"] == [m["ops"] for m in summary["pool"]]
+    best = [options.index(op) for op in summary["pool"][0]["ops"]]
+    assert load_genotype(run / "genotype.json") == space.genotype_from_indices(best)
+    assert "latency_ms" not in summary and summary["flops"] == space.flops(space.genotype_from_indices(best))
+    assert summary["search_space_size"] == 81 and summary["retrained"]
+
+
+def test_latency_limit_on_cells_is_refused_before_anything_runs(tiny_config, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        run_search(on_cells(tiny_config, latency_ms=10.0), tmp_path / "run", progress=False)
+    assert "latency_ms needs a latency table, which the cells space has none of" in str(err.value)
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("space_name", ["chain", "cells"])
+def test_oneshot_is_uniform_all_along_then_the_pool_search(tiny_config, tmp_path, space_name):
+    """``oneshot`` = ``pcnas`` with ``proposal: uniform``: the same figures at the same seed."""
+    pcnas = tiny_config if space_name == "chain" else on_cells(tiny_config)
+    pcnas = pcnas.merged({"options": {"proposal": "uniform", "retrain_epochs": 0}})
+    keep = {k: v for k, v in pcnas.options.items() if k not in ("proposal", "warmup_epochs", "interval_epochs")}
+    oneshot = dataclasses.replace(pcnas, method="oneshot", options=keep)
+    (tmp_path / "oneshot").mkdir()
+    if space_name == "chain":  # the same latency table in both runs
+        table = _seed_table(pcnas, tmp_path / "pcnas")
+        table.save(tmp_path / "oneshot" / latency.LATENCY_FILE)
+    figures = ("val_accuracy", "test_accuracy", "potentials", "pool", "genotype", "params", "proposal")
+    reference = run_search(pcnas, tmp_path / "pcnas", progress=False)
+    summary = run_search(oneshot, tmp_path / "oneshot", progress=False)
+    assert {k: summary[k] for k in figures} == {k: reference[k] for k in figures}
+    rows = read_jsonl(tmp_path / "oneshot" / "metrics.jsonl")
+    assert [r["loss"] for r in rows] == [r["loss"] for r in read_jsonl(tmp_path / "pcnas" / "metrics.jsonl")]
+    space = get_space("chain", SPACE) if space_name == "chain" else get_space("cells", CELL_SPACE)
+    size = math.prod(space.num_options())
+    assert [r["effective_architectures"] for r in rows] == [size] * len(rows) and summary["proposal"] == "uniform"
+    assert [r["stage"] for r in rows] == ["uniform"] * len(rows)
+    assert len(summary["potentials"]) == len(summary["pool"][0]["ops"])  # the pool search ran over every decision
+    with pytest.raises(ConfigError, match="unknown option.*warmup_epochs"):  # no warm-up: uniform all along
+        run_search(oneshot.merged({"options": {"warmup_epochs": 1}}), tmp_path / "bad", progress=False)
 
 
 def test_correlation_on_known_values():

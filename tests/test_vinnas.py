@@ -2,7 +2,9 @@
 
 import json
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,16 +50,23 @@ def _batch(method, n=16):
     return split.x[:n], split.y[:n], torch.arange(n)
 
 
-def test_every_weight_and_both_strengths_are_sites(method):
+def _traces(method):
+    """Guide and model traces of one stage-1 step at the final gammas, the super-network's convolutions and the
+    weight sites."""
     x, y, index = _batch(method)
     method.set_gammas(method.config.epochs - 1)
     guide_trace = poutine.trace(method.guide).get_trace()
     model_trace = poutine.trace(poutine.replay(method.model, guide_trace)).get_trace(x, y, index, 100)
     convs = [n for n, m in method.model.net.named_modules() if isinstance(m, SearchConv2d)]
     weights = [n for n in guide_trace.stochastic_nodes if n.startswith("net.")]
+    return guide_trace, model_trace, convs, weights
+
+
+def test_every_weight_and_both_strengths_are_sites(method):
+    guide_trace, model_trace, convs, weights = _traces(method)
     assert len(weights) == len(convs) + 1  # every convolution (stem, preprocessing, ops) and the classifier
     assert "net.classifier.weight" in weights and "net.stem.0.weight" in weights
-    E, K = method.space.arch_shape()
+    E, K = method.space.groups()["normal"].shape
     for kind in ("normal", "reduce"):
         site = model_trace.nodes[f"alpha.{kind}"]
         assert site["value"].shape == (E, K) and isinstance(site["fn"], LogUniform)
@@ -98,7 +107,7 @@ def test_loss_is_eq8_with_each_term_weighted_by_its_gamma(method, monkeypatch):
     base = loss((0.0, 0.0, 0.1))
     assert loss((0.5, 0.25, 0.1)) - base == pytest.approx((0.5 * kl_w + 0.25 * kl_a) / n, rel=1e-4)
     torch.manual_seed(0)
-    entropy = float(method.guide.op_entropy(method.options.entropy_samples, 0.0, method.model.zero_op))
+    entropy = float(method.guide.op_entropy(method.options.entropy_samples, method.model.clip))
     assert loss((0.0, 0.0, 0.3)) - base == pytest.approx(0.2 * entropy / n, rel=1e-4)  # g3 H once, not N times
     assert 0 < entropy <= 2 * 5 * torch.log(torch.tensor(10.0)).item() + 1e-4  # 2 cells x 5 edges x log K
     # the KLs come from the registered closed form, one call per site, never from Monte Carlo
@@ -142,7 +151,7 @@ def test_zero_op_strength_is_clipped_in_the_mixture_and_the_entropy(config, data
     method = get_method("vinnas")(config.merged({"options": {"zero_alpha_max": 0.5}}), data, torch.device("cpu"))
     ops = list(method.space.op_names)
     zero = ops.index("none")
-    E, K = method.space.arch_shape()
+    E, K = method.space.groups()["normal"].shape
     alpha = torch.linspace(-1.0, 1.0, E * K).reshape(E, K)
     alpha[:, zero] = torch.tensor([3.0, -2.0, 0.5, 0.7, 10.0][:E] + [1.0] * max(E - 5, 0))
     z = method.model.op_weights({"normal": alpha})["normal"]
@@ -159,11 +168,11 @@ def test_zero_op_strength_is_clipped_in_the_mixture_and_the_entropy(config, data
     # the entropy term sees the same clipped strengths: with sigma ~ 0, E_q[z] = softmax(clipped mu)
     g = method.guide
     with torch.no_grad():
-        for kind in g.cell_types:
+        for kind in g.groups:
             g.mu_alpha[kind].copy_(alpha)
             g.log_var_alpha[kind].fill_(-40.0)
     with torch.no_grad():
-        h = float(g.op_entropy(4, 0.5, method.model.zero_op))
+        h = float(g.op_entropy(4, method.model.clip))
     assert h == pytest.approx(2 * float(-(expected * expected.log()).sum()), rel=1e-5)
     assert h != pytest.approx(2 * float(-(torch.softmax(alpha, -1) * torch.log_softmax(alpha, -1)).sum()), rel=1e-3)
     # and a forward pass of the super-network mixes its ops with the clipped sample
@@ -289,11 +298,12 @@ def test_selection_ranks_ops_by_positive_snr_not_by_mean(method):
             g.mu_alpha[kind][3, ops.index("none")] = 100.0  # the zero op is never chosen
             g.mu_alpha[kind][4, ops.index("skip_connect")] = 1.0
             g.mu_alpha[kind][3, ops.index("conv_7x1_1x7")] = 0.5
-    cells = method.derive()
+    genotype = method.derive()
+    cells = genotype.choices
     for kind in ("normal", "reduce"):
         assert cells[kind][0] == [["dil_conv_5x5", 0], ["max_pool_3x3", 1]]
         assert cells[kind][1] == [["conv_7x1_1x7", 1], ["skip_connect", 2]]
-    method.space.genotype(cells)  # a valid genotype of the space
+    method.space.validate(genotype)  # a valid genotype of the space
 
 
 def test_pruned_params_count_weights_below_the_threshold(method):
@@ -346,8 +356,11 @@ def test_bad_genotypes_fail_with_a_clear_error(tmp_path):
                                                 "reduce": GOOD}))
     with pytest.raises(GenotypeError, match="cell type"):
         load_genotype(_genotype_file(tmp_path, {"normal": GOOD}))
-    with pytest.raises(GenotypeError, match="two"):
-        load_genotype(_genotype_file(tmp_path, {"normal": [[["skip_connect", 0]], GOOD[1]], "reduce": GOOD}))
+    # a state keeps any number of distinct inputs (one op per edge keeps every edge not 'none'), never one twice
+    load_genotype(_genotype_file(tmp_path, {"normal": [[["skip_connect", 0]], GOOD[1]], "reduce": GOOD}))
+    with pytest.raises(GenotypeError, match="each input at most once"):
+        load_genotype(_genotype_file(tmp_path, {"normal": [[["skip_connect", 0], ["sep_conv_3x3", 0]], GOOD[1]],
+                                                "reduce": GOOD}))
 
 
 def test_search_writes_run_folder_prints_cells_and_diagnoses(config, tmp_path, capsys):
@@ -356,7 +369,7 @@ def test_search_writes_run_folder_prints_cells_and_diagnoses(config, tmp_path, c
     run = tmp_path / "run"
     assert main(["search", "--method", "vinnas", "--config", str(cfg), "--out", str(run), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "normal cell:" in out and "reduce cell:" in out and "after pruning" in out
+    assert "normal s0 = " in out and "reduce s0 = " in out and "after pruning" in out
     summary = json.loads((run / "summary.json").read_text())
     for key in ("test_accuracy", "params", "pruned_params", "supernet_params", "cells", "best_arch_error"):
         assert key in summary, key
@@ -376,15 +389,26 @@ def test_search_writes_run_folder_prints_cells_and_diagnoses(config, tmp_path, c
     import arviz as az
 
     idata = az.from_netcdf(str(run / POSTERIOR_FILE))
-    assert idata.posterior["alpha"].dims == ("chain", "draw", "cell", "edge", "op")
+    assert idata.posterior["alpha"].dims == ("chain", "draw", "decision", "op")
     assert idata.posterior["op_weight"].sum("op").values == pytest.approx(1.0, abs=1e-5)
-    assert idata.constant_data["snr"].dims == ("cell", "edge", "op")
-    assert list(idata.posterior.coords["edge"].values)[:2] == ["s0<-c-2", "s0<-c-1"]
+    assert idata.constant_data["snr"].dims == ("decision", "op")
+    # decisions: the edges of each cell type (normal first), state 0 fed by cells c-2 (input 0) and c-1 (input 1)
+    assert list(idata.posterior.coords["decision"].values)[:2] == ["normal:0<-0", "normal:0<-1"]
+    assert len(idata.posterior.coords["decision"]) == 2 * 5
 
     assert main(["diagnose", str(run)]) == 0
     out = capsys.readouterr().out
     assert "positive SNR" in out and "op_weight[" in out and "sep_conv_3x3" in out
-    assert (run / "diagnose_snr_normal.png").exists() and (run / "diagnose_forest.png").exists()
+    assert (run / "diagnose_snr.png").exists() and (run / "diagnose_forest.png").exists()
+
+
+def test_a_checkpoint_with_the_zero_op_buffer_still_loads(method):
+    """Checkpoints written before the groups held the clipping mask as a buffer ``zero_op`` (a constant)."""
+    state = method.model.state_dict()
+    assert "zero_op" not in state
+    method.model.load_state_dict({**state, "zero_op": torch.zeros(10, dtype=torch.bool)})
+    keys = set(method.guide.state_dict())
+    assert {"mu_alpha.normal", "log_var_alpha.reduce", "best_mu_alpha_normal", "best_log_var_alpha_reduce"} <= keys
 
 
 def test_best_alpha_travels_with_the_checkpoint(config, tmp_path):
@@ -413,9 +437,9 @@ def test_paper_presets_build_their_spaces(name, kinds, cells):
     split = Split(torch.zeros(8, channels, size, size), torch.arange(8) % 10)
     data = DataBundle(config.dataset, split, split, split, 10, channels, size, "synthetic")
     m = get_method("vinnas")(config.merged({"epochs": config.epochs}), data, torch.device("cpu"))
-    assert m.cell_types == kinds and len(m.space.op_names) == 10
+    assert list(m.space.groups()) == m.guide.groups == kinds and len(m.space.op_names) == 10
     assert m.space.config.states == {"vinnas-mnist": 2, "vinnas-fashion": 3, "vinnas-cifar10": 4}[name]
-    net = m.space.build(m.space.genotype(m.derive()))
+    net = m.space.build(m.derive())
     assert len(net.cells) == cells
     assert net(torch.zeros(2, channels, size, size)).shape == (2, 10)
 
@@ -435,3 +459,103 @@ def test_overhead_benchmark_runs_for_vinnas(capsys):
         assert ratio > 0
     out = capsys.readouterr().out
     assert "registered KL_w + KL_alpha" in out and "ratio=" in out
+
+
+CHAIN = {"stem_channels": 8, "first_block_channels": 0, "widths": [16], "depths": [3], "strides": [2],
+         "head_channels": 0, "ops": ["MBConv_1_3", "MBConv_3_3", "MBConv_3_5", "Identity"]}
+"""A tiny chain with both decision groups: a transition (3 ops, no Identity), then two residual mixops (4 ops)."""
+
+
+@pytest.fixture
+def chain_method(config, data):
+    torch.manual_seed(0)
+    return get_method("vinnas")(replace(config, space_name="chain", space=CHAIN), data, torch.device("cpu"))
+
+
+def test_on_the_chain_every_weight_and_every_decision_group_are_sites(chain_method):
+    m = chain_method
+    guide_trace, model_trace, convs, weights = _traces(m)
+    assert len(convs) > 10 and len(weights) == len(convs) + 1 and "net.classifier.weight" in weights
+    assert {g: tuple(model_trace.nodes[f"alpha.{g}"]["value"].shape) for g in m.space.groups()} == {
+        "transition": (1, 3), "mixop": (2, 4)}
+    assert all(isinstance(model_trace.nodes[f"alpha.{g}"]["fn"], LogUniform) for g in m.space.groups())
+    # the method's chain default: BatchNorm without affine parameters or running statistics, as on cells
+    bns = [mod for mod in m.model.net.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    assert bns and all(not mod.affine and mod.running_mean is None for mod in bns)
+    assert [n for n, _ in m.model.named_parameters()] == ["net.classifier.bias"]
+
+
+def test_on_the_chain_every_op_runs_weighted_and_nothing_is_clipped(chain_method):
+    m = chain_method
+    groups = m.space.groups()
+    assert m.model.zero_ops == {}  # the chain has no 'none' op
+    torch.manual_seed(1)
+    alpha = {g: 3 * torch.randn(s.shape) for g, s in groups.items()}
+    z = m.model.op_weights(alpha)
+    for g in groups:
+        torch.testing.assert_close(z[g], alpha[g].exp() / alpha[g].exp().sum(-1, keepdim=True))
+    # the dense super-network runs every candidate of every mixop once
+    calls = []
+    for block in m.model.net.blocks:
+        for name, op in block.ops.items():
+            op.register_forward_hook(lambda module, args, out, name=name: calls.append(name))
+    with torch.no_grad():
+        m.model.predict(_batch(m, 4)[0], m.guide.weight_means(), alpha)
+    assert sorted(calls) == sorted(o for d in m.space.decisions() for o in d.options)
+    # the entropy term sums over every decision of every group: with sigma ~ 0, E_q[z] = softmax(mu)
+    with torch.no_grad():
+        for g in groups:
+            m.guide.mu_alpha[g].copy_(alpha[g])
+            m.guide.log_var_alpha[g].fill_(-40.0)
+        h = float(m.guide.op_entropy(4, m.model.clip))
+    expected = sum(float(-(p * p.log()).sum()) for p in z.values())
+    assert h == pytest.approx(expected, rel=1e-5) and expected > 0.5
+
+
+def test_on_the_chain_selection_is_the_op_of_highest_snr_per_mixop(chain_method):
+    m = chain_method
+    groups = m.space.groups()
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for g, s in groups.items():
+            m.guide.mu_alpha[g].copy_(torch.randn(s.shape))
+            m.guide.log_var_alpha[g].copy_(2 * torch.randn(s.shape))
+    expected = [""] * len(m.space.decisions())
+    for g, s in groups.items():
+        snr = m.guide.mu_alpha[g].detach() / m.guide.log_var_alpha[g].detach().exp()  # mu / sigma^2
+        for p, k in zip(s.positions, snr.argmax(-1).tolist(), strict=True):
+            expected[p] = s.options[k]
+    by_mean = [s.options[k] for g, s in groups.items() for k in m.guide.mu_alpha[g].detach().argmax(-1).tolist()]
+    assert sorted(by_mean) != sorted(expected)  # this draw tells the SNR from the mean apart
+    genotype = m.derive()
+    assert genotype.choices == {"ops": expected}
+    m.space.validate(genotype)
+
+
+def test_tiny_search_on_the_chain_writes_a_chain_genotype_and_the_posterior(config, tmp_path):
+    run = tmp_path / "run"
+    summary = run_search(replace(config, space_name="chain", space=CHAIN), run, progress=False)
+    genotype = load_genotype(run / "genotype.json")  # validated against the chain
+    space = get_space("chain", genotype.config)
+    assert genotype.space == "chain" and summary["chain"] == genotype.choices
+    assert summary["params"] == space.params(genotype) and summary["pruned_params"] <= summary["supernet_params"]
+    assert summary["best_arch_epoch"] == 1
+    # the selection: argmax SNR per decision of the best alpha (Algorithm 1), as checkpointed
+    state = torch.load(run / "checkpoint.pt", weights_only=True)["modules"]["guide"]
+    expected = [""] * len(space.decisions())
+    for g, s in space.groups().items():
+        snr = state[f"best_mu_alpha_{g}"] * torch.exp(-state[f"best_log_var_alpha_{g}"])
+        for p, k in zip(s.positions, snr.argmax(-1).tolist(), strict=True):
+            expected[p] = s.options[k]
+    assert genotype.choices["ops"] == expected
+    for name in ("snr_transition.png", "snr_mixop.png"):
+        assert (run / name).exists(), name
+
+    import arviz as az
+
+    idata = az.from_netcdf(str(run / POSTERIOR_FILE))
+    assert idata.posterior["alpha"].dims == ("chain", "draw", "decision", "op")
+    assert list(idata.posterior.coords["decision"].values) == ["s0.l0", "s0.l1", "s0.l2"]
+    assert list(idata.posterior.coords["op"].values) == CHAIN["ops"]
+    assert np.isnan(idata.posterior["alpha"].sel(decision="s0.l0", op="Identity").values).all()  # not an option
+    assert np.nansum(idata.posterior["op_weight"].values, -1) == pytest.approx(1.0, abs=1e-5)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bayesnas.config import ConfigError, SearchConfig
+from bayesnas.config import METHOD_SPACES, ConfigError, SearchConfig
 from bayesnas.data import DataBundle, Split
 from bayesnas.distributed import SINGLE, World
 from bayesnas.train import TrainRecipe, retrain
@@ -122,10 +122,20 @@ class SearchMethod(ABC):
 
     name: ClassVar[str]
     options_type: ClassVar[type]
+    space_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Space options the method sets on a space unless the configuration does (VINNAS: K = 10 ops on cells)."""
+    space_reasons: ClassVar[dict[str, str]] = {}
+    """Why the method cannot search a space it leaves out (one line each, for the error); the spaces it can
+    search are :data:`bayesnas.config.METHOD_SPACES`."""
     progress_keys: ClassVar[tuple[str, ...]] = ()
     """``epoch_metrics`` keys also shown in the progress bar."""
     world: World = SINGLE
     """The processes of a distributed search (set by the loop); selections split candidate scoring over it."""
+
+    @classmethod
+    def search_spaces(cls) -> tuple[str, ...]:
+        """The spaces the method's math applies to, its default first."""
+        return METHOD_SPACES[cls.name]
 
     def __init__(self, config: SearchConfig, data: DataBundle, device: torch.device) -> None:
         self.config = config
@@ -133,15 +143,29 @@ class SearchMethod(ABC):
         self.device = device
         self.options = parse_options(self.options_type, config.options, self.name)
 
-    def build_space(self, space_type: type, **defaults: Any) -> Any:
-        """The method's search space: the data's shape and ``defaults``, overridden by ``config.space``
-        (one-line :class:`ConfigError` for a bad option)."""
-        options = {"in_channels": self.data.in_channels, "num_classes": self.data.num_classes, **defaults,
+    def build_space(self) -> Any:
+        """The search space of this run: ``config.space_name`` (default: the first of :meth:`search_spaces`)
+        shaped by the data and :attr:`space_defaults`, overridden by ``config.space`` (one-line
+        :class:`ConfigError` for a space the method cannot search or a bad option)."""
+        from bayesnas.spaces import SPACES
+
+        spaces = self.search_spaces()
+        name = self.config.space_name or spaces[0]
+        if name not in SPACES:
+            raise ConfigError(f"unknown search space {name!r}; choose one of: {', '.join(SPACES)}")
+        if name not in spaces:
+            reason = self.space_reasons.get(name, f"it searches {' or '.join(spaces)}")
+            raise ConfigError(f"method {self.name!r} cannot search the {name!r} space: {reason}")
+        space_type = SPACES[name]
+        fields = typing.get_type_hints(space_type)["config"].__dataclass_fields__
+        shape = {"in_channels": self.data.in_channels, "num_classes": self.data.num_classes,
+                 "image_size": self.data.image_size}
+        options = {**{k: v for k, v in shape.items() if k in fields}, **self.space_defaults.get(name, {}),
                    **self.config.space}
         try:
             return space_type.from_dict(options)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"space of method {self.name!r}: {err}") from None
+            raise ConfigError(f"{name} space of method {self.name!r}: {err}") from None
 
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:
@@ -214,3 +238,6 @@ from bayesnas.methods import pcnas  # noqa: E402,F401  (registers PC-NAS)
 
 # isort: split
 from bayesnas.methods import vinnas  # noqa: E402,F401  (registers VINNAS)
+
+# isort: split
+from bayesnas.methods import oneshot, random_search  # noqa: E402,F401  (registers one-shot and random search)

@@ -1,5 +1,6 @@
-"""GDAS (papers/gdas.md): a Gumbel-softmax proposal over DARTS cells that drives weight-sharing training
-(Algorithm 1), with the posterior-fading log shared by every proposal."""
+"""GDAS (Dong & Yang, "Searching for a Robust Neural Architecture in Four GPU Hours", CVPR 2019): a Gumbel-softmax
+proposal over the decisions of any space (the DARTS cells of the paper, the chain) that drives weight-sharing
+training (Algorithm 1), with the posterior-fading log shared by every proposal."""
 
 from __future__ import annotations
 
@@ -8,17 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pyro import poutine
 
 from bayesnas import diagnostics
+from bayesnas.config import ConfigError
 from bayesnas.elbo import AnalyticKLELBO
 from bayesnas.guides.gdas import GumbelSoftmaxProposal
 from bayesnas.methods import Phase, SearchMethod, Selection, register
 from bayesnas.models.gdas import GDASModel, arch_site
-from bayesnas.select import derive_cell
-from bayesnas.spaces.cell import CellSpace
 from bayesnas.spaces.profile import count_params
 from bayesnas.train import TrainRecipe, accuracy
 
@@ -42,7 +41,9 @@ class GDASOptions:
     retrain_lr: float = 0.05
     retrain_weight_decay: float = 3e-4
     retrain_auxiliary: float = 0.0
+    """Weight of the DARTS auxiliary head's loss in the retraining (cells only: the chain has no such head)."""
     retrain_drop_path: float = 0.0
+    """Drop-path rate of the retraining (cells only)."""
     posterior_draws: int = 100
     """Architecture draws exported to ArviZ."""
 
@@ -62,7 +63,8 @@ def annealed_temperature(epoch: int, epochs: int, tau_max: float, tau_min: float
 
 @register
 class GDAS(SearchMethod):
-    """Weights on the weight split with SGD, logits A on the architecture split with Adam (Algorithm 1)."""
+    """Weights on the weight split with SGD, logits A on the architecture split with Adam (Algorithm 1); one
+    ``(n_g, K_g)`` matrix of logits per decision group of the space."""
 
     name = "gdas"
     options_type = GDASOptions
@@ -71,12 +73,13 @@ class GDAS(SearchMethod):
     def __init__(self, config, data, device) -> None:
         super().__init__(config, data, device)
         o = self.options
-        self.space = self.build_space(CellSpace)
-        kinds = self.space.config.searched_types()
-        shape = self.space.arch_shape()
+        self.space = self.build_space()
+        shapes = {name: g.shape for name, g in self.space.groups().items()}
+        if not shapes:
+            raise ConfigError(f"{self.space.name} space of method 'gdas': no decision to search")
         per_example = o.sample_per == "example"
-        self.model = GDASModel(self.space.supernet(sparse=True), kinds, shape, per_example, o.beta).to(device)
-        self.guide = GumbelSoftmaxProposal(kinds, shape, o.tau_max, per_example, o.beta).to(device)
+        self.model = GDASModel(self.space.supernet(sparse=True), shapes, per_example, o.beta).to(device)
+        self.guide = GumbelSoftmaxProposal(shapes, o.tau_max, per_example, o.beta).to(device)
         self.elbo = AnalyticKLELBO()
         self.split_sizes = {name: len(split) for name, split in zip(("weights", "architecture"),
                                                                      data.halves(config.seed), strict=True)}
@@ -108,7 +111,7 @@ class GDAS(SearchMethod):
             logits = model.trace.nodes["_RETURN"]["value"]
         else:
             batch = len(x) if self.guide.per_example else None
-            arch = {arch_site(k): self.guide.distribution(k, batch).rsample() for k in self.guide.cell_types}
+            arch = {arch_site(g): self.guide.distribution(g, batch).rsample() for g in self.guide.groups}
             trace = poutine.trace(poutine.condition(self.model, data=arch)).get_trace(x, y, index, size)
             loss = -trace.log_prob_sum(site_filter=lambda name, site: name == "y")
             logits = trace.nodes["_RETURN"]["value"]
@@ -121,17 +124,18 @@ class GDAS(SearchMethod):
         return accuracy(self.model, split, predict=lambda x: self.model.net(x, arch))
 
     def epoch_metrics(self) -> dict[str, Any]:
-        """Posterior fading (PC-NAS Eq. 10): per-edge entropies and the effective number of architectures
-        sharing the weights, exp(sum of edge entropies), logged as log10."""
+        """Posterior fading (PC-NAS, Li et al., CVPR 2020, Eq. 10): the entropy of every decision (per group, in
+        the space's order) and the effective number of architectures sharing the weights, exp(sum of the
+        entropies), logged as log10."""
         log_n = self.guide.log_effective_architectures()
         return {"tau": round(self.guide.temperature, 4),
                 "log10_effective_architectures": round(log_n / math.log(10), 4),
-                "edge_entropy": {k: [round(float(v), 4) for v in h] for k, h in self.guide.edge_entropy().items()}}
+                "decision_entropy": {g: [round(float(v), 4) for v in h]
+                                     for g, h in self.guide.decision_entropy().items()}}
 
     def genotype(self):
-        probs = self.guide.probabilities()
-        return self.space.genotype({kind: derive_cell(p.cpu(), self.space.op_names, self.space.config.edges())
-                                    for kind, p in probs.items()})
+        """The space's derivation from the op probabilities softmax(A) (Sec. 3.3)."""
+        return self.space.derive(self.guide.probabilities())
 
     def select(self, progress: bool = True) -> Selection:
         o = self.options
@@ -144,24 +148,21 @@ class GDAS(SearchMethod):
                                                        drop_path=o.retrain_drop_path)
         extra = {
             "supernet_params": count_params(self.model.net),
-            "cells": genotype.choices,
+            self.space.name: genotype.choices,
             "retrain_epochs": o.retrain_epochs,
         }
         return Selection(genotype, net, val_acc, test_acc, extra)
 
     @torch.no_grad()
     def export(self, run_dir: Path) -> None:
-        """Op probabilities per (cell type, edge, op) and draws of architectures, as ``posterior.nc``."""
-        kinds = self.guide.cell_types
-        probs = self.guide.probabilities()
+        """Op probabilities per (decision, op) and draws of architectures, as ``posterior.nc``; one plot of the
+        op probabilities per decision group."""
+        probabilities = self.guide.probabilities()
         draws = self.options.posterior_draws
-        choice = np.stack([torch.distributions.OneHotCategorical(probs=probs[k]).sample((draws,)).cpu().numpy()
-                           for k in kinds], axis=1)[None]  # (chain, draw, cell_type, edge, op)
-        edges = [f"{j}<-{i}" for j, i in self.space.config.edges()]
-        coords = {"cell_type": kinds, "edge": edges, "op": list(self.space.op_names)}
-        diagnostics.save_posterior(run_dir, {"op_choice": choice}, coords=coords, dims=["cell_type", "edge", "op"],
-                                   constant={"op_probability": np.stack([probs[k].cpu().numpy() for k in kinds])},
-                                   attrs={"method": self.name, "seed": self.config.seed})
-        for k in kinds:
-            diagnostics.plot_matrix(probs[k].cpu().numpy(), edges, list(self.space.op_names),
-                                    f"GDAS op probabilities, {k} cell", run_dir / f"op_probabilities_{k}.png")
+        choice = {g: torch.distributions.OneHotCategorical(probs=p).sample((draws,)).cpu().numpy()[None]
+                  for g, p in probabilities.items()}  # (chain, draw, n_g, K_g)
+        probs = {g: p.cpu().numpy() for g, p in probabilities.items()}
+        diagnostics.save_decision_posterior(run_dir, self.space, {"op_choice": choice}, {"op_probability": probs},
+                                            attrs={"method": self.name, "seed": self.config.seed})
+        diagnostics.plot_decision_groups(self.space, probs, "GDAS op probabilities, {group}",
+                                         run_dir / "op_probabilities")

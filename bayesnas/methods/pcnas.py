@@ -1,22 +1,28 @@
-"""PC-NAS (Li et al. 2019, "Improving one-shot NAS by suppressing the posterior fading", Algorithms 1-2):
-single-path training of the chain super-network under a shrinking partial-model pool, a hard latency limit,
-then the best of the final pool retrained from scratch.
+"""PC-NAS (Li et al., "Improving one-shot NAS by suppressing the posterior fading", CVPR 2020, Algorithms 1-2):
+single-path training of a super-network under a shrinking partial-model pool, a hard latency limit where the
+space has a latency table, then the best of the final pool retrained from scratch.
 
-Schedule (Algorithm 2), one phase of the shared loop on the whole training split:
+Any :class:`~bayesnas.spaces.decisions.DecisionSpace`: an architecture is one option per decision, the
+super-network runs it in the index form (only the chosen op of each decision), and the pool grows decision by
+decision in the space's order (the chain: one mixop after the other, as in the paper; the cells: one edge of a
+cell type after the other). Schedule (Algorithm 2), one phase of the shared loop on the whole training split:
 
 - epochs ``[0, T_w)``: warm-up, architectures drawn uniformly (:class:`UniformProposal`);
-- then one interval of ``T_i`` epochs per mixop ``l = 0 .. L-1``: at its first epoch (``begin_epoch``) the pool
-  is extended by every op of mixop ``l``, candidates are scored by their potential (Algorithm 1, Eq. 11) and
-  the top P kept; the interval trains on a pool member completed uniformly under the latency limit.
+- then one interval of ``T_i`` epochs per decision ``l = 0 .. L-1``: at its first epoch (``begin_epoch``) the
+  pool is extended by every option of decision ``l``, candidates are scored by their potential (Algorithm 1,
+  Eq. 11) and the top P kept; the interval trains on a pool member completed uniformly under the latency limit.
 
 So a search lasts ``T_w + L * T_i`` epochs: ``warmup_epochs`` defaults to ``epochs - L * interval_epochs`` (the
 cosine schedule spans the whole search), and an explicit value must agree with ``epochs``. The paper quotes
 ``100 + 20 x 5 = 200`` epochs for 21 mixops; Algorithm 2 runs ``L * T_i`` epochs after warm-up, which we follow
 (the ``pcnas-small``/``-large`` presets use 205).
 
-``proposal: uniform`` is the One-Shot baseline of Sec. 4.4: uniform single-path training for every epoch, then
-the same pool search (Algorithm 1 potentials, top P per mixop) run on the trained super-network without further
-training (Table 3, "One-shot + Ours").
+The latency limit (Sec. 3.3, 4.1) needs a per-(decision, option) lookup table (:mod:`bayesnas.latency`, which
+times the chain's modules); on a space without one ``latency_ms`` is refused before anything runs.
+
+``proposal: uniform`` (or the ``oneshot`` method, :mod:`bayesnas.methods.oneshot`) is the One-Shot baseline of
+Sec. 4.4: uniform single-path training for every epoch, then the same pool search (Algorithm 1 potentials, top P
+per decision) run on the trained super-network without further training (Table 3, "One-shot + Ours").
 """
 
 from __future__ import annotations
@@ -30,34 +36,47 @@ import torch
 from matplotlib.figure import Figure
 
 from bayesnas import diagnostics, latency
-from bayesnas.config import ConfigError
+from bayesnas.config import ConfigError, SearchConfig
 from bayesnas.data import Split
 from bayesnas.guides.pcnas import Completion, LatencyLimitError, PartialModelPool, UniformProposal
 from bayesnas.io import atomic_write, read_jsonl
 from bayesnas.methods import Phase, SearchMethod, Selection, register
 from bayesnas.models.pcnas import PCNASModel, conditioned_nll
-from bayesnas.spaces.branches import count_params
-from bayesnas.spaces.chain import ChainSpace, batch_statistics
-from bayesnas.train import TrainRecipe, retrain
+from bayesnas.spaces.chain import ChainSpace
+from bayesnas.spaces.decisions import DecisionSpace, batch_statistics
+from bayesnas.spaces.profile import count_params
+from bayesnas.train import TrainRecipe
 
-__all__ = ["PCNAS", "Completion", "LatencyLimitError", "PCNASModel", "PCNASOptions", "PartialModelPool",
-           "UniformProposal", "conditioned_nll", "plot_fading"]
+__all__ = ["PCNAS", "Completion", "LatencyLimitError", "OneShotOptions", "PCNASModel", "PCNASOptions",
+           "PartialModelPool", "UniformProposal", "conditioned_nll", "has_latency_table", "plot_fading",
+           "search_recipe"]
+
+
+def has_latency_table(space: DecisionSpace) -> bool:
+    """Whether :mod:`bayesnas.latency` can time the space's options (one module per option of each decision:
+    the chain's mixops; a cell's edges run inside a cell of several edges, so the cells have no table)."""
+    return isinstance(space, ChainSpace)
+
+
+def search_recipe(config: SearchConfig, epochs: int, lr: float | None = None) -> TrainRecipe:
+    """Training from scratch with the search's own settings (lr unless ``lr`` is given, schedule, momentum, weight
+    decay, clipping, augmentation): PC-NAS retrains "with the search settings" (Sec. 4.1)."""
+    return TrainRecipe(epochs=epochs, batch_size=config.batch_size, lr=lr or config.lr, lr_min=config.lr_min,
+                       momentum=config.momentum, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+                       shift=config.shift, flip=config.flip)
 
 
 @dataclass(frozen=True)
-class PCNASOptions:
-    proposal: str = "pool"
-    """``pool`` (PC-NAS, Algorithm 2) or ``uniform`` (One-Shot: uniform all along, pool search at the end)."""
+class OneShotOptions:
+    """Options of the pool search, the latency limit and the retraining (the ``oneshot`` method's options)."""
+
     pool_size: int = 5
     """P, the partial models kept after each interval (paper: 5)."""
     num_evaluations: int = 900
     """S, the random completions averaged in one candidate's potential (Algorithm 1; paper: 900)."""
-    warmup_epochs: int | None = None
-    """T_w (paper: 100); null: ``epochs - L * interval_epochs``."""
-    interval_epochs: int = 5
-    """T_i, epochs between pool updates (paper: 5)."""
     latency_ms: float | None = None
-    """Hard latency limit of the architectures (paper: 10 ms on a GTX 1080Ti at batch 16); null: none."""
+    """Hard latency limit of the architectures (paper: 10 ms on a GTX 1080Ti at batch 16); null: none. Only on a
+    space with a latency table (the chain)."""
     latency_batch_size: int = 16
     """Batch size of the latency measurement (paper: 16)."""
     latency_runs: int = 7
@@ -75,18 +94,33 @@ class PCNASOptions:
     """Learning rate of the retraining (null: the search's; the paper retrains with the search settings)."""
 
     def __post_init__(self) -> None:
-        if self.proposal not in ("pool", "uniform"):
-            raise ValueError(f"proposal must be 'pool' or 'uniform', got {self.proposal!r}")
-        if min(self.pool_size, self.num_evaluations, self.interval_epochs, self.latency_batch_size,
-               self.latency_runs, self.eval_batch_size, self.max_resamples, self.accuracy_samples) < 1:
-            raise ValueError("pool_size, num_evaluations, interval_epochs, latency_batch_size, latency_runs, "
-                             "eval_batch_size, max_resamples and accuracy_samples must be >= 1")
-        if self.warmup_epochs is not None and self.warmup_epochs < 0:
-            raise ValueError("warmup_epochs must be >= 0")
+        if min(self.pool_size, self.num_evaluations, self.latency_batch_size, self.latency_runs,
+               self.eval_batch_size, self.max_resamples, self.accuracy_samples) < 1:
+            raise ValueError("pool_size, num_evaluations, latency_batch_size, latency_runs, eval_batch_size, "
+                             "max_resamples and accuracy_samples must be >= 1")
         if self.latency_ms is not None and self.latency_ms <= 0:
             raise ValueError("latency_ms must be > 0")
         if self.retrain_epochs < 0:
             raise ValueError("retrain_epochs must be >= 0")
+
+
+@dataclass(frozen=True)
+class PCNASOptions(OneShotOptions):
+    proposal: str = "pool"
+    """``pool`` (PC-NAS, Algorithm 2) or ``uniform`` (One-Shot, the same as method ``oneshot``)."""
+    warmup_epochs: int | None = None
+    """T_w (paper: 100); null: ``epochs - L * interval_epochs``."""
+    interval_epochs: int = 5
+    """T_i, epochs between pool updates (paper: 5)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.proposal not in ("pool", "uniform"):
+            raise ValueError(f"proposal must be 'pool' or 'uniform', got {self.proposal!r}")
+        if self.interval_epochs < 1:
+            raise ValueError("interval_epochs must be >= 1")
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
+            raise ValueError("warmup_epochs must be >= 0")
 
 
 @register
@@ -96,26 +130,34 @@ class PCNAS(SearchMethod):
     name = "pcnas"
     options_type = PCNASOptions
 
+    @property
+    def proposal_kind(self) -> str:
+        """``pool`` (Algorithm 2) or ``uniform`` (One-Shot: uniform all along)."""
+        return self.options.proposal
+
     def __init__(self, config, data, device) -> None:
         super().__init__(config, data, device)
         o = self.options
-        self.space = self.build_space(ChainSpace, image_size=data.image_size)
-        self.num_ops = self.space.num_ops()
-        self.num_layers = len(self.num_ops)
-        needed = self.num_layers * o.interval_epochs
-        if o.proposal == "pool":
+        self.space: DecisionSpace = self.build_space()
+        self.decisions = self.space.decisions()
+        self.num_ops = self.space.num_options()
+        if o.latency_ms is not None and not has_latency_table(self.space):
+            raise ConfigError(f"method {self.name!r}: latency_ms needs a latency table, which the "
+                              f"{self.space.name} space has none of (only the chain has one); drop latency_ms")
+        if self.proposal_kind == "pool":
+            needed = len(self.num_ops) * o.interval_epochs
             warmup = config.epochs - needed if o.warmup_epochs is None else o.warmup_epochs
             if warmup < 0 or warmup + needed != config.epochs:
                 raise ConfigError(
-                    f"method 'pcnas': a search lasts warmup_epochs + L x interval_epochs epochs; with "
-                    f"L = {self.num_layers} mixops and interval_epochs = {o.interval_epochs} that is "
+                    f"method {self.name!r}: a search lasts warmup_epochs + L x interval_epochs epochs; with "
+                    f"L = {len(self.num_ops)} decisions and interval_epochs = {o.interval_epochs} that is "
                     + (f"{o.warmup_epochs} + {needed} = {o.warmup_epochs + needed}" if o.warmup_epochs is not None
                        else f"at least {needed}") + f", but epochs = {config.epochs}")
             self.warmup_epochs = warmup
         else:
             self.warmup_epochs = config.epochs
         self.num_train = len(data.train)
-        self.model = PCNASModel(self.space.supernet(), self.num_ops).to(device)
+        self.model = PCNASModel(self.space.supernet(sparse=True), self.space).to(device)
         self.uniform = UniformProposal(self.num_ops)
         self.pool = PartialModelPool(self.num_ops, o.pool_size)
         self.proposal: UniformProposal | PartialModelPool = self.uniform
@@ -124,7 +166,6 @@ class PCNAS(SearchMethod):
         self._table_fresh = False
         self._generator = torch.Generator().manual_seed(self._seed(0))
         self._updated: dict[str, Any] | None = None
-        self._epoch = 0
 
     def _seed(self, *parts: int) -> int:
         return (self.config.seed * 1_000_003 + sum(p * 7919 ** (i + 1) for i, p in enumerate(parts))) % 2 ** 62
@@ -133,6 +174,8 @@ class PCNAS(SearchMethod):
     def prepare(self, run_dir: Path, resume: bool) -> None:
         """Reuse the run folder's ``latency.json`` when it matches, else measure; refuse an unreachable limit."""
         self.run_dir = Path(run_dir)
+        if not has_latency_table(self.space):
+            return
         path = self.run_dir / latency.LATENCY_FILE
         table = latency.load_or_measure(self.space, path, self.device, self.options.latency_batch_size,
                                         self.options.latency_runs, write=False)
@@ -152,11 +195,12 @@ class PCNAS(SearchMethod):
         self.pool.completion = completion
 
     @property
-    def table(self) -> latency.LatencyTable:
-        if self._table is None:  # constructed without the search loop: measure, cache nothing
+    def table(self) -> latency.LatencyTable | None:
+        """The latency table of a space that has one (measured here, cached nothing, when constructed without the
+        search loop); None otherwise."""
+        if self._table is None and has_latency_table(self.space):
             self._set_table(latency.measure(self.space, self.device, self.options.latency_batch_size,
                                             self.options.latency_runs))
-        assert self._table is not None
         return self._table
 
     def _save_table(self) -> None:
@@ -166,7 +210,12 @@ class PCNAS(SearchMethod):
             self._table_fresh = False
 
     def ops(self, arch) -> list[str]:
-        return [layer.ops[i] for layer, i in zip(self.space.layers(), arch)]  # noqa: B905 - partial models
+        """Option names of a (partial) architecture, one per decision."""
+        return [d.options[i] for d, i in zip(self.decisions, arch)]  # noqa: B905 - partial models
+
+    def architecture(self, arch) -> dict[str, torch.Tensor]:
+        """The super-network's index form of one option index per decision."""
+        return self.space.index_architecture(arch, self.device)
 
     # --- hooks of the loop -----------------------------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -177,12 +226,11 @@ class PCNAS(SearchMethod):
                                                              list(self.model.parameters())}], self.training_loss)]
 
     def begin_epoch(self, epoch: int) -> None:
-        """Warm-up, then at the first epoch of interval ``l`` the pool update of mixop ``l`` (Algorithm 2)."""
-        self._epoch = epoch
+        """Warm-up, then at the first epoch of interval ``l`` the pool update of decision ``l`` (Algorithm 2)."""
         self._generator = torch.Generator().manual_seed(self._seed(1, epoch))
         self._updated = None
         self._save_table()
-        if self.options.proposal == "pool" and epoch >= self.warmup_epochs:
+        if self.proposal_kind == "pool" and epoch >= self.warmup_epochs:
             interval = (epoch - self.warmup_epochs) // self.options.interval_epochs
             if self.pool.depth <= interval:  # not yet done (a resumed run restores the pool with its epoch)
                 self._updated = self.update_pool()
@@ -199,9 +247,9 @@ class PCNAS(SearchMethod):
     @torch.no_grad()
     def supernet_accuracy(self, arch, split: Split, batch_size: int = 512) -> float:
         """Accuracy of one architecture with the shared weights (BatchNorm on batch statistics)."""
-        net = self.model.net
+        net, value = self.model.net, self.architecture(arch)
         with batch_statistics(net):
-            right = sum(int((net(split.x[i:i + batch_size], arch).argmax(-1) == split.y[i:i + batch_size]).sum())
+            right = sum(int((net(split.x[i:i + batch_size], value).argmax(-1) == split.y[i:i + batch_size]).sum())
                         for i in range(0, len(split), batch_size))
         return right / max(len(split), 1)
 
@@ -215,8 +263,8 @@ class PCNAS(SearchMethod):
         """The fading log: effective number of architectures sharing the weights, and the pool's update."""
         effective = self.proposal.effective_architectures()
         row: dict[str, Any] = {
-            "stage": "warm-up" if self.proposal is self.uniform and self.options.proposal == "pool"
-            else self.options.proposal,
+            "stage": "warm-up" if self.proposal is self.uniform and self.proposal_kind == "pool"
+            else self.proposal_kind,
             "pool_depth": self.pool.depth if self.proposal is self.pool else 0,
             "effective_architectures": effective, "log10_effective_architectures": float(np.log10(effective))}
         if self._updated is not None:
@@ -238,16 +286,16 @@ class PCNAS(SearchMethod):
         scores = []
         with batch_statistics(net):
             for _ in range(self.options.num_evaluations):
-                arch = completion.complete(partial, generator)
+                arch = self.architecture(completion.complete(partial, generator))
                 index = torch.randperm(len(val), generator=generator)[:batch].to(val.x.device)
                 scores.append(float((net(val.x[index], arch).argmax(-1) == val.y[index]).float().mean()))
         return float(np.mean(scores))
 
     def update_pool(self) -> dict[str, Any]:
-        """Extend the pool by the next mixop, score every candidate, keep the top P (Algorithm 2). Each
+        """Extend the pool by the next decision, score every candidate, keep the top P (Algorithm 2). Each
         candidate's completions and validation batches come from its own seeded generator, so the scores do not
         depend on which rank of a distributed search computes them."""
-        self.table  # noqa: B018 - the completions need the latency table
+        self.table  # noqa: B018 - the completions need the latency table (where the space has one)
         depth = self.pool.depth
         return self.pool.update(
             lambda partial: self.potential(partial, torch.Generator().manual_seed(self._seed(3, depth, *partial))),
@@ -255,82 +303,80 @@ class PCNAS(SearchMethod):
 
     # --- selection -----------------------------------------------------------------------------------------
     def intervals(self) -> list[dict[str, Any]]:
-        """The pool after each update, with op names, potentials and the number of candidates scored."""
-        layers = self.space.layers()
-        return [{"interval": r["interval"], "mixop": layers[r["layer"]].name, "candidates": r["candidates"],
-                 "infeasible": r["infeasible"], "pool": [self.ops(m) for m in r["pool"]],
+        """The pool after each update, with option names, potentials and the number of candidates scored."""
+        return [{"interval": r["interval"], "decision": self.decisions[r["decision"]].name,
+                 "candidates": r["candidates"], "infeasible": r["infeasible"], "pool": [self.ops(m) for m in r["pool"]],
                  "potentials": [round(p, 5) for p in r["potentials"]]} for r in self.pool.history]
 
     def select(self, progress: bool = True) -> Selection:
         """The final pool's best member by potential, retrained from scratch (Sec. 4.1)."""
-        if not self.pool.complete:  # One-Shot: the pool search on the trained super-network, no training between
-            while not self.pool.complete:
-                self.update_pool()
+        while not self.pool.complete:  # One-Shot: the pool search on the trained super-network, no training between
+            self.update_pool()
         best = list(self.pool.members[0])
-        genotype = self.space.genotype(best)
-        ops = genotype.choices["ops"]
-        table = self.table
+        genotype = self.space.genotype_from_indices(best)
         o = self.options
         supernet_val = self.supernet_accuracy(best, self.data.val)
         supernet_test = self.supernet_accuracy(best, self.data.test)
         if o.retrain_epochs:
-            c = self.config
-            recipe = TrainRecipe(epochs=o.retrain_epochs, batch_size=c.batch_size, lr=o.retrain_lr or c.lr,
-                                 lr_min=c.lr_min, momentum=c.momentum, weight_decay=c.weight_decay,
-                                 grad_clip=c.grad_clip, shift=c.shift, flip=c.flip)
-            net, val_acc, test_acc = retrain(self.space, genotype, self.data.train, self.data.val, self.data.test,
-                                             recipe, c.seed, progress)
-        else:
-            net = self.space.build(genotype, inherit=self.model.net.state_dict()).to(self.device)
+            net, val_acc, test_acc = self.retrain_selected(
+                self.space, genotype, search_recipe(self.config, o.retrain_epochs, o.retrain_lr), progress)
+        else:  # the super-network's figures; the network built (untrained) for its size
+            net = self.space.build(genotype).to(self.device)
             val_acc, test_acc = supernet_val, supernet_test
         rows = read_jsonl(self.run_dir / "metrics.jsonl") if self.run_dir else []
         effective = [r["effective_architectures"] for r in rows if "effective_architectures" in r]
         extra = {
-            "proposal": o.proposal,
+            "proposal": self.proposal_kind,
             "retrained": bool(o.retrain_epochs), "retrain_epochs": o.retrain_epochs,
-            "latency_ms": round(table.latency(ops), 5), "latency_limit_ms": o.latency_ms,
-            "fastest_latency_ms": round(table.fastest(), 5), "latency_device": table.device,
-            "latency_batch_size": table.batch_size,
-            "flops": table.flops(ops), "supernet_params": count_params(self.model.net),
+            "flops": self.space.flops(genotype), "supernet_params": count_params(self.model.net),
             "potential": self.pool.potentials[0],
             "supernet_val_accuracy": supernet_val, "supernet_test_accuracy": supernet_test,
-            "pool": [{"ops": self.ops(m), "potential": p, "latency_ms": round(table.latency(self.ops(m)), 5)}
+            "pool": [{"ops": self.ops(m), "potential": p}
                      for m, p in zip(self.pool.members, self.pool.potentials, strict=True)],
             "potentials": self.intervals(),
             "search_space_size": float(self.space.size()),
-            "warmup_epochs": self.warmup_epochs, "interval_epochs": o.interval_epochs,
+            "warmup_epochs": self.warmup_epochs, "interval_epochs": getattr(o, "interval_epochs", None),
             "pool_size": o.pool_size, "num_evaluations": o.num_evaluations,
         }
+        table = self.table
+        if table is not None:
+            extra.update({"latency_ms": round(table.latency(self.ops(best)), 5), "latency_limit_ms": o.latency_ms,
+                          "fastest_latency_ms": round(table.fastest(), 5), "latency_device": table.device,
+                          "latency_batch_size": table.batch_size})
+            for member in extra["pool"]:
+                member["latency_ms"] = round(table.latency(member["ops"]), 5)
         if effective:
             extra["effective_architectures_first"] = effective[0]
             extra["effective_architectures_last"] = effective[-1]
         return Selection(genotype, net, val_acc, test_acc, extra)
 
     # --- export ----------------------------------------------------------------------------------------------
-    def op_names(self) -> list[str]:
-        return list(self.space.config.op_names)
+    def option_names(self) -> list[str]:
+        """Every option of any decision, in order of first appearance."""
+        return list(dict.fromkeys(name for d in self.decisions for name in d.options))
 
     def one_hot(self, arch) -> np.ndarray:
-        names = self.op_names()
-        out = np.zeros((self.num_layers, len(names)))
-        for layer, op in enumerate(self.ops(arch)):
-            out[layer, names.index(op)] = 1.0
+        names = self.option_names()
+        out = np.zeros((len(self.decisions), len(names)))
+        for decision, op in enumerate(self.ops(arch)):
+            out[decision, names.index(op)] = 1.0
         return out
 
     def export(self, run_dir: Path) -> None:
-        """The final pool as ArviZ draws (``op_chosen`` one-hot per mixop and op), its per-layer op frequencies,
-        and plots: op frequencies and the fading curve (effective architectures and potentials per interval)."""
-        layers = [layer.name for layer in self.space.layers()]
-        names = self.op_names()
+        """The final pool as ArviZ draws (``op_chosen`` one-hot per decision and option), its per-decision option
+        frequencies, and plots: option frequencies and the fading curve (effective architectures and potentials
+        per interval)."""
+        decisions = [d.name for d in self.decisions]
+        names = self.option_names()
         chosen = np.stack([self.one_hot(m) for m in self.pool.members])[None]
         frequency = chosen[0].mean(0)
-        diagnostics.save_posterior(
-            run_dir, {"op_chosen": chosen}, coords={"layer": layers, "op": names}, dims=["layer", "op"],
-            constant={"op_frequency": frequency},
-            attrs={"method": self.name, "seed": self.config.seed, "proposal": self.options.proposal,
-                   "potentials": [float(p) for p in self.pool.potentials],
-                   "latency_ms": [float(self.table.latency(self.ops(m))) for m in self.pool.members]})
-        diagnostics.plot_matrix(frequency.T, names, layers, "op frequency in the final pool (op x mixop)",
+        attrs = {"method": self.name, "seed": self.config.seed, "proposal": self.proposal_kind,
+                 "potentials": [float(p) for p in self.pool.potentials]}
+        if self.table is not None:
+            attrs["latency_ms"] = [float(self.table.latency(self.ops(m))) for m in self.pool.members]
+        diagnostics.save_posterior(run_dir, {"op_chosen": chosen}, coords={"decision": decisions, "op": names},
+                                   dims=["decision", "op"], constant={"op_frequency": frequency}, attrs=attrs)
+        diagnostics.plot_matrix(frequency.T, names, decisions, "op frequency in the final pool (op x decision)",
                                 run_dir / "op_frequencies.png")
         plot_fading(run_dir, self.pool.history)
 
@@ -349,7 +395,7 @@ def plot_fading(run_dir: Path, history: list[dict[str, Any]]) -> Path:
         right.scatter([record["interval"]] * len(scores), scores, s=8, color="0.6")
         right.scatter([record["interval"]] * len(record["potentials"]), record["potentials"], s=14, color="C1")
     right.set_xticks(range(len(history)))
-    right.set(xlabel="interval (mixop)", ylabel="potential (Eq. 11)", title="candidates (grey) and kept pool")
+    right.set(xlabel="interval (decision)", ylabel="potential (Eq. 11)", title="candidates (grey) and kept pool")
     fig.tight_layout()
     path = Path(run_dir) / "fading.png"
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))

@@ -18,7 +18,7 @@ from bayesnas.methods import Phase, SearchMethod, Selection, register
 from bayesnas.models.pgnas import PGNASModel
 from bayesnas.reparam import LocalReparameterization
 from bayesnas.select import posterior_guided_sampling
-from bayesnas.spaces.branches import BranchSpace, count_params
+from bayesnas.spaces.branches import count_params
 from bayesnas.train import TrainRecipe, accuracy, train_network
 
 
@@ -80,11 +80,16 @@ class PGNAS(SearchMethod):
 
     name = "pgnas"
     options_type = PGNASOptions
+    space_reasons = {
+        "cells": "its spike-and-slab prior switches input channels of searchable convolutions off, and a DARTS "
+                 "cell's choices are between operations, not channels",
+        "chain": "masking the chain's expanded MBConv channels is not built yet (searchable: branches)",
+    }
 
     def __init__(self, config, data, device) -> None:
         super().__init__(config, data, device)
         o = self.options
-        self.space = self.build_space(BranchSpace)
+        self.space = self.build_space()
         self.num_train = len(data.train)
         self.kl_scale = self.num_train / o.kl_dataset_size if o.kl_dataset_size else 1.0
         self.model, self.guide = self._supernet(o.init_drop_rate, learn_drop_rate=True)

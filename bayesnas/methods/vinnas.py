@@ -1,6 +1,7 @@
 """VINNAS (Ferianc, Fan & Rodrigues, arXiv:2007.06103, 2020; Eq. 4-8, Algorithm 1): variational dropout with
-log-uniform (ARD) priors over the weights and op strengths of a DARTS cell super-network, then selection by the
-positive SNR of alpha.
+log-uniform (ARD) priors over the weights and op strengths of a dense super-network (the DARTS cells of the paper,
+or the chain: any space's decisions, each mixing its ops by softmax(alpha)), then selection by the positive SNR of
+alpha through the space's derivation.
 
 Algorithm 1 as the search loop runs it: every step does stage 1 (theta_w and Psi on a mini-batch of one half
 of the training split) and, from epoch ``warmup_epochs`` on ("weight epochs"), stage 2 (theta_alpha on a
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -32,8 +33,7 @@ from bayesnas.guides.vinnas import VINNASGuide
 from bayesnas.methods import Phase, SearchMethod, Selection, register
 from bayesnas.models.vinnas import VINNASModel
 from bayesnas.reparam import LocalReparameterization
-from bayesnas.select import derive_cell
-from bayesnas.spaces.cell import CellSpace
+from bayesnas.spaces.genotype import Genotype
 from bayesnas.spaces.profile import count_params
 from bayesnas.train import TrainRecipe, accuracy
 
@@ -90,20 +90,15 @@ class VINNASOptions:
                              "retrain_epochs >= 0")
 
 
-def edge_labels(edges: list[tuple[int, int]]) -> list[str]:
-    """``s1<-c-1``: state 1 fed by the output of cell c-1 (inputs 0, 1 are cells c-2, c-1; then states)."""
-    def node(i: int) -> str:
-        return ("c-2", "c-1")[i] if i < 2 else f"s{i - 2}"
-
-    return [f"s{j}<-{node(i)}" for j, i in edges]
-
-
 @register
 class VINNAS(SearchMethod):
     """VINNAS: ARD over ops and weights by variational dropout (Eq. 4-8), two-stage Algorithm 1, SNR selection."""
 
     name = "vinnas"
     options_type = VINNASOptions
+    space_defaults: ClassVar[dict[str, dict[str, Any]]] = {"cells": {"ops": "vinnas"}, "chain": {"affine": False}}
+    """Space options the method sets unless the configuration does: the paper's op set of K = 10 on cells (the
+    chain's op sets are its own) and, on both, BatchNorm without affine parameters during the search (Sec. V-A)."""
 
     def __init__(self, config, data, device) -> None:
         super().__init__(config, data, device)
@@ -111,15 +106,15 @@ class VINNAS(SearchMethod):
         if o.warmup_epochs >= config.epochs:
             raise ConfigError(f"method 'vinnas': warmup_epochs ({o.warmup_epochs}) must be below epochs "
                               f"({config.epochs}), or the architecture is never trained")
-        self.space = self.build_space(CellSpace, ops="vinnas")
-        self.cell_types = self.space.config.searched_types()
-        if not self.cell_types:
-            raise ConfigError("space of method 'vinnas': no searched cell type (fixed_reduction with no N cell?)")
-        shape = self.space.arch_shape()
-        self.model = VINNASModel(self.space.supernet(), self.cell_types, shape, self.space.op_names,
-                                 o.label_smoothing, o.zero_alpha_max).to(device)
-        self.guide = VINNASGuide(self.model.initial_weights, self.cell_types, shape, o.init_log_var,
-                                 o.alpha_init_std).to(device)
+        self.space = self.build_space()
+        groups = self.space.groups()
+        if not groups:
+            raise ConfigError(f"{self.space.name} space of method 'vinnas': no decision to search (fixed_reduction "
+                              "with no N cell?)")
+        self.model = VINNASModel(self.space.supernet(sparse=False), groups, o.label_smoothing,
+                                 o.zero_alpha_max).to(device)
+        self.guide = VINNASGuide(self.model.initial_weights, {name: g.shape for name, g in groups.items()},
+                                 o.init_log_var, o.alpha_init_std).to(device)
         self.reparam = LocalReparameterization()
         self.elbo = AnalyticKLELBO()
         self.weight_half, self.arch_half = data.halves(config.seed)
@@ -169,7 +164,7 @@ class VINNAS(SearchMethod):
         self.guide.frozen = frozen
         entropy = None
         if self.model.gammas[2] > 0:
-            entropy = self.guide.op_entropy(o.entropy_samples, o.zero_alpha_max, self.model.zero_op)
+            entropy = self.guide.op_entropy(o.entropy_samples, self.model.clip)
         loss = self.elbo.differentiable_loss(self.reparam(self.model), self.reparam(self.guide), x, y, index, size,
                                              op_entropy=entropy)
         logits = self.model.last_logits
@@ -201,7 +196,7 @@ class VINNAS(SearchMethod):
         kl_w = sum(float(kl_normal_log_uniform_elementwise(self.guide.mu_w[k], self.guide.log_var_w[k]).sum())
                    for k in self.guide.mu_w)
         kl_a = sum(float(kl_normal_log_uniform_elementwise(self.guide.mu_alpha[k], self.guide.log_var_alpha[k])
-                         .sum()) for k in self.cell_types)
+                         .sum()) for k in self.guide.groups)
         return kl_w, kl_a
 
     @torch.no_grad()
@@ -219,7 +214,7 @@ class VINNAS(SearchMethod):
             row["arch_error"] = error
         kl_w, kl_a = self.kl_terms()
         with torch.no_grad():
-            entropy = float(self.guide.op_entropy(64, o.zero_alpha_max, self.model.zero_op))
+            entropy = float(self.guide.op_entropy(64, self.model.clip))
         g_w, g_a, g_e = self.model.gammas
         row.update({
             "nll": self._nll[0] / max(self._nll[1], 1), "kl_w": kl_w, "kl_alpha": kl_a, "op_entropy": entropy,
@@ -230,18 +225,17 @@ class VINNAS(SearchMethod):
         return row
 
     # ------------------------------------------------------------------ selection
-    def derive(self) -> dict[str, list]:
-        """Genotype choices from the positive SNR: per state, the two incoming edges whose best non-zero op
-        has the highest SNR, with that op."""
-        snr = self.guide.snr()
-        return {k: derive_cell(snr[k].detach().cpu(), self.space.op_names, self.space.config.edges())
-                for k in self.cell_types}
+    @torch.no_grad()
+    def derive(self) -> Genotype:
+        """The space's derivation from the positive SNR of alpha (Sec. IV-C): on cells, per state, the two
+        incoming edges whose best non-zero op has the highest SNR, with that op; on the chain, the op of highest
+        SNR per mixop."""
+        return self.space.derive(self.guide.snr())
 
     def select(self, progress: bool = True) -> Selection:
         o, c = self.options, self.config
         restored = self.guide.restore_best()
-        choices = self.derive()
-        genotype = self.space.genotype(choices)
+        genotype = self.derive()
         recipe = TrainRecipe(epochs=o.retrain_epochs, batch_size=o.retrain_batch_size, lr=o.retrain_lr,
                              weight_decay=o.retrain_weight_decay, shift=c.shift, flip=c.flip)
         net, val_acc, test_acc = self.retrain_selected(self.space, genotype, recipe, progress)
@@ -250,7 +244,7 @@ class VINNAS(SearchMethod):
         extra = {
             "supernet_params": supernet, "pruned_params": pruned, "pruned_fraction": 1 - pruned / supernet,
             "prune_threshold": o.prune_threshold,
-            "cells": choices, "supernet_val_accuracy": self.accuracy(self.data.val),
+            self.space.name: genotype.choices, "supernet_val_accuracy": self.accuracy(self.data.val),
             "best_arch_error": float(self.guide.best_error) if restored else None,
             "best_arch_epoch": int(self.guide.best_epoch) if restored else None,
             "retrain_epochs": o.retrain_epochs,
@@ -260,27 +254,22 @@ class VINNAS(SearchMethod):
 
     @torch.no_grad()
     def export(self, run_dir: Path) -> None:
-        """Draws of alpha and z = softmax(alpha) as ArviZ ``InferenceData`` (``posterior.nc``; dims cell, edge,
-        op), the SNR and q's parameters as constant data, and one SNR plot per cell type."""
-        o = self.options
-        draws = o.posterior_draws
-        alpha = np.stack([self.guide.alpha_distribution(k).sample((draws,)).cpu().numpy()
-                          for k in self.cell_types], 1)[None]
-        z = np.stack([self.model.op_weights({k: self.guide.alpha_distribution(k).sample((draws,))})[k].cpu().numpy()
-                      for k in self.cell_types], 1)[None]
+        """Draws of alpha and z = softmax(alpha) as ArviZ ``InferenceData`` (``posterior.nc``; dims decision, op),
+        the SNR and q's parameters as constant data, and one SNR plot per decision group."""
+        draws = self.options.posterior_draws
+        groups = self.guide.groups
+        alpha = {g: self.guide.alpha_distribution(g).sample((draws,)).cpu().numpy()[None] for g in groups}
+        z = {g: self.model.op_weights({g: self.guide.alpha_distribution(g).sample((draws,))})[g].cpu().numpy()[None]
+             for g in groups}
 
-        def stacked(values: dict[str, torch.Tensor]) -> np.ndarray:
-            return np.stack([values[k].detach().cpu().numpy() for k in self.cell_types])
+        def numpy(values: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+            return {g: values[g].detach().cpu().numpy() for g in groups}
 
-        snr = stacked(self.guide.snr())
-        labels = edge_labels(self.space.config.edges())
-        diagnostics.save_posterior(
-            run_dir, {"alpha": alpha, "op_weight": z},
-            coords={"cell": self.cell_types, "edge": labels, "op": list(self.space.op_names)},
-            dims=["cell", "edge", "op"],
-            constant={"snr": snr, "mu_alpha": stacked(self.guide.alpha_means()),
-                      "sigma_alpha": stacked({k: torch.exp(0.5 * v) for k, v in self.guide.log_var_alpha.items()})},
+        snr = numpy(self.guide.snr())
+        diagnostics.save_decision_posterior(
+            run_dir, self.space, {"alpha": alpha, "op_weight": z},
+            {"snr": snr, "mu_alpha": numpy(self.guide.alpha_means()),
+             "sigma_alpha": numpy({g: torch.exp(0.5 * v) for g, v in self.guide.log_var_alpha.items()})},
             attrs={"method": self.name, "seed": self.config.seed})
-        for i, kind in enumerate(self.cell_types):
-            diagnostics.plot_matrix(snr[i], labels, list(self.space.op_names),
-                                    f"positive SNR mu/sigma^2 of alpha ({kind} cell)", run_dir / f"snr_{kind}.png")
+        diagnostics.plot_decision_groups(self.space, snr, "positive SNR mu/sigma^2 of alpha ({group})",
+                                         run_dir / "snr")

@@ -1,4 +1,8 @@
-"""Search spaces: super-networks, genotypes and the discrete networks built from them."""
+"""Search spaces: super-networks, genotypes and the discrete networks built from them.
+
+``cells`` and ``chain`` list their architecture as categorical decisions (:class:`DecisionSpace`), so every
+categorical method searches either; ``branches`` is PGNAS's channel-level space.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 from bayesnas.spaces.branches import BranchSpace
 from bayesnas.spaces.cell import CellSpace
 from bayesnas.spaces.chain import ChainSpace
+from bayesnas.spaces.decisions import Decision, DecisionGroup, DecisionSpace
 from bayesnas.spaces.genotype import Genotype, GenotypeError, load_genotype
 
 SPACES = {"branches": BranchSpace, "cells": CellSpace, "chain": ChainSpace}
@@ -27,5 +32,5 @@ def get_space(name: str, config: Mapping[str, Any] | None = None) -> Any:
         raise GenotypeError(f"space {name!r}: invalid configuration ({err})") from None
 
 
-__all__ = ["SPACES", "BranchSpace", "CellSpace", "ChainSpace", "Genotype", "GenotypeError", "UnknownSpaceError",
-           "get_space", "load_genotype"]
+__all__ = ["SPACES", "BranchSpace", "CellSpace", "ChainSpace", "Decision", "DecisionGroup", "DecisionSpace",
+           "Genotype", "GenotypeError", "UnknownSpaceError", "get_space", "load_genotype"]

@@ -258,6 +258,13 @@ class BranchSpace:
                     raise GenotypeError(f"layer {layer} branch {branch}: kept channels must be distinct "
                                         f"integers in [0, {size})")
 
+    def describe(self, genotype: Genotype) -> str:
+        """One line per layer: the input channels each branch keeps."""
+        self.validate(genotype)
+        return "\n".join(f"  {layer:<8} kept input channels  " + "  ".join(f"{b}:{len(idx):>3}"
+                                                                        for b, idx in branches.items())
+                         for layer, branches in genotype.choices.items())
+
     def build(self, genotype: Genotype, auxiliary: bool = False, drop_path: float = 0.0,
               inherit: Mapping[str, torch.Tensor] | None = None) -> BranchNet:
         """The dense network of ``genotype``; ``inherit`` (a super-network state dict) copies its weights."""

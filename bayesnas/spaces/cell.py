@@ -5,13 +5,14 @@ A network is a stem, a sequence of *normal* (N) and *reduction* (R) cells given 
 average pooling and a linear classifier. A cell takes the outputs of cells c-2 and c-1, computes ``states``
 intermediate states, each the sum of one mixed edge per earlier node (the two inputs and the earlier
 states), and concatenates its last ``multiplier`` states. Edge ``e`` of a cell type carries ``K`` candidate
-operations; the super-network's forward takes the architecture value ``{cell_type: weights}`` with
-``weights`` of shape ``(E, K)`` (one architecture for the batch) or ``(B, E, K)`` (one per example).
+operations: one decision per searched cell type and edge (:class:`~bayesnas.spaces.decisions.DecisionSpace`),
+stacked per cell type, so the super-network's forward takes ``{cell_type: value}`` in any of the three forms
+of :mod:`bayesnas.spaces.decisions`: op indices ``(E,)``, one-hot vectors (``sparse=True``, GDAS) or weights
+(VINNAS), ``(E, K)`` for the batch or ``(B, E, K)`` per example.
 
-With ``sparse=True`` (GDAS) an edge runs only the op its (one-hot) weights select: one op per edge per
-example, grouped so each op runs once on its group. Otherwise (VINNAS) it sums ``w_k o_k(x)`` over all ops.
-
-A genotype keeps, per cell type, two ``(op, input)`` pairs per state; ``build`` makes the discrete network,
+A genotype keeps, per cell type, a list of ``(op, input)`` pairs per state with distinct inputs: two after a
+relaxation's derivation (the papers' cells), every edge whose op is not ``none`` for one op per edge (what
+the single-path super-network runs), none for a state that is zeros. ``build`` makes the discrete network,
 scaled up in cells and channels for evaluation as the papers do (``eval_layout``, ``eval_channels``).
 """
 
@@ -25,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bayesnas.select import derive_cell
+from bayesnas.spaces.decisions import Decision, DecisionSpace, mixed_forward
 from bayesnas.spaces.genotype import Genotype, GenotypeError
 from bayesnas.spaces.ops import (
     OP_SETS,
@@ -34,8 +37,10 @@ from bayesnas.spaces.ops import (
     FactorizedReduce,
     ReLUConvBN,
     SearchConv2d,
+    Zero,
     make_op,
 )
+from bayesnas.spaces.profile import count_flops
 
 CELL_TYPES = {"N": "normal", "R": "reduce"}
 
@@ -69,12 +74,16 @@ class CellSpaceConfig:
     """Layout of the network built from a genotype (default: ``layout``)."""
     eval_channels: int | None = None
     """C of the network built from a genotype (default: ``channels``)."""
+    image_size: int = 32
+    """Side of the square input images, for :meth:`CellSpace.flops` (the networks take any size; genotype
+    files written before this option read as 32)."""
 
     def __post_init__(self) -> None:
         expand_layout(self.layout)
         if self.eval_layout is not None:
             expand_layout(self.eval_layout)
-        for name in ("channels", "states", "stem_multiplier", "stem_stride", "in_channels", "num_classes"):
+        for name in ("channels", "states", "stem_multiplier", "stem_stride", "in_channels", "num_classes",
+                     "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         self.op_names()  # validates
@@ -112,30 +121,18 @@ class CellSpaceConfig:
 
 
 class MixedEdge(nn.Module):
-    """All candidate ops of one edge; weighted sum, or (sparse) only the selected op per example."""
+    """All candidate ops of one edge, run under one decision's value by
+    :func:`~bayesnas.spaces.decisions.mixed_forward` (``none`` left out of weighted sums)."""
 
     def __init__(self, op_names: Sequence[str], channels: int, stride: int, affine: bool, sparse: bool) -> None:
         super().__init__()
         self.op_names = tuple(op_names)
         self.ops = nn.ModuleList(make_op(n, channels, channels, stride, affine) for n in op_names)
         self.sparse = sparse
+        self.skip = tuple(name == "none" for name in op_names)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        if weights.dim() == 1:
-            if self.sparse:
-                k = int(weights.argmax())
-                return self.ops[k](x) * weights[k]
-            return sum(w * op(x) for w, op, name in zip(weights, self.ops, self.op_names, strict=True)
-                       if name != "none")
-        # one architecture per example: run each chosen op once, on its examples only
-        choice = weights.argmax(-1)
-        parts, order = [], []
-        for k in torch.unique(choice).tolist():
-            idx = torch.nonzero(choice == k).flatten()
-            parts.append(self.ops[k](x.index_select(0, idx)) * weights[idx, k].view(-1, 1, 1, 1))
-            order.append(idx)
-        out = torch.cat(parts)
-        return out.index_select(0, torch.argsort(torch.cat(order)))
+    def forward(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        return mixed_forward(self.ops, x, choice, self.sparse, self.skip)
 
 
 def _preprocess(c_pp: int, c_p: int, c: int, reduction_prev: bool, affine: bool) -> tuple[nn.Module, nn.Module]:
@@ -156,34 +153,40 @@ class SearchCell(nn.Module):
             for _, i in config.edges())
         self.states = config.states
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, arch: torch.Tensor) -> torch.Tensor:
+        """``arch``: this cell type's value, op indices ``(E,)`` or float ``(E, K)`` / ``(B, E, K)``."""
         nodes = [self.pre0(s0), self.pre1(s1)]
         e = 0
         for j in range(self.states):
-            nodes.append(sum(self.edges[e + i](nodes[i], weights[..., e + i, :]) for i in range(j + 2)))
+            nodes.append(sum(self.edges[e + i](nodes[i], arch[..., e + i, :] if arch.is_floating_point()
+                                               else arch[e + i]) for i in range(j + 2)))
             e += j + 2
         return torch.cat(nodes[-self.multiplier:], dim=1)
 
 
 class DiscreteCell(nn.Module):
-    """A derived cell: each state sums two chosen ``(op, input)`` pairs."""
+    """A derived cell: each state sums its chosen ``(op, input)`` pairs (any number; zeros when it has none)."""
 
     def __init__(self, config: CellSpaceConfig, kind: str, pairs: Sequence[Sequence[Sequence[Any]]], c_pp: int,
                  c_p: int, c: int, reduction_prev: bool, drop_path: float) -> None:
         super().__init__()
         self.kind = kind
         self.pre0, self.pre1 = _preprocess(c_pp, c_p, c, reduction_prev, affine=True)
-        reduction = kind == "reduce"
-        self.inputs = [int(i) for state in pairs for _, i in state]
-        self.ops = nn.ModuleList(make_op(op, c, c, 2 if reduction and int(i) < 2 else 1, affine=True)
-                                 for state in pairs for op, i in state)
+        stride = 2 if kind == "reduce" else 1
+        self.pairs = [(j, str(op), int(i)) for j, state in enumerate(pairs) for op, i in state]
+        """``(state, op, input)`` of ``ops[t]``."""
+        self.ops = nn.ModuleList(make_op(op, c, c, stride if i < 2 else 1, affine=True) for _, op, i in self.pairs)
+        self.zero = Zero(c, stride)  # a state without pairs: zeros of a state's shape, from pre1's output
         self.drop_path = DropPath(drop_path)
+        self.states = len(pairs)
         self.multiplier = config.states
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: Any = None) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, arch: Any = None) -> torch.Tensor:
         nodes = [self.pre0(s0), self.pre1(s1)]
-        for a in range(0, len(self.ops), 2):
-            nodes.append(sum(self.drop_path(self.ops[a + t](nodes[self.inputs[a + t]])) for t in (0, 1)))
+        for j in range(self.states):
+            terms = [self.drop_path(op(nodes[i])) for op, (state, _, i) in zip(self.ops, self.pairs, strict=True)
+                     if state == j]
+            nodes.append(sum(terms) if terms else self.zero(nodes[1]))
         return torch.cat(nodes[-self.multiplier:], dim=1)
 
 
@@ -207,7 +210,7 @@ class FixedReductionCell(nn.Module):
         self.conv0, self.conv1 = conv_branch(), conv_branch()
         self.pool0, self.pool1 = pool_branch(), pool_branch()
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: Any = None) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, arch: Any = None) -> torch.Tensor:
         s0, s1 = self.pre0(s0), self.pre1(s1)
         return torch.cat([self.conv0(s0), self.conv1(s1), self.pool0(s0), self.pool1(s1)], dim=1)
 
@@ -277,9 +280,14 @@ class CellNetwork(nn.Module):
         return logits if aux is None else (logits, aux)
 
 
+_INPUT_NAMES = ("c-2", "c-1")
+"""How :meth:`CellSpace.describe` names a cell's inputs 0 and 1 (the outputs of cells c-2 and c-1)."""
+
+
 @dataclass
-class CellSpace:
-    """Search-space API of the cell space (see :class:`~bayesnas.spaces.branches.BranchSpace`)."""
+class CellSpace(DecisionSpace):
+    """The cell space as a :class:`~bayesnas.spaces.decisions.DecisionSpace`: one decision ``kind:state<-input``
+    per searched cell type and edge, options the op set (``none`` included)."""
 
     config: CellSpaceConfig
     name: str = "cells"
@@ -292,18 +300,42 @@ class CellSpace:
     def op_names(self) -> tuple[str, ...]:
         return self.config.op_names()
 
+    def decisions(self) -> list[Decision]:
+        return [Decision(f"{kind}:{j}<-{i}", kind, self.op_names)
+                for kind in self.config.searched_types() for j, i in self.config.edges()]
+
     def supernet(self, sparse: bool = False) -> CellNetwork:
         return CellNetwork(self.config, sparse=sparse)
 
     def arch_shape(self) -> tuple[int, int]:
-        """``(E, K)``: edges per cell and candidate ops per edge."""
-        return len(self.config.edges()), len(self.op_names)
+        """``(E, K)``: the decision group shape every searched cell type shares (edges, candidate ops)."""
+        (shape,) = {group.shape for group in self.groups().values()}
+        return shape
 
     def genotype(self, choices: Mapping[str, Any]) -> Genotype:
         genotype = Genotype(self.name, self.config.to_dict(),
                             {k: [[[str(op), int(i)] for op, i in state] for state in v] for k, v in choices.items()})
         self.validate(genotype)
         return genotype
+
+    def genotype_from_indices(self, indices: Sequence[int]) -> Genotype:
+        """Per cell type and state, every incoming edge whose chosen op is not ``none``, with that op: the
+        network the single-path super-network runs at ``indices`` (a state whose edges all chose ``none`` is
+        zeros)."""
+        ops, edges = self.op_names, self.config.edges()
+        arch = self.index_architecture(indices)
+        if any(not 0 <= int(k) < len(ops) for k in indices):
+            raise ValueError(f"op indices must be in [0, {len(ops)})")
+        choices = {kind: [[[ops[k], i] for (state, i), k in zip(edges, chosen.tolist(), strict=True)
+                           if state == j and ops[k] != "none"] for j in range(self.config.states)]
+                   for kind, chosen in arch.items()}
+        return self.genotype(choices)
+
+    def derive(self, strengths: Mapping[str, torch.Tensor]) -> Genotype:
+        """Per cell type, the two inputs of each state whose strongest op other than ``none`` is strongest, with
+        that op (DARTS, Liu et al., ICLR 2019, Sec. 2.4; GDAS, Dong & Yang, CVPR 2019, Sec. 3.3)."""
+        return self.genotype({kind: derive_cell(strengths[kind].detach().cpu(), self.op_names, self.config.edges())
+                              for kind in self.config.searched_types()})
 
     def validate(self, genotype: Genotype) -> None:
         if genotype.space != self.name:
@@ -316,8 +348,8 @@ class CellSpace:
             if not isinstance(states, list) or len(states) != self.config.states:
                 raise GenotypeError(f"{kind} cell: expected {self.config.states} states")
             for j, state in enumerate(states):
-                if not isinstance(state, list) or len(state) != 2:
-                    raise GenotypeError(f"{kind} cell, state {j}: expected two [op, input] pairs")
+                if not isinstance(state, list):
+                    raise GenotypeError(f"{kind} cell, state {j}: expected a list of [op, input] pairs")
                 for pair in state:
                     if not isinstance(pair, list) or len(pair) != 2:
                         raise GenotypeError(f"{kind} cell, state {j}: expected [op, input], got {pair!r}")
@@ -327,6 +359,9 @@ class CellSpace:
                                             f"known: {', '.join(OPS)}")
                     if not isinstance(i, int) or not 0 <= i < j + 2:
                         raise GenotypeError(f"{kind} cell, state {j}: input must be an integer in [0, {j + 2})")
+                inputs = [i for _, i in state]
+                if len(set(inputs)) != len(inputs):
+                    raise GenotypeError(f"{kind} cell, state {j}: each input at most once, got inputs {inputs}")
 
     def random_genotype(self, generator: torch.Generator) -> Genotype:
         """A uniformly random architecture (the random-search baseline of DARTS and VINNAS Table II): per cell
@@ -341,6 +376,62 @@ class CellSpace:
             choices[kind] = states
         return self.genotype(choices)
 
-    def build(self, genotype: Genotype, auxiliary: bool = False, drop_path: float = 0.0) -> CellNetwork:
+    def build(self, genotype: Genotype, auxiliary: bool = False, drop_path: float = 0.0,
+              inherit: Mapping[str, torch.Tensor] | None = None) -> CellNetwork:
+        """The discrete network of ``genotype``; ``inherit`` (a super-network state dict) copies its weights
+        (:meth:`inherited`)."""
         self.validate(genotype)
-        return CellNetwork(self.config, genotype, auxiliary=auxiliary, drop_path=drop_path)
+        net = CellNetwork(self.config, genotype, auxiliary=auxiliary, drop_path=drop_path)
+        if inherit is not None:
+            net.load_state_dict(self.inherited(net, inherit), strict=False)
+        return net
+
+    def inherited(self, net: CellNetwork, supernet_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The super-network's weights under the built network's names: op ``t`` of a discrete cell, pair
+        ``(op, i)`` of state ``j``, is op ``op`` of the edge ``j <- i`` of the same cell (``cells.c.ops.t`` <-
+        ``cells.c.edges.e.ops.k``); every other module has the same name. Left out, so as initialised: the
+        affine BatchNorm parameters a search without them lacks (scale 1, shift 0: the same function) and the
+        auxiliary head."""
+        if (self.config.eval_layout or self.config.layout) != self.config.layout \
+                or (self.config.eval_channels or self.config.channels) != self.config.channels:
+            raise GenotypeError("inheriting super-network weights needs the search network's layout and channels "
+                                "(eval_layout, eval_channels unset)")
+        edge = {pair: e for e, pair in enumerate(self.config.edges())}
+        affine = {f"{name}.{p}" for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)
+                  for p in ("weight", "bias")}
+        state = {}
+        for key in net.state_dict():
+            source = key
+            match = re.fullmatch(r"cells\.(\d+)\.ops\.(\d+)\.(.+)", key)
+            if match:
+                c, t, rest = int(match[1]), int(match[2]), match[3]
+                j, op, i = net.cells[c].pairs[t]
+                if op not in self.op_names:
+                    raise GenotypeError(f"cannot inherit {op!r}: the super-network has no such op")
+                source = f"cells.{c}.edges.{edge[j, i]}.ops.{self.op_names.index(op)}.{rest}"
+            if source in supernet_state:
+                state[key] = supernet_state[source]
+            elif not (key.startswith("aux_head.") or key in affine and not self.config.affine):
+                raise GenotypeError(f"the super-network state has no {source!r} for {key!r}")
+        return state
+
+    def flops(self, genotype: Genotype) -> int:
+        """Multiply-accumulates of one ``in_channels x image_size x image_size`` input through the built network
+        (convolutions and the classifier; no auxiliary head)."""
+        c = self.config
+        return count_flops(self.build(genotype), (c.in_channels, c.image_size, c.image_size))
+
+    def describe(self, genotype: Genotype) -> str:
+        """One line per cell type and state: ``normal s2 = sep_conv_3x3(c-1) + skip_connect(s0)``."""
+        self.validate(genotype)
+
+        def node(i: int) -> str:
+            return _INPUT_NAMES[i] if i < 2 else f"s{i - 2}"
+
+        lines = []
+        for kind, states in genotype.choices.items():
+            for j, state in enumerate(states):
+                lines.append(f"  {kind} s{j} = " + (" + ".join(f"{op}({node(i)})" for op, i in state) or "0"))
+        if self.config.fixed_reduction and "R" in expand_layout(self.config.layout):
+            lines.append("  reduce: the fixed reduction cell (GDAS, Dong & Yang, CVPR 2019, Fig. 3)")
+        return "\n".join(lines)

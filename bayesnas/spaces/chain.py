@@ -24,10 +24,16 @@ op set leaves ``Identity`` out (it has N - 1 choices); every other layer offers 
 set, those shape-changing layers are instead one fixed op (e.g. ``MBConv_3_3``) and only the residual,
 shape-keeping layers are mixops: on a CPU budget a single-path super-network whose transitions are random
 learns several times slower (digits, 5 epochs: 0.2-0.3 vs 0.8 training accuracy), because every choice there
-replaces the features the following layers see. A genotype is one op
-name per mixop, ``{"ops": ["MBConv_3_5", "Identity", ...]}``. The super-network's forward takes the
-architecture (one op index per layer, into that layer's op list, or one one-hot vector per layer) and runs
-only the chosen op of each layer (single path).
+replaces the features the following layers see. A genotype is one op name per mixop,
+``{"ops": ["MBConv_3_5", "Identity", ...]}``.
+
+**Decisions** (:class:`~bayesnas.spaces.decisions.DecisionSpace`): one per mixop, in chain order, named after its
+layer (``s1.l2``). Mixops offering the full op set form the group ``mixop``; shape-changing mixops, whose op set
+leaves ``Identity`` out, form the group ``transition`` (absent with ``transition_op``). The super-network's
+forward takes ``{group: tensor}`` in the three forms of :mod:`bayesnas.spaces.decisions`: an index per mixop
+(single path, PC-NAS), a straight-through one-hot vector (only the selected op runs; GDAS) or weights (every op
+runs; VINNAS, on a super-network built with ``sparse=False``). Every convolution is a
+:class:`~bayesnas.spaces.ops.SearchConv2d`, so VINNAS's weight sites reach it by local reparameterisation.
 """
 
 from __future__ import annotations
@@ -35,14 +41,19 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from bayesnas.spaces.decisions import (
+    Decision,
+    DecisionSpace,
+    mixed_forward,
+)
 from bayesnas.spaces.genotype import Genotype, GenotypeError
+from bayesnas.spaces.ops import SearchConv2d
 
 SMALL_OPS: tuple[str, ...] = (
     "MBConv_1_3", "MBConv_3_3", "MBConv_6_3", "MBConv_1_5", "MBConv_3_5", "MBConv_6_5",
@@ -98,6 +109,8 @@ class ChainSpaceConfig:
     """null: the first layer of every stage is a mixop too (the paper's layout); an op name: the layers that
     change the width or the resolution are that fixed op instead (only shape-keeping, residual layers are
     searched)."""
+    affine: bool = True
+    """Affine BatchNorm in the super-network (a network built from a genotype is always affine)."""
 
     def __post_init__(self) -> None:
         for name in ("widths", "depths", "strides"):
@@ -154,7 +167,8 @@ class ChainSpaceConfig:
 @dataclass(frozen=True)
 class ChainLayer:
     """One block of the chain: where it sits, its input shape ``(channels, size, size)`` and its op choices.
-    ``index`` counts the mixops (searchable blocks); a fixed block has one op and ``index`` -1."""
+    ``index`` counts the mixops (searchable blocks); a fixed block has one op, ``index`` -1 and no ``group``
+    (a mixop's decision group: ``mixop`` with the full op set, ``transition`` without ``Identity``)."""
 
     index: int
     name: str
@@ -164,6 +178,7 @@ class ChainLayer:
     resolution: int
     ops: tuple[str, ...]
     searchable: bool = True
+    group: str = ""
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -171,11 +186,11 @@ class ChainLayer:
 
 
 def _conv_bn(cin: int, cout: int, kernel: int | tuple[int, int], stride: int | tuple[int, int] = 1,
-             groups: int = 1, act: bool = True) -> list[nn.Module]:
+             groups: int = 1, act: bool = True, affine: bool = True) -> list[nn.Module]:
     kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
     padding = (kernel[0] // 2, kernel[1] // 2)
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False),
-                               nn.BatchNorm2d(cout)]
+    layers: list[nn.Module] = [SearchConv2d(cin, cout, kernel, stride, padding, groups=groups),
+                               nn.BatchNorm2d(cout, affine=affine)]
     if act:
         layers.append(nn.ReLU6(inplace=True))
     return layers
@@ -184,7 +199,7 @@ def _conv_bn(cin: int, cout: int, kernel: int | tuple[int, int], stride: int | t
 class ChainOp(nn.Module):
     """One candidate operator (``KIND_E_K`` or ``Identity``) of a mixop."""
 
-    def __init__(self, name: str, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, name: str, cin: int, cout: int, stride: int, affine: bool = True) -> None:
         super().__init__()
         kind, expand, k = parse_op(name)
         self.name = name
@@ -197,16 +212,17 @@ class ChainOp(nn.Module):
         mid = cin * expand
         layers: list[nn.Module] = []
         if kind != "MBConv" or expand != 1:
-            layers += _conv_bn(cin, mid, 1)
+            layers += _conv_bn(cin, mid, 1, affine=affine)
         if kind == "MBConv":
-            layers += _conv_bn(mid, mid, k, stride, groups=mid)
+            layers += _conv_bn(mid, mid, k, stride, groups=mid, affine=affine)
         elif kind == "NConv":
-            layers += _conv_bn(mid, mid, k, stride)
+            layers += _conv_bn(mid, mid, k, stride, affine=affine)
         elif kind == "DConv":
-            layers += _conv_bn(mid, mid, k, stride) + _conv_bn(mid, mid, k)
+            layers += _conv_bn(mid, mid, k, stride, affine=affine) + _conv_bn(mid, mid, k, affine=affine)
         else:  # RConv: 1xK then Kx1, striding across then down
-            layers += _conv_bn(mid, mid, (1, k), (1, stride)) + _conv_bn(mid, mid, (k, 1), (stride, 1))
-        layers += _conv_bn(mid, cout, 1, act=False)
+            layers += (_conv_bn(mid, mid, (1, k), (1, stride), affine=affine)
+                       + _conv_bn(mid, mid, (k, 1), (stride, 1), affine=affine))
+        layers += _conv_bn(mid, cout, 1, act=False, affine=affine)
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 
@@ -216,20 +232,23 @@ class ChainOp(nn.Module):
 
 
 class MixedOp(nn.Module):
-    """The candidates of one layer by name; the forward runs only the chosen one."""
+    """The candidates of one layer by name; the forward runs them under one decision's architecture value
+    (:func:`~bayesnas.spaces.decisions.mixed_forward`), or the only one of a built network's layer."""
 
-    def __init__(self, layer: ChainLayer, ops: Sequence[str] | None = None) -> None:
+    def __init__(self, layer: ChainLayer, ops: Sequence[str] | None = None, sparse: bool = False,
+                 affine: bool = True) -> None:
         super().__init__()
         self.names = tuple(ops if ops is not None else layer.ops)
-        self.ops = nn.ModuleDict({n: ChainOp(n, layer.in_channels, layer.out_channels, layer.stride)
+        self.sparse = sparse
+        self.ops = nn.ModuleDict({n: ChainOp(n, layer.in_channels, layer.out_channels, layer.stride, affine)
                                   for n in self.names})
 
-    def forward(self, x: torch.Tensor, choice: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, choice: torch.Tensor | None = None) -> torch.Tensor:
         if choice is None:
             if len(self.names) != 1:
                 raise ValueError("a mixed operator of the super-network needs an architecture to run")
-            choice = 0
-        return self.ops[self.names[choice]](x)
+            return self.ops[self.names[0]](x)
+        return mixed_forward(list(self.ops.values()), x, choice, self.sparse)
 
 
 def layout(config: ChainSpaceConfig) -> tuple[list[ChainLayer], dict[str, Any]]:
@@ -254,7 +273,8 @@ def layout(config: ChainSpaceConfig) -> tuple[list[ChainLayer], dict[str, Any]]:
                 blocks.append(ChainLayer(-1, name, width, out, s, res, (c.transition_op,), searchable=False))
             else:
                 ops = tuple(n for n in c.op_names if n != "Identity" or (s == 1 and width == out))
-                blocks.append(ChainLayer(mixops, name, width, out, s, res, ops))
+                group = "mixop" if ops == c.op_names else "transition"
+                blocks.append(ChainLayer(mixops, name, width, out, s, res, ops, group=group))
                 mixops += 1
             res = math.ceil(res / s)
             width = out
@@ -263,83 +283,50 @@ def layout(config: ChainSpaceConfig) -> tuple[list[ChainLayer], dict[str, Any]]:
     return blocks, fixed
 
 
-def architecture_indices(arch: Any, num_layers: int) -> list[int]:
-    """One op index per layer from a list/tuple of ints, a 1-d integer tensor, or one one-hot (or
-    probability) vector per layer (a list of 1-d tensors or a 2-d tensor)."""
-    if isinstance(arch, torch.Tensor) and arch.dim() == 2:
-        arch = list(arch)
-    if isinstance(arch, torch.Tensor):
-        indices = [int(v) for v in arch.reshape(-1).tolist()]
-    else:
-        indices = [int(v.argmax()) if isinstance(v, torch.Tensor) and v.dim() == 1 else int(v) for v in arch]
-    if len(indices) != num_layers:
-        raise ValueError(f"architecture has {len(indices)} choices, the chain has {num_layers} mixops")
-    return indices
-
-
 class ChainNet(nn.Module):
     """The super-network (``ops=None``: every candidate in every mixop) or a network built from one op name
-    per mixop. ``forward(x, arch)``: ``arch`` picks one op per mixop of the super-network (single path)."""
+    per mixop. ``forward(x, arch)``: ``arch`` is the super-network's architecture value ``{group: tensor}``
+    (index, one-hot straight-through with ``sparse``, weights without); a built network takes none."""
 
-    def __init__(self, config: ChainSpaceConfig, ops: Sequence[str] | None = None) -> None:
+    def __init__(self, config: ChainSpaceConfig, ops: Sequence[str] | None = None, sparse: bool = False,
+                 affine: bool = True) -> None:
         super().__init__()
         self.config = config
+        self.space = ChainSpace(config)
         blocks, fixed = layout(config)
-        self.mixop_positions = [i for i, b in enumerate(blocks) if b.searchable]
-        self.stem = nn.Sequential(*_conv_bn(config.in_channels, fixed["stem"], 3, config.stem_stride))
-        self.first = (ChainOp("MBConv_1_3", fixed["stem"], fixed["first"], 1) if fixed["first"]
+        self.stem = nn.Sequential(*_conv_bn(config.in_channels, fixed["stem"], 3, config.stem_stride, affine=affine))
+        self.first = (ChainOp("MBConv_1_3", fixed["stem"], fixed["first"], 1, affine) if fixed["first"]
                       else nn.Identity())
-        self.blocks = nn.ModuleList([MixedOp(b, None if ops is None or not b.searchable else [ops[b.index]])
-                                     for b in blocks])
-        head: list[nn.Module] = _conv_bn(fixed["last"], fixed["head"], 1) if fixed["head"] else []
+        self.blocks = nn.ModuleList([MixedOp(b, None if ops is None or not b.searchable else [ops[b.index]],
+                                             sparse, affine) for b in blocks])
+        head: list[nn.Module] = _conv_bn(fixed["last"], fixed["head"], 1, affine=affine) if fixed["head"] else []
         self.head = nn.Sequential(*head, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(fixed["head"] or fixed["last"], config.num_classes)
+        # where each decision's choice goes: (block position, group, row of the group's tensor)
+        rows = {p: (name, row) for name, g in self.space.groups().items() for row, p in enumerate(g.positions)}
+        self.routes = [] if ops is not None else [(i, *rows[b.index]) for i, b in enumerate(blocks) if b.searchable]
         # NHWC weights: oneDNN's depthwise weight gradients are 2-3x faster on CPU (MBConv_6_7 chain on digits:
         # 128 -> 55 ms per step); cuDNN runs NHWC convolutions natively.
         self.to(memory_format=torch.channels_last)
 
-    @property
-    def mixops(self) -> list[MixedOp]:
-        return [self.blocks[i] for i in self.mixop_positions]
-
-    def forward(self, x: torch.Tensor, arch: Any = None) -> torch.Tensor:
-        h = self.first(self.stem(x))
-        choices: list[int | None] = [None] * len(self.blocks)
+    def forward(self, x: torch.Tensor, arch: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        choices: list[torch.Tensor | None] = [None] * len(self.blocks)
         if arch is not None:
-            for position, choice in zip(self.mixop_positions,
-                                        architecture_indices(arch, len(self.mixop_positions)), strict=True):
-                choices[position] = choice
+            if not self.routes:
+                raise ValueError("a network built from a genotype takes no architecture")
+            for position, group, row in self.routes:
+                value = arch[group]
+                choices[position] = value[:, row] if value.dim() == 3 else value[row]
+        h = self.first(self.stem(x))
         for block, choice in zip(self.blocks, choices, strict=True):
             h = block(h, choice)
         return self.classifier(self.head(h))
 
 
-@contextmanager
-def batch_statistics(net: nn.Module):
-    """Evaluate with each BatchNorm normalising by the batch's own statistics, leaving running averages alone.
-
-    A single-path super-network's running averages mix every architecture that passed through each layer; the
-    one-shot literature evaluates a sampled architecture with batch statistics instead (or recalibrates them).
-    """
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.training, m.momentum) for m in norms]
-    was_training = net.training
-    net.eval()
-    for m in norms:
-        m.train()
-        m.momentum = 0.0
-    try:
-        yield net
-    finally:
-        for m, (training, momentum) in zip(norms, saved, strict=True):
-            m.train(training)
-            m.momentum = momentum
-        net.train(was_training)
-
-
 @dataclass
-class ChainSpace:
-    """Search-space API: the super-network, genotypes, built networks, and per-genotype params/FLOPs."""
+class ChainSpace(DecisionSpace):
+    """Search-space API: the decisions (one per mixop), the super-network, genotypes, built networks, and
+    per-genotype params/FLOPs."""
 
     config: ChainSpaceConfig = field(default_factory=ChainSpaceConfig)
     name: str = "chain"
@@ -348,8 +335,11 @@ class ChainSpace:
     def from_dict(cls, data: Mapping[str, Any]) -> ChainSpace:
         return cls(ChainSpaceConfig.from_dict(data))
 
-    def supernet(self) -> ChainNet:
-        return ChainNet(self.config)
+    def decisions(self) -> list[Decision]:
+        return [Decision(layer.name, layer.group, layer.ops) for layer in self.layers()]
+
+    def supernet(self, sparse: bool = False) -> ChainNet:
+        return ChainNet(self.config, sparse=sparse, affine=self.config.affine)
 
     def layers(self) -> list[ChainLayer]:
         """The mixops (searchable blocks), in order."""
@@ -359,28 +349,36 @@ class ChainSpace:
         """Every block after the stem: mixops and fixed transitions."""
         return layout(self.config)[0]
 
-    def num_ops(self) -> list[int]:
-        return [len(layer.ops) for layer in self.layers()]
-
-    def size(self) -> int:
-        """Number of architectures in the space."""
-        return math.prod(self.num_ops())
-
-    def genotype(self, arch: Any) -> Genotype:
-        """Genotype of one op index per layer (or one op name per layer)."""
-        layers = self.layers()
-        if isinstance(arch, Sequence) and arch and all(isinstance(v, str) for v in arch):
-            ops = list(arch)
-        else:
-            ops = [layers[i].ops[j] for i, j in enumerate(architecture_indices(arch, len(layers)))]
-        genotype = Genotype(self.name, self.config.to_dict(), {"ops": ops})
+    def genotype(self, ops: Sequence[str]) -> Genotype:
+        """Genotype of one op name per mixop."""
+        genotype = Genotype(self.name, self.config.to_dict(), {"ops": list(ops)})
         self.validate(genotype)
         return genotype
 
-    def indices(self, genotype: Genotype) -> list[int]:
-        """Op index per layer of a (validated) genotype."""
-        self.validate(genotype)
-        return [layer.ops.index(op) for layer, op in zip(self.layers(), genotype.choices["ops"], strict=True)]
+    def genotype_from_indices(self, indices: Sequence[int]) -> Genotype:
+        decisions = self.decisions()
+        if len(indices) != len(decisions):
+            raise ValueError(f"architecture has {len(indices)} choices, the chain has {len(decisions)} mixops")
+        for d, i in zip(decisions, indices, strict=True):
+            if not 0 <= int(i) < len(d.options):
+                raise ValueError(f"mixop {d.name}: op index {int(i)} is not in 0..{len(d.options) - 1}")
+        return self.genotype([d.options[int(i)] for d, i in zip(decisions, indices, strict=True)])
+
+    def derive(self, strengths: Mapping[str, torch.Tensor]) -> Genotype:
+        """The strongest op of every mixop."""
+        return self.genotype_from_indices(self.indices(strengths))
+
+    def random_genotype(self, generator: torch.Generator) -> Genotype:
+        """One op per mixop, uniformly."""
+        return self.genotype_from_indices([int(torch.randint(n, (), generator=generator))
+                                           for n in self.num_options()])
+
+    def indices(self, arch: Mapping[str, torch.Tensor] | Genotype) -> list[int]:
+        """Op index per mixop of an architecture value, or of a (validated) genotype."""
+        if not isinstance(arch, Genotype):
+            return super().indices(arch)
+        self.validate(arch)
+        return [d.options.index(op) for d, op in zip(self.decisions(), arch.choices["ops"], strict=True)]
 
     def validate(self, genotype: Genotype) -> None:
         if genotype.space != self.name:
@@ -399,18 +397,20 @@ class ChainSpace:
 
     def build(self, genotype: Genotype, auxiliary: bool = False, drop_path: float = 0.0,
               inherit: Mapping[str, torch.Tensor] | None = None) -> ChainNet:
-        """The discrete network of ``genotype``; ``inherit`` (a super-network state dict) copies its weights."""
+        """The discrete network of ``genotype`` (affine BatchNorm); ``inherit`` (a super-network state dict)
+        copies its weights, leaving the affine parameters a non-affine super-network lacks at their identity
+        initialisation (so the built network computes what the super-network ran)."""
         self.validate(genotype)
         if auxiliary or drop_path:
             raise GenotypeError("the chain space has no auxiliary head or drop-path: train it without "
                                 "--auxiliary and --drop-path")
         net = ChainNet(self.config, genotype.choices["ops"])
         if inherit is not None:
-            net.load_state_dict({k: inherit[k] for k in net.state_dict()})
+            affine = {f"{name}.{p}" for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)
+                      for p in ("weight", "bias")}
+            net.load_state_dict({k: inherit[k] if k in inherit or k not in affine else v
+                                 for k, v in net.state_dict().items()})
         return net
-
-    def params(self, genotype: Genotype) -> int:
-        return sum(p.numel() for p in self.build(genotype).parameters())
 
     def flops(self, genotype: Genotype) -> int:
         """Multiply-accumulates of one image through the built network (convolutions and the classifier)."""

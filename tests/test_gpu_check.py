@@ -1,0 +1,76 @@
+"""benchmarks/gpu_check.sh: the prepared GPU check, run here as its CPU dry run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_header_says_how_to_run_it_on_a_gpu_machine() -> None:
+    header = SCRIPT.read_text().split("set -euo pipefail")[0]
+    assert "bash benchmarks/gpu_check.sh --wheels .whl OUT" in header
+    assert "pip download --no-deps --only-binary=:all: --python-version 3.12" in header
+    for wheel in ("pyro-ppl", "arviz", "xautodl"):
+        assert wheel in header
+    assert "--dry-run" in header
+
+
+def test_summary_check_finds_what_is_wrong(tmp_path: Path) -> None:
+    check_summary = load_gpu_check().check_summary
+    run = tmp_path / "run"
+    run.mkdir()
+    assert check_summary(run, "gdas", "cuda", [])[1] == ["summary.json was not written"]
+    summary = {"method": "gdas", "dataset": "digits", "seed": 0, "epochs": 2, "device": "cuda:0",
+               "val_accuracy": 0.5, "test_accuracy": 0.4, "params": 10, "search_seconds": 1.0,
+               "select_seconds": 0.5, "genotype": "genotype.json"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "genotype.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps({"precision": "bf16", "channels_last": True, "compile": True}))
+    assert check_summary(run, "gdas", "cuda", ["--precision", "bf16", "--channels-last", "--compile"])[1] == []
+    (run / "summary.json").write_text(json.dumps({**summary, "device": "cpu", "test_accuracy": 1.5}))
+    (run / "config.json").write_text(json.dumps({"precision": "fp32"}))
+    problems = check_summary(run, "gdas", "cuda", ["--precision", "bf16"])[1]
+    assert problems == ["device recorded as 'cpu', not cuda", "test_accuracy = 1.5 is not in [0, 1]",
+                        "config.json has precision = 'fp32', not 'bf16'"]
+
+
+@pytest.mark.slow
+def test_dry_run_passes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    report = (out / "gpu-check.md").read_text()
+    names = [name for name, _ in load_gpu_check().STEPS]
+    assert "result: **PASSED**" in report and "dry run" in report
+    for name in names:
+        assert f"## {name}\n\n**PASS**" in report, name
+    result = json.loads((out / "gpu-check.json").read_text())
+    assert result["passed"] and [s["name"] for s in result["steps"]] == names
+    assert all(s["ok"] and not s["failures"] for s in result["steps"])
+    searches = [s for s in result["steps"] if s["name"].startswith("search-")]
+    assert len(searches) == 5 and all(s["figures"]["device"] == "cpu" for s in searches)
+    assert all(0 <= s["figures"]["test_accuracy"] <= 1 for s in searches)
+    rows = {(r["method"], r["mode"]) for r in result["throughput"]}
+    for method in ("pgnas", "vinnas", "gdas", "pcnas"):
+        for mode in ("fp32", "bf16", "bf16+cl", "bf16+cl+compile"):
+            assert (method, mode) in rows
+    assert (out / "gpu-check.log").exists()
