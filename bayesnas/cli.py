@@ -160,12 +160,18 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def search_config(args: argparse.Namespace) -> SearchConfig:
-    name = args.preset or (f"{args.method}-digits" if args.method else DEFAULT_PRESET)
-    config = preset(name)
-    if args.config:
-        config = config.merged(load_config_file(args.config))
-    if getattr(args, "space", None):
-        config = on_space(config.merged({"method": args.method}) if args.method else config, args.space)
+    file_options = load_config_file(args.config) if args.config else {}
+    method = args.method or file_options.get("method")
+    if method is not None and method not in METHOD_SPACES:
+        raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHOD_SPACES)}")
+    config = preset(args.preset or (f"{method}-digits" if method else DEFAULT_PRESET))
+    if method is not None:
+        config = config.merged({"method": method})
+    space = getattr(args, "space", None) or file_options.get("space_name")
+    if space:  # a space other than the preset's starts from that space's own settings
+        config = on_space(config, space)
+    if file_options:
+        config = config.merged(file_options)
     overrides: dict[str, Any] = {}
     for key in ("method", "dataset", "seed", "epochs", "batch_size", "lr", "precision", "channels_last", "compile"):
         if getattr(args, key, None) is not None:
@@ -213,7 +219,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"chosen architecture ({config.method} on {config.dataset}):")
     print(_describe(genotype))
     print(f"validation accuracy {summary['val_accuracy']:.4f}   test accuracy {summary['test_accuracy']:.4f}")
-    print(f"parameters {summary['params']:,} (super-network {summary['supernet_params']:,})")
+    shared = f" (super-network {summary['supernet_params']:,})" if "supernet_params" in summary else ""
+    print(f"parameters {summary['params']:,}{shared}")
     if "pruned_params" in summary:
         print(f"super-network weights left after pruning at log lambda >= {summary['prune_threshold']:g}: "
               f"{summary['pruned_params']:,} "
@@ -237,8 +244,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             over = f", {interval['infeasible']} over the limit" if interval["infeasible"] else ""
             print(f"  interval {interval['interval']} (decision {interval['decision']}, {interval['candidates']} "
                   f"candidates{over}): " + "  ".join(f"{p:.3f}" for p in interval["potentials"]))
-    print(f"run folder: {out}  (summary.json, genotype.json, posterior.nc, training.png, "
-          f"{', '.join(p.name for p in sorted(out.glob('*.png')) if p.name != 'training.png')})")
+    files = ["summary.json", "genotype.json", "posterior.nc", "training.png"]
+    files += [p.name for p in sorted(out.glob("*.png")) if p.name not in files]
+    print(f"run folder: {out}  ({', '.join(files)})")
     return 0
 
 

@@ -270,7 +270,7 @@ PRESETS.update({
 DEFAULT_PRESET = "pgnas-digits"
 
 METHOD_SPACES: dict[str, tuple[str, ...]] = {
-    "pgnas": ("branches",),
+    "pgnas": ("branches", "chain"),
     "gdas": ("cells", "chain"),
     "vinnas": ("cells", "chain"),
     "pcnas": ("chain", "cells"),

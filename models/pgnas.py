@@ -9,20 +9,23 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule, PyroSample
 from pyro.nn.module import to_pyro_module_
+from torch import nn
 
 from bayesnas.distributions import SpikeAndSlab
-from bayesnas.spaces.branches import BranchNet, SearchableLayer
+from bayesnas.spaces.branches import SearchableLayer
 
 
 class PGNASModel(PyroModule):
     """``p(phi) prod_i p(y_i | f^phi(x_i))`` with ``phi_{l}^s ~ SpikeAndSlab(u, 1/d)`` per searchable kernel.
 
-    The remaining super-network weights (stem, shortcuts, BatchNorm, classifier) are point estimates. The
+    ``net`` is a super-network whose ``searchable()`` yields ``(SearchableLayer, conv)`` pairs: the multi-branch
+    ResNet (``branches``) or the MBConv chain with every op summed (``chain``: the projections' expanded input
+    channels). The remaining super-network weights (stem, shortcuts, BatchNorm, classifier) are point estimates. The
     prior terms are multiplied by ``kl_scale`` (the authors' code divides the KL by a dataset size larger
     than the real one: ``kl_scale = N / N_kl``); the guide applies the same scale.
     """
 
-    def __init__(self, net: BranchNet, prior_precision: float, spike_prob: float = 0.0,
+    def __init__(self, net: nn.Module, prior_precision: float, spike_prob: float = 0.0,
                  kl_scale: float = 1.0) -> None:
         super().__init__()
         searchable = list(net.searchable())

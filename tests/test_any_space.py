@@ -68,6 +68,17 @@ def test_every_pair_searches_and_its_genotype_retrains(method, space, tmp_path, 
     assert 0 <= trained["test_accuracy"] <= 1
 
 
+@pytest.mark.parametrize("method", ["random", "oneshot"])
+def test_the_command_line_prints_every_method_summary(method, tmp_path, capsys):
+    """The CLI's report reads only the summary keys a method has (random search has no super-network)."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(tiny_config(method, "chain").to_dict()))
+    out = tmp_path / "run"
+    assert main(["search", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and f"run folder: {out}" in printed
+
+
 @pytest.mark.parametrize(("method", "space"), REFUSED, ids=[f"{m}-{s}" for m, s in REFUSED])
 def test_meaningless_pairs_are_refused_with_one_line(method, space, tmp_path, capsys):
     out = tmp_path / "run"

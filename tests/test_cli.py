@@ -40,7 +40,7 @@ def test_module_entry_point_runs():
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["search", "--method", "darts"], "unknown preset 'darts-digits'"),
+    (["search", "--method", "darts"], "unknown method 'darts'; choose one of: pgnas, gdas"),
     (["search", "--preset", "nope"], "unknown preset 'nope'"),
     (["search", "--dataset", "imagenet"], "unknown"),
     (["search", "--option", "temperature=\"hot\""], "option 'temperature' must be float"),

@@ -83,7 +83,6 @@ class PGNAS(SearchMethod):
     space_reasons = {
         "cells": "its spike-and-slab prior switches input channels of searchable convolutions off, and a DARTS "
                  "cell's choices are between operations, not channels",
-        "chain": "masking the chain's expanded MBConv channels is not built yet (searchable: branches)",
     }
 
     def __init__(self, config, data, device) -> None:
@@ -104,7 +103,8 @@ class PGNAS(SearchMethod):
 
     def _supernet(self, drop_rate: float, learn_drop_rate: bool) -> tuple[PGNASModel, ConcreteDropoutGuide]:
         o = self.options
-        model = PGNASModel(self.space.supernet(), o.prior_precision, o.spike_prob, self.kl_scale).to(self.device)
+        net = self.space.channel_supernet()
+        model = PGNASModel(net, o.prior_precision, o.spike_prob, self.kl_scale).to(self.device)
         guide = ConcreteDropoutGuide(model.initial_weights, o.temperature, drop_rate, o.rescale, self.kl_scale,
                                      learn_drop_rate=learn_drop_rate).to(self.device)
         return model, guide
@@ -224,7 +224,7 @@ class PGNAS(SearchMethod):
     def select(self, progress: bool = True) -> Selection:
         genotype, net, result = self._sample(False, "posterior-guided sampling", progress)
         extra: dict[str, Any] = {
-            "supernet_params": count_params(self.space.supernet()),
+            "supernet_params": count_params(self.space.channel_supernet()),
             "num_candidates": self.options.num_candidates,
             "candidate_val_accuracy_mean": float(np.mean(result.scores)),
             "drop_rate": {self._label(s): p for s, p in self.guide.drop_rates().items()},
@@ -253,7 +253,7 @@ class PGNAS(SearchMethod):
         if self._baseline_genotype is not None:
             self._baseline_genotype.save(run_dir / BASELINE_GENOTYPE)
         layers = sorted({layer.layer for layer in self.model.layers})
-        branches = [f"k{k}" for k in self.space.config.kernel_sizes]
+        branches = list(dict.fromkeys(layer.branch for layer in self.model.layers))
         draws = self.options.posterior_draws
         keep = np.zeros((1, draws, len(layers), len(branches)))
         active = np.zeros_like(keep)

@@ -213,22 +213,21 @@ class BranchSpace:
     def supernet(self) -> BranchNet:
         return BranchNet(self.config)
 
+    def channel_supernet(self) -> BranchNet:
+        """The super-network whose searchable kernels PGNAS masks (the space's only super-network)."""
+        return self.supernet()
+
     def layers(self) -> list[SearchableLayer]:
         return [layer for layer, _ in self.supernet().searchable()]
 
     def genotype(self, kept: Mapping[str, Mapping[str, list[int]]]) -> Genotype:
-        genotype = Genotype(self.name, self.config.to_dict(),
-                            {layer: {b: sorted(int(i) for i in idx) for b, idx in v.items()}
-                             for layer, v in kept.items()})
+        genotype = Genotype(self.name, self.config.to_dict(), sorted_kept(kept))
         self.validate(genotype)
         return genotype
 
     def genotype_from_masks(self, masks: Mapping[tuple[str, str], torch.Tensor]) -> Genotype:
         """Genotype of per-kernel keep masks ``{(layer, branch): bool tensor (K,)}``."""
-        kept: dict[str, dict[str, list[int]]] = {}
-        for (layer, branch), mask in masks.items():
-            kept.setdefault(layer, {})[branch] = torch.nonzero(mask).flatten().tolist()
-        return self.genotype(kept)
+        return self.genotype(kept_from_masks(masks))
 
     def full_genotype(self) -> Genotype:
         """The super-network itself as a genotype (every channel kept)."""
@@ -252,11 +251,7 @@ class BranchSpace:
             if not isinstance(branches, dict) or set(branches) != set(expected[layer]):
                 raise GenotypeError(f"layer {layer}: expected branches {sorted(expected[layer])}")
             for branch, idx in branches.items():
-                size = expected[layer][branch]
-                if not isinstance(idx, list) or not all(isinstance(i, int) and 0 <= i < size for i in idx) \
-                        or len(set(idx)) != len(idx):
-                    raise GenotypeError(f"layer {layer} branch {branch}: kept channels must be distinct "
-                                        f"integers in [0, {size})")
+                check_kept_channels(idx, expected[layer][branch], f"layer {layer} branch {branch}")
 
     def describe(self, genotype: Genotype) -> str:
         """One line per layer: the input channels each branch keeps."""
@@ -273,6 +268,26 @@ class BranchSpace:
         if inherit is not None:
             net.load_state_dict(_sliced_state(net, genotype.choices, inherit), strict=False)
         return net
+
+
+def sorted_kept(kept: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, list[int]]]:
+    """``{layer: {branch: kept channels}}`` as plain sorted integer lists (a genotype's JSON form)."""
+    return {layer: {b: sorted(int(i) for i in idx) for b, idx in v.items()} for layer, v in kept.items()}
+
+
+def kept_from_masks(masks: Mapping[tuple[str, str], torch.Tensor]) -> dict[str, dict[str, list[int]]]:
+    """``{(layer, branch): bool keep mask}`` -> ``{layer: {branch: kept channel indices}}``."""
+    kept: dict[str, dict[str, list[int]]] = {}
+    for (layer, branch), mask in masks.items():
+        kept.setdefault(layer, {})[branch] = torch.nonzero(mask).flatten().tolist()
+    return kept
+
+
+def check_kept_channels(idx: Any, size: int, where: str) -> None:
+    """One-line :class:`GenotypeError` unless ``idx`` lists distinct channels of ``range(size)``."""
+    if not isinstance(idx, list) or not all(isinstance(i, int) and 0 <= i < size for i in idx) \
+            or len(set(idx)) != len(idx):
+        raise GenotypeError(f"{where}: kept channels must be distinct integers in [0, {size})")
 
 
 def _sliced_state(net: BranchNet, kept: Mapping[str, Mapping[str, list[int]]],

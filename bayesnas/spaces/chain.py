@@ -27,6 +27,14 @@ learns several times slower (digits, 5 epochs: 0.2-0.3 vs 0.8 training accuracy)
 replaces the features the following layers see. A genotype is one op name per mixop,
 ``{"ops": ["MBConv_3_5", "Identity", ...]}``.
 
+**Channels** (PGNAS, Zhou et al., AAAI 2020, Sec. 3.1 and Eq. 12): :meth:`ChainSpace.channel_supernet` runs every op
+of every mixop and sums them with weight 1, as the shake-shake branches of the ``branches`` space; its searchable
+kernels (:meth:`ChainNet.searchable`) are the 1x1 projections of the ``MBConv`` ops, whose input slices are the
+expanded channels (for E = 1 the depthwise outputs; ``Identity`` and the other kinds are branches that stay). A
+channel-level genotype keeps every op and lists the expanded channels each ``MBConv`` op keeps,
+``{"kept": {"s1.l2": {"MBConv_3_5": [0, 4, ...], ...}, ...}}``; the network built from it computes what the masked
+super-network computes (an op that keeps none adds its projection's BatchNorm offset and its residual).
+
 **Decisions** (:class:`~bayesnas.spaces.decisions.DecisionSpace`): one per mixop, in chain order, named after its
 layer (``s1.l2``). Mixops offering the full op set form the group ``mixop``; shape-changing mixops, whose op set
 leaves ``Identity`` out, form the group ``transition`` (absent with ``transition_op``). The super-network's
@@ -40,13 +48,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from bayesnas.spaces.branches import SearchableLayer, check_kept_channels, kept_from_masks, sorted_kept
 from bayesnas.spaces.decisions import (
     Decision,
     DecisionSpace,
@@ -196,20 +206,47 @@ def _conv_bn(cin: int, cout: int, kernel: int | tuple[int, int], stride: int | t
     return layers
 
 
-class ChainOp(nn.Module):
-    """One candidate operator (``KIND_E_K`` or ``Identity``) of a mixop."""
+def projection_index(name: str) -> int:
+    """Position in :class:`ChainOp`'s ``body`` of the 1x1 projection of an ``MBConv_E_K`` op (conv, BN, ReLU6
+    per convolution: the expand convolution, if E > 1, then the depthwise one)."""
+    return 6 if parse_op(name)[1] != 1 else 3
 
-    def __init__(self, name: str, cin: int, cout: int, stride: int, affine: bool = True) -> None:
+
+class ChainOp(nn.Module):
+    """One candidate operator (``KIND_E_K`` or ``Identity``) of a mixop.
+
+    ``kept`` (``MBConv`` only; networks built from a channel-level genotype) lists the expanded channels the
+    projection reads: the expand and depthwise convolutions produce only those (with E = 1 the depthwise one
+    gathers them from the input, ``index``). With none kept the projection outputs zeros, so only its
+    BatchNorm's offset and the residual are left, as in the super-network with every slice masked.
+    """
+
+    def __init__(self, name: str, cin: int, cout: int, stride: int, affine: bool = True,
+                 kept: Sequence[int] | None = None) -> None:
         super().__init__()
         kind, expand, k = parse_op(name)
         self.name = name
+        self.stride = stride
+        self.empty = kept is not None and len(kept) == 0
+        self.register_buffer("index", None)
         if kind == "Identity":
             if stride != 1 or cin != cout:
                 raise ValueError(f"Identity needs stride 1 and equal widths, got {cin}->{cout} stride {stride}")
             self.body: nn.Module = nn.Identity()
             self.residual = False
             return
+        self.residual = stride == 1 and cin == cout
         mid = cin * expand
+        if kept is not None:
+            if kind != "MBConv":
+                raise ValueError(f"only MBConv ops keep a subset of their expanded channels, not {name}")
+            mid = len(kept)
+            if self.empty:  # only the projection's BatchNorm, at its place in the full body
+                self.body = nn.Sequential(OrderedDict([(str(projection_index(name) + 1),
+                                                        nn.BatchNorm2d(cout, affine=affine))]))
+                return
+            if expand == 1:
+                self.index = torch.tensor(list(kept), dtype=torch.long)
         layers: list[nn.Module] = []
         if kind != "MBConv" or expand != 1:
             layers += _conv_bn(cin, mid, 1, affine=affine)
@@ -224,26 +261,38 @@ class ChainOp(nn.Module):
                        + _conv_bn(mid, mid, (k, 1), (stride, 1), affine=affine))
         layers += _conv_bn(mid, cout, 1, act=False, affine=affine)
         self.body = nn.Sequential(*layers)
-        self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.body(x)
+        if self.empty:
+            bn = self.body[0]
+            size = ((x.shape[2] - 1) // self.stride + 1, (x.shape[3] - 1) // self.stride + 1)
+            out = bn(x.new_zeros(x.shape[0], bn.num_features, *size))
+        else:
+            out = self.body(x if self.index is None else x.index_select(1, self.index))
         return x + out if self.residual else out
 
 
 class MixedOp(nn.Module):
     """The candidates of one layer by name; the forward runs them under one decision's architecture value
-    (:func:`~bayesnas.spaces.decisions.mixed_forward`), or the only one of a built network's layer."""
+    (:func:`~bayesnas.spaces.decisions.mixed_forward`), or the only one of a built network's layer.
+
+    ``summed`` (the channel-level networks of PGNAS): every candidate runs and the outputs add up with weight 1,
+    the parallel branches of a shake-shake block (Zhou et al., AAAI 2020, Sec. 3.1); ``kept`` maps an
+    ``MBConv`` op to the expanded channels it keeps (:class:`ChainOp`)."""
 
     def __init__(self, layer: ChainLayer, ops: Sequence[str] | None = None, sparse: bool = False,
-                 affine: bool = True) -> None:
+                 affine: bool = True, summed: bool = False, kept: Mapping[str, Sequence[int]] | None = None) -> None:
         super().__init__()
         self.names = tuple(ops if ops is not None else layer.ops)
         self.sparse = sparse
-        self.ops = nn.ModuleDict({n: ChainOp(n, layer.in_channels, layer.out_channels, layer.stride, affine)
-                                  for n in self.names})
+        self.summed = summed
+        kept = kept or {}
+        self.ops = nn.ModuleDict({n: ChainOp(n, layer.in_channels, layer.out_channels, layer.stride, affine,
+                                             kept.get(n)) for n in self.names})
 
     def forward(self, x: torch.Tensor, choice: torch.Tensor | None = None) -> torch.Tensor:
+        if self.summed:
+            return sum(op(x) for op in self.ops.values())
         if choice is None:
             if len(self.names) != 1:
                 raise ValueError("a mixed operator of the super-network needs an architecture to run")
@@ -286,10 +335,15 @@ def layout(config: ChainSpaceConfig) -> tuple[list[ChainLayer], dict[str, Any]]:
 class ChainNet(nn.Module):
     """The super-network (``ops=None``: every candidate in every mixop) or a network built from one op name
     per mixop. ``forward(x, arch)``: ``arch`` is the super-network's architecture value ``{group: tensor}``
-    (index, one-hot straight-through with ``sparse``, weights without); a built network takes none."""
+    (index, one-hot straight-through with ``sparse``, weights without); a built network takes none.
+
+    ``summed``: PGNAS's channel-level super-network, every op of every mixop summed with weight 1 (no
+    architecture value); with ``kept`` (``{mixop: {MBConv op: channels}}``) the network built from a
+    channel-level genotype."""
 
     def __init__(self, config: ChainSpaceConfig, ops: Sequence[str] | None = None, sparse: bool = False,
-                 affine: bool = True) -> None:
+                 affine: bool = True, summed: bool = False,
+                 kept: Mapping[str, Mapping[str, Sequence[int]]] | None = None) -> None:
         super().__init__()
         self.config = config
         self.space = ChainSpace(config)
@@ -297,14 +351,18 @@ class ChainNet(nn.Module):
         self.stem = nn.Sequential(*_conv_bn(config.in_channels, fixed["stem"], 3, config.stem_stride, affine=affine))
         self.first = (ChainOp("MBConv_1_3", fixed["stem"], fixed["first"], 1, affine) if fixed["first"]
                       else nn.Identity())
+        self.block_names = [b.name for b in blocks]
+        summed = summed or kept is not None
         self.blocks = nn.ModuleList([MixedOp(b, None if ops is None or not b.searchable else [ops[b.index]],
-                                             sparse, affine) for b in blocks])
+                                             sparse, affine, summed and b.searchable, (kept or {}).get(b.name))
+                                     for b in blocks])
         head: list[nn.Module] = _conv_bn(fixed["last"], fixed["head"], 1, affine=affine) if fixed["head"] else []
         self.head = nn.Sequential(*head, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(fixed["head"] or fixed["last"], config.num_classes)
         # where each decision's choice goes: (block position, group, row of the group's tensor)
         rows = {p: (name, row) for name, g in self.space.groups().items() for row, p in enumerate(g.positions)}
-        self.routes = [] if ops is not None else [(i, *rows[b.index]) for i, b in enumerate(blocks) if b.searchable]
+        self.routes = [] if ops is not None or summed else [(i, *rows[b.index]) for i, b in enumerate(blocks)
+                                                             if b.searchable]
         # NHWC weights: oneDNN's depthwise weight gradients are 2-3x faster on CPU (MBConv_6_7 chain on digits:
         # 128 -> 55 ms per step); cuDNN runs NHWC convolutions natively.
         self.to(memory_format=torch.channels_last)
@@ -321,6 +379,22 @@ class ChainNet(nn.Module):
         for block, choice in zip(self.blocks, choices, strict=True):
             h = block(h, choice)
         return self.classifier(self.head(h))
+
+    def searchable(self) -> Iterator[tuple[SearchableLayer, SearchConv2d]]:
+        """PGNAS's searchable convolutions of a summed network, in forward order: the 1x1 projection of every
+        ``MBConv`` op of every mixop, whose input channels (the expanded ones) can be masked; layer: the mixop's
+        name, branch: the op's."""
+        for i, block in enumerate(self.blocks):
+            if not block.summed:
+                continue
+            for name, op in block.ops.items():
+                if parse_op(name)[0] != "MBConv" or op.empty:
+                    continue
+                j = projection_index(name)
+                conv = op.body[j]
+                path = f"blocks.{i}.ops.{name}.body.{j}"
+                yield SearchableLayer(self.block_names[i], name,
+                                      conv.kernel_shape[1], path), conv
 
 
 @dataclass
@@ -341,6 +415,15 @@ class ChainSpace(DecisionSpace):
     def supernet(self, sparse: bool = False) -> ChainNet:
         return ChainNet(self.config, sparse=sparse, affine=self.config.affine)
 
+    def channel_supernet(self) -> ChainNet:
+        """PGNAS's super-network: every op of every mixop summed with weight 1 (see :class:`ChainNet`)."""
+        return ChainNet(self.config, affine=self.config.affine, summed=True)
+
+    def expanded_channels(self) -> dict[str, dict[str, int]]:
+        """``{mixop: {MBConv op: E * C_in}}``: what a channel-level genotype keeps a subset of."""
+        return {layer.name: {op: layer.in_channels * parse_op(op)[1] for op in layer.ops
+                             if parse_op(op)[0] == "MBConv"} for layer in self.layers()}
+
     def layers(self) -> list[ChainLayer]:
         """The mixops (searchable blocks), in order."""
         return [b for b in layout(self.config)[0] if b.searchable]
@@ -354,6 +437,17 @@ class ChainSpace(DecisionSpace):
         genotype = Genotype(self.name, self.config.to_dict(), {"ops": list(ops)})
         self.validate(genotype)
         return genotype
+
+    def channel_genotype(self, kept: Mapping[str, Mapping[str, Sequence[int]]]) -> Genotype:
+        """Channel-level genotype (PGNAS): every op of every mixop stays, summed; ``kept[mixop][op]`` lists the
+        expanded channels an ``MBConv`` op keeps."""
+        genotype = Genotype(self.name, self.config.to_dict(), {"kept": sorted_kept(kept)})
+        self.validate(genotype)
+        return genotype
+
+    def genotype_from_masks(self, masks: Mapping[tuple[str, str], torch.Tensor]) -> Genotype:
+        """Channel-level genotype of keep masks ``{(mixop, op): bool tensor (E * C_in,)}``."""
+        return self.channel_genotype(kept_from_masks(masks))
 
     def genotype_from_indices(self, indices: Sequence[int]) -> Genotype:
         decisions = self.decisions()
@@ -378,15 +472,20 @@ class ChainSpace(DecisionSpace):
         if not isinstance(arch, Genotype):
             return super().indices(arch)
         self.validate(arch)
+        if "ops" not in arch.choices:
+            raise GenotypeError("a channel-level chain genotype keeps every op: it has no op index per mixop")
         return [d.options.index(op) for d, op in zip(self.decisions(), arch.choices["ops"], strict=True)]
 
     def validate(self, genotype: Genotype) -> None:
         if genotype.space != self.name:
             raise GenotypeError(f"genotype is for space {genotype.space!r}, not {self.name!r}")
+        if isinstance(genotype.choices, dict) and set(genotype.choices) == {"kept"}:
+            return self._validate_kept(genotype.choices["kept"])
         layers = self.layers()
         ops = genotype.choices.get("ops") if isinstance(genotype.choices, dict) else None
         if set(genotype.choices) != {"ops"} or not isinstance(ops, list):
-            raise GenotypeError("a chain genotype's choices must be {\"ops\": [one op name per mixop]}")
+            raise GenotypeError("a chain genotype's choices must be {\"ops\": [one op name per mixop]} or "
+                                "{\"kept\": {mixop: {MBConv op: [kept expanded channels]}}}")
         if len(ops) != len(layers):
             raise GenotypeError(f"genotype has {len(ops)} ops, the chain has {len(layers)} mixops")
         for layer, op in zip(layers, ops, strict=True):
@@ -394,6 +493,19 @@ class ChainSpace(DecisionSpace):
                 why = ("Identity is not allowed here: this layer changes the width or the resolution"
                        if op == "Identity" and op in self.config.op_names else f"choose one of {', '.join(layer.ops)}")
                 raise GenotypeError(f"mixop {layer.index} ({layer.name}): unknown op {op!r}; {why}")
+
+    def _validate_kept(self, kept: Any) -> None:
+        expected = self.expanded_channels()
+        if not isinstance(kept, dict) or set(kept) != set(expected):
+            names = set(kept) if isinstance(kept, dict) else set()
+            raise GenotypeError(f"a channel-level chain genotype keeps channels of every mixop (missing: "
+                                f"{sorted(set(expected) - names)}, unknown: {sorted(names - set(expected))})")
+        for layer, ops in kept.items():
+            if not isinstance(ops, dict) or set(ops) != set(expected[layer]):
+                raise GenotypeError(f"mixop {layer}: expected kept channels of its MBConv ops "
+                                    f"{sorted(expected[layer])}")
+            for op, idx in ops.items():
+                check_kept_channels(idx, expected[layer][op], f"mixop {layer} op {op}")
 
     def build(self, genotype: Genotype, auxiliary: bool = False, drop_path: float = 0.0,
               inherit: Mapping[str, torch.Tensor] | None = None) -> ChainNet:
@@ -404,12 +516,14 @@ class ChainSpace(DecisionSpace):
         if auxiliary or drop_path:
             raise GenotypeError("the chain space has no auxiliary head or drop-path: train it without "
                                 "--auxiliary and --drop-path")
-        net = ChainNet(self.config, genotype.choices["ops"])
+        kept = genotype.choices.get("kept")
+        net = ChainNet(self.config, genotype.choices.get("ops"), kept=kept)
         if inherit is not None:
             affine = {f"{name}.{p}" for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)
                       for p in ("weight", "bias")}
-            net.load_state_dict({k: inherit[k] if k in inherit or k not in affine else v
-                                 for k, v in net.state_dict().items()})
+            own = affine | {k for k in net.state_dict() if k.endswith(".index")}  # kept-channel gathers
+            net.load_state_dict({k: _inherited(k, inherit, kept, net.block_names) if k in inherit or k not in own
+                                 else v for k, v in net.state_dict().items()})
         return net
 
     def flops(self, genotype: Genotype) -> int:
@@ -421,6 +535,34 @@ class ChainSpace(DecisionSpace):
 
     def describe(self, genotype: Genotype) -> str:
         self.validate(genotype)
+        if "kept" in genotype.choices:
+            expected = self.expanded_channels()
+            return "\n".join(
+                f"  mixop {layer.index:>2} {layer.name:<7} {layer.in_channels:>4}->{layer.out_channels:<4} "
+                f"stride {layer.stride}  " + "  ".join(
+                    f"{op}:{len(genotype.choices['kept'][layer.name][op])}/{expected[layer.name][op]}"
+                    if op in expected[layer.name] else op for op in layer.ops)
+                for layer in self.layers())
         return "\n".join(f"  mixop {layer.index:>2} {layer.name:<7} {layer.in_channels:>4}->{layer.out_channels:<4} "
                          f"stride {layer.stride}  {op}"
                          for layer, op in zip(self.layers(), genotype.choices["ops"], strict=True))
+
+
+def _inherited(key: str, state: Mapping[str, torch.Tensor], kept: Mapping[str, Mapping[str, Sequence[int]]] | None,
+               block_names: Sequence[str]) -> torch.Tensor:
+    """The super-network tensor ``state[key]`` cut down to a channel-level network's kept expanded channels: in
+    a masked ``MBConv`` op, every tensor before the projection loses the dropped output channels (expand and
+    depthwise convolutions, their BatchNorms), the projection its dropped input channels."""
+    source = state[key]
+    parts = key.split(".")
+    if kept is None or parts[0] != "blocks" or parts[2] != "ops" or parts[4] != "body":
+        return source
+    op = parts[3]
+    idx = kept.get(block_names[int(parts[1])], {}).get(op)
+    if idx is None or source.dim() == 0:
+        return source
+    position, proj = int(parts[5]), projection_index(op)
+    index = torch.tensor(idx, dtype=torch.long, device=source.device)
+    if position < proj:
+        return source.index_select(0, index)
+    return source.index_select(1, index) if position == proj else source
