@@ -16,19 +16,19 @@ branch keeps it as an input-independent term (the BatchNorm applied to zeros).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from bayesnas.spaces.genotype import Genotype, GenotypeError
+from bayesnas.spaces.genotype import Genotype, GenotypeError, SpaceConfig
 from bayesnas.spaces.ops import AuxiliaryHead, DropPath, SearchConv2d
 from bayesnas.spaces.profile import count_params  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
-class BranchSpaceConfig:
+class BranchSpaceConfig(SpaceConfig):
     """Shape of the super-network. Stage ``i`` has ``depths[i]`` blocks of width ``widths[i]``; every
     stage after the first halves the resolution in its first block."""
 
@@ -51,15 +51,6 @@ class BranchSpaceConfig:
         if any(v < 1 for v in (*self.widths, *self.depths, self.stem_channels, self.in_channels, self.stem_stride)):
             raise ValueError("widths, depths, stem_channels, stem_stride and in_channels must be positive")
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BranchSpaceConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown space option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)

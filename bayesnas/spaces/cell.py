@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from torch import nn
 
 from bayesnas.select import derive_cell
 from bayesnas.spaces.decisions import Decision, DecisionSpace, mixed_forward
-from bayesnas.spaces.genotype import Genotype, GenotypeError
+from bayesnas.spaces.genotype import Genotype, GenotypeError, SpaceConfig
 from bayesnas.spaces.ops import (
     OP_SETS,
     OPS,
@@ -53,7 +53,7 @@ def expand_layout(layout: str) -> str:
 
 
 @dataclass(frozen=True)
-class CellSpaceConfig:
+class CellSpaceConfig(SpaceConfig):
     in_channels: int = 1
     num_classes: int = 10
     channels: int = 16
@@ -109,15 +109,6 @@ class CellSpaceConfig:
         """``(state, input)`` of every edge of a cell, in order (inputs 0, 1 are cells c-2, c-1)."""
         return [(j, i) for j in range(self.states) for i in range(j + 2)]
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CellSpaceConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown space option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class MixedEdge(nn.Module):

@@ -50,7 +50,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -62,7 +62,7 @@ from bayesnas.spaces.decisions import (
     DecisionSpace,
     mixed_forward,
 )
-from bayesnas.spaces.genotype import Genotype, GenotypeError
+from bayesnas.spaces.genotype import Genotype, GenotypeError, SpaceConfig
 from bayesnas.spaces.ops import SearchConv2d
 
 SMALL_OPS: tuple[str, ...] = (
@@ -96,7 +96,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 @dataclass(frozen=True)
-class ChainSpaceConfig:
+class ChainSpaceConfig(SpaceConfig):
     """Shape of the chain. Defaults: the paper's full-size ImageNet layout (21 mixops, small op set)."""
 
     in_channels: int = 3
@@ -163,15 +163,6 @@ class ChainSpaceConfig:
     def stage_depths(self) -> tuple[int, ...]:
         return tuple(max(1, math.ceil(d * self.depth_scale)) for d in self.depths)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ChainSpaceConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown space option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
