@@ -60,7 +60,7 @@ def test_every_pair_searches_and_its_genotype_retrains(method, space, tmp_path, 
     genotype = load_genotype(run / "genotype.json")
     assert genotype.space == space
     assert 0 <= summary["test_accuracy"] <= 1 and summary["params"] > 0
-    assert (run / "posterior.nc").exists()
+    assert main(["diagnose", str(run), "--out", str(tmp_path / "diagnose")]) == 0
     out = tmp_path / "train"
     assert main(["train", str(run / "genotype.json"), "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
     trained = json.loads((out / "train_summary.json").read_text())
