@@ -17,6 +17,7 @@ from typing import Any
 from bayesnas.config import (
     DEFAULT_PRESET,
     METHOD_SPACES,
+    PRECISIONS,
     PRESETS,
     ConfigError,
     SearchConfig,
@@ -26,6 +27,9 @@ from bayesnas.config import (
 )
 
 EXIT_ERROR = 2
+PRECISION_HELP = ("bf16: autocast the network to bfloat16 (KL terms and loss stay fp32); auto: bf16 where the device "
+                  "computes it natively (CPU flags avx512_bf16 or amx_bf16, CUDA bf16 support), else fp32, resolved "
+                  "once per run and recorded in the summary. fp32 stays the default until bf16 is measured faster")
 EXIT_INTERRUPTED = 130
 
 
@@ -77,9 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="GDAS: use the fixed reduction cell (FRC, paper Fig. 3) instead of searching it")
     search.add_argument("--latency-ms", type=float,
                         help="PC-NAS: hard latency limit in ms on this device (sets --option latency_ms)")
-    search.add_argument("--precision", choices=("fp32", "bf16"),
-                        help="bf16: autocast the network to bfloat16 (KL terms and loss stay fp32); default: "
-                             "the preset's, fp32")
+    search.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP + "; default: the preset's, fp32")
     search.add_argument("--channels-last", action="store_true", default=None,
                         help="channels-last memory format for images and convolutions (GPUs)")
     search.add_argument("--compile", action="store_true", default=None,
@@ -98,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cutout", type=int, default=0, help="cutout square side (0: off; CIFAR: 16)")
     train.add_argument("--auxiliary", type=float, default=0.0, help="auxiliary head loss weight (0: off)")
     train.add_argument("--drop-path", type=float, default=0.0, help="drop-path probability of branches")
+    train.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    train.add_argument("--channels-last", action="store_true",
+                       help="channels-last memory format for images and convolutions")
     train.add_argument("--out", help="folder for train_summary.json (default: next to the genotype)")
     train.set_defaults(dataset="digits")
     _add_common(train)
@@ -254,6 +259,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bayesnas.data import load_dataset
     from bayesnas.infer import resolve_device
     from bayesnas.io import write_json
+    from bayesnas.precision import resolve_precision
     from bayesnas.spaces import get_space, load_genotype
     from bayesnas.spaces.branches import count_params
     from bayesnas.train import TrainRecipe, accuracy, train_network
@@ -269,12 +275,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                           f"{data.num_classes}")
     net = space.build(genotype, auxiliary=args.auxiliary > 0, drop_path=args.drop_path).to(device)
     recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         weight_decay=args.weight_decay, cutout=args.cutout, aux_weight=args.auxiliary)
+                         weight_decay=args.weight_decay, cutout=args.cutout, aux_weight=args.auxiliary,
+                         precision=resolve_precision(args.precision, device), channels_last=args.channels_last)
     history = train_network(net, data.train, data.val, recipe, seed, progress=not args.no_progress)
     result = {"genotype": str(args.genotype), "dataset": data.name, "params": count_params(net),
               "params_with_auxiliary": count_params(net, auxiliary=True),
-              "val_accuracy": accuracy(net, data.val), "test_accuracy": accuracy(net, data.test),
-              "epochs": args.epochs, "history": history}
+              "val_accuracy": accuracy(net, data.val, **recipe.evaluation()),
+              "test_accuracy": accuracy(net, data.test, **recipe.evaluation()),
+              "epochs": args.epochs, "precision": recipe.precision, "channels_last": recipe.channels_last,
+              "history": history}
     out = Path(args.out) if args.out else Path(args.genotype).parent
     write_json(out / "train_summary.json", result)
     print(f"trained {args.genotype} on {data.name}: test accuracy {result['test_accuracy']:.4f}, "

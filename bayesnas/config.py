@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 class ConfigError(ValueError):
@@ -44,7 +44,9 @@ class SearchConfig:
     test_fraction: float = 0.2
     data_fraction: float = 1.0
     precision: str = "fp32"
-    """``fp32`` or ``bf16`` (autocast of the network; KL terms and the loss reduction stay in fp32)."""
+    """``fp32``, ``bf16`` (autocast of the network; KL terms and the loss reduction stay in fp32) or ``auto``
+    (``bf16`` where the device computes it natively, else ``fp32``; resolved once per run, see
+    :func:`bayesnas.precision.resolve_precision`, and recorded in ``summary.json``)."""
     channels_last: bool = False
     """Keep images and convolution weights in channels-last memory format (faster convolutions on GPUs)."""
     compile: bool = False

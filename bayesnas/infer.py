@@ -9,7 +9,6 @@ selection and export. A run folder holds ``config.json``, ``checkpoint.pt``, ``m
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -31,6 +30,7 @@ from bayesnas.data import Split, load_dataset
 from bayesnas.distributed import SINGLE, World, synchronise_batchnorm, world_of
 from bayesnas.io import atomic_write, read_jsonl, write_json, write_jsonl
 from bayesnas.methods import Phase, SearchMethod, get_method
+from bayesnas.precision import channels_last, precision_context, resolve_precision
 from bayesnas.spaces.branches import count_params
 from bayesnas.train import augment, epoch_batches
 
@@ -175,8 +175,7 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
     for module in modules.values():
         if world.distributed:
             synchronise_batchnorm(module)
-        if config.channels_last:
-            module.to(memory_format=torch.channels_last)
+        channels_last(module, config.channels_last)
     if config.compile:
         compile_networks(method.networks())
     phases = method.phases()
@@ -207,7 +206,8 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
         for step in range(steps):
             for _, phase in active:
                 index = batches[phase.name][step % len(batches[phase.name])]
-                value, right = _update(phase, optimizers[phase.name][0], splits[phase.split], index, config, world)
+                value, right = _update(phase, optimizers[phase.name][0], splits[phase.split], index, config, world,
+                                       method.precision)
                 if not math.isfinite(value):
                     bar.close()
                     kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {checkpoint.path}"
@@ -244,14 +244,6 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
     return finish_search(method, run_dir, rows, progress)
 
 
-def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for ``bf16`` (convolutions and matrix products in bfloat16; reductions, log-densities and the
-    KL terms, computed from fp32 parameters outside autocast's bf16 op list, stay in fp32)."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def compile_networks(networks: dict[str, nn.Module], backend: str | None = None) -> None:
     """``torch.compile`` each network's forward in place; a network whose compiled forward fails on its first
     call (a Pyro construct dynamo cannot trace) warns once and runs eagerly from then on."""
@@ -277,15 +269,16 @@ COMPILE_BACKEND = "inductor"
 
 
 def _update(phase: Phase, optimizer: torch.optim.Optimizer, split: Split, index: torch.Tensor,
-            config: SearchConfig, world: World = SINGLE) -> tuple[float, int]:
+            config: SearchConfig, world: World = SINGLE, precision: str | None = None) -> tuple[float, int]:
     """One optimiser step of ``phase`` on the global mini-batch ``index`` of ``split``; returns the loss and
     number right over the whole batch. Each rank computes the loss of its shard, weighted by ``M_r / M``, and the
-    gradients are summed over ranks (see :mod:`bayesnas.distributed`; one process: weight 1, no collectives)."""
+    gradients are summed over ranks (see :mod:`bayesnas.distributed`; one process: weight 1, no collectives).
+    ``precision``: the run's resolved precision (default: ``config.precision`` resolved for the batch's device)."""
     local = world.shard(index)
     x = augment(split.x[local], config.shift, config.flip)
-    if config.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with pyro.validation_enabled(False), precision_context(config.precision, x.device):
+    x = channels_last(x, config.channels_last)
+    precision = precision or resolve_precision(config.precision, x.device)
+    with pyro.validation_enabled(False), precision_context(precision, x.device):
         # diverged parameters must reach the NaN guard, not a ValueError
         loss, right = phase.loss(x, split.y[local], local)
     loss = loss.float()
@@ -318,7 +311,7 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
     config = method.config
     summary = {
         "method": config.method, "dataset": config.dataset, "seed": config.seed, "epochs": config.epochs,
-        "device": str(method.device),
+        "device": str(method.device), "precision": method.precision,
         "val_accuracy": selection.val_accuracy, "test_accuracy": selection.test_accuracy,
         # sizes as the papers report them, without the auxiliary head (a training aid); with it alongside
         "params": count_params(selection.network),

@@ -18,18 +18,25 @@ from torch import nn
 from tqdm import tqdm
 
 from bayesnas.data import Split
+from bayesnas.precision import channels_last as to_channels_last
+from bayesnas.precision import precision_context, resolve_precision
 
 
 @torch.no_grad()
 def accuracy(net: nn.Module, split: Split, batch_size: int = 512,
-             predict: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """Top-1 accuracy on ``split`` of ``predict(x)`` (default ``net(x)``), with ``net`` in eval mode."""
+             predict: Callable[[torch.Tensor], torch.Tensor] | None = None, precision: str = "fp32",
+             channels_last: bool = False) -> float:
+    """Top-1 accuracy on ``split`` of ``predict(x)`` (default ``net(x)``), with ``net`` in eval mode; the forward
+    in ``precision`` (``auto`` resolved for the split's device) on images in channels-last format if asked."""
     predict = predict or net
+    precision = resolve_precision(precision, split.x.device)
     was_training = net.training
     net.eval()
     correct = 0
     for start in range(0, len(split), batch_size):
-        logits = predict(split.x[start:start + batch_size])
+        x = to_channels_last(split.x[start:start + batch_size], channels_last)
+        with precision_context(precision, x.device):
+            logits = predict(x)
         correct += int((logits.argmax(-1) == split.y[start:start + batch_size]).sum())
     net.train(was_training)
     return correct / max(len(split), 1)
@@ -97,13 +104,28 @@ class TrainRecipe:
     """Side of the cutout square (0: off; 16 is the CIFAR recipe)."""
     aux_weight: float = 0.4
     """Weight of the auxiliary head's loss, used when the network has one."""
+    precision: str = "fp32"
+    """``fp32``, ``bf16`` (autocast of the network's forward; the loss stays fp32) or ``auto`` (see
+    :func:`bayesnas.precision.resolve_precision`); training and evaluation."""
+    channels_last: bool = False
+    """Network weights and images in channels-last memory format; training and evaluation."""
+
+    def evaluation(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`accuracy` that evaluate a network as this recipe trains it."""
+        return {"precision": self.precision, "channels_last": self.channels_last}
 
 
 def train_network(net: nn.Module, train: Split, val: Split, recipe: TrainRecipe, seed: int = 0,
                   progress: bool = True, desc: str = "train") -> list[dict[str, float]]:
-    """Train ``net`` on ``train``; returns one row per epoch (loss, train and validation accuracy)."""
+    """Train ``net`` on ``train``; returns one row per epoch (loss, train and validation accuracy).
+
+    The network's forward runs in ``recipe.precision`` (autocast), the loss in fp32; with ``recipe.channels_last``
+    the network is converted in place and the images follow."""
     torch.manual_seed(seed)
     device = train.x.device
+    precision = resolve_precision(recipe.precision, device)
+    evaluation = {**recipe.evaluation(), "precision": precision}
+    to_channels_last(net, recipe.channels_last)
     optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
                                 weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.epochs, eta_min=recipe.lr_min)
@@ -114,12 +136,13 @@ def train_network(net: nn.Module, train: Split, val: Split, recipe: TrainRecipe,
         total, correct = 0.0, 0
         for index in epoch_batches(len(train), recipe.batch_size, seed, epoch, device):
             x, y = train.x[index], train.y[index]
-            x = augment(x, recipe.shift, recipe.flip, recipe.cutout)
-            out = net(x)
+            x = to_channels_last(augment(x, recipe.shift, recipe.flip, recipe.cutout), recipe.channels_last)
+            with precision_context(precision, device):
+                out = net(x)
             logits, aux = out if isinstance(out, tuple) else (out, None)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits.float(), y)
             if aux is not None:
-                loss = loss + recipe.aux_weight * F.cross_entropy(aux, y)
+                loss = loss + recipe.aux_weight * F.cross_entropy(aux.float(), y)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
@@ -131,7 +154,7 @@ def train_network(net: nn.Module, train: Split, val: Split, recipe: TrainRecipe,
             correct += int((logits.argmax(-1) == y).sum())
         scheduler.step()
         row = {"epoch": epoch, "loss": total / len(train), "train_accuracy": correct / len(train),
-               "val_accuracy": accuracy(net, val)}
+               "val_accuracy": accuracy(net, val, **evaluation)}
         bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['val_accuracy']:.3f}")
         history.append(row)
     return history
@@ -141,9 +164,10 @@ def retrain(space: Any, genotype: Any, train: Split, val: Split, test: Split, re
             seed: int = 0, progress: bool = True, **build_options: Any) -> tuple[nn.Module, float, float]:
     """Build ``genotype`` in ``space`` and train it from scratch; returns ``(network, val acc, test acc)``.
 
-    How every method turns its derived architecture into the figures of ``summary.json``.
+    How every method turns its derived architecture into the figures of ``summary.json``; training and
+    evaluation in ``recipe.precision`` and memory format.
     """
     torch.manual_seed(seed)
     net = space.build(genotype, **build_options).to(train.x.device)
     train_network(net, train, val, recipe, seed, progress, desc="retrain")
-    return net, accuracy(net, val), accuracy(net, test)
+    return net, accuracy(net, val, **recipe.evaluation()), accuracy(net, test, **recipe.evaluation())

@@ -22,6 +22,7 @@ from torch import nn
 from bayesnas.config import METHOD_SPACES, ConfigError, SearchConfig
 from bayesnas.data import DataBundle, Split
 from bayesnas.distributed import SINGLE, World
+from bayesnas.precision import resolve_precision
 from bayesnas.train import TrainRecipe, retrain
 
 
@@ -141,6 +142,9 @@ class SearchMethod(ABC):
         self.config = config
         self.data = data
         self.device = device
+        self.precision = resolve_precision(config.precision, device)
+        """The run's precision, ``config.precision`` with ``auto`` resolved for ``device`` (once per run; the search
+        loop, the retraining and ``summary.json`` use it, ``config.json`` keeps what was asked)."""
         self.options = parse_options(self.options_type, config.options, self.name)
 
     def build_space(self) -> Any:
@@ -205,12 +209,19 @@ class SearchMethod(ABC):
                          **build_options: Any) -> tuple[nn.Module, float, float]:
         """``(network, val acc, test acc)`` of the selected ``genotype``: retrained from scratch by ``recipe``; with
         ``recipe.epochs == 0`` built untrained (for its size) with the super-network's accuracy, for callers that
-        retrain it themselves under their own budget (``bayesnas bench``)."""
+        retrain it themselves under their own budget (``bayesnas bench``). The retraining runs in the search's
+        precision and memory format (:meth:`with_search_speed`)."""
+        recipe = self.with_search_speed(recipe)
         if recipe.epochs:
             return retrain(space, genotype, self.data.train, self.data.val, self.data.test, recipe, self.config.seed,
                            progress, **build_options)
         net = space.build(genotype, **build_options).to(self.device)
         return net, self.accuracy(self.data.val), self.accuracy(self.data.test)
+
+    def with_search_speed(self, recipe: TrainRecipe) -> TrainRecipe:
+        """``recipe`` with the search's resolved precision and channels-last setting (every retraining and
+        fine-tuning of a method goes through here)."""
+        return dataclasses.replace(recipe, precision=self.precision, channels_last=self.config.channels_last)
 
     @abstractmethod
     def export(self, run_dir: Path) -> None:

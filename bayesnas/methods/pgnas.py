@@ -216,10 +216,11 @@ class PGNAS(SearchMethod):
         return genotype, net, result
 
     def _finetune(self, net, progress: bool) -> float:
-        recipe = TrainRecipe(epochs=self.options.finetune_epochs, batch_size=self.config.batch_size,
-                             lr=self.config.lr / 10, weight_decay=0.0)
+        recipe = self.with_search_speed(TrainRecipe(epochs=self.options.finetune_epochs,
+                                                    batch_size=self.config.batch_size, lr=self.config.lr / 10,
+                                                    weight_decay=0.0))
         train_network(net, self.data.train, self.data.val, recipe, self.config.seed, progress, "fine-tune")
-        return accuracy(net, self.data.test)
+        return accuracy(net, self.data.test, **recipe.evaluation())
 
     def select(self, progress: bool = True) -> Selection:
         genotype, net, result = self._sample(False, "posterior-guided sampling", progress)

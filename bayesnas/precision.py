@@ -1,0 +1,71 @@
+"""Numeric precision and memory format, shared by the search loop and the stand-alone trainer.
+
+``--precision auto`` resolves once per run (:func:`resolve_precision`) to ``bf16`` where the device computes
+bfloat16 natively (a CPU with ``avx512_bf16`` or ``amx_bf16``, a CUDA device for which
+``torch.cuda.is_bf16_supported()``) and to ``fp32`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from bayesnas.config import PRECISIONS
+
+CPUINFO = Path("/proc/cpuinfo")
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+"""CPU flags (as Linux names them in ``/proc/cpuinfo``) of native bfloat16 arithmetic."""
+
+
+def cpu_flags(path: Path | None = None) -> frozenset[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux), or ``None`` where they cannot be read."""
+    try:
+        text = (path or CPUINFO).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``fp32`` or ``bf16`` as asked; ``auto``: ``bf16`` where ``device`` computes bfloat16 natively, else ``fp32``
+    (also when the CPU's flags cannot be read)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cpu":
+        flags = cpu_flags()
+        return "bf16" if flags is not None and flags & BF16_CPU_FLAGS else "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "fp32"
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for ``bf16`` (convolutions and matrix products in bfloat16; reductions, log-densities and the
+    KL terms, computed from fp32 parameters outside autocast's bf16 op list, stay in fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+T = TypeVar("T", torch.Tensor, nn.Module)
+
+
+def channels_last(value: T, enabled: bool = True) -> T:
+    """``value`` (a batch of images or a module, converted in place) in channels-last memory format when
+    ``enabled``; unchanged otherwise."""
+    if not enabled:
+        return value
+    if isinstance(value, nn.Module):
+        return value.to(memory_format=torch.channels_last)
+    return value.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,151 @@
+"""``--precision auto``, and bf16 / channels-last in the stand-alone trainer and across a resumed search."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bayesnas.precision
+from bayesnas.cli import main
+from bayesnas.data import Split, load_dataset
+from bayesnas.infer import run_search
+from bayesnas.io import read_jsonl
+from bayesnas.precision import cpu_flags, resolve_precision
+from bayesnas.train import TrainRecipe, accuracy, train_network
+from tests.conftest import TINY
+
+FIGURES = ("val_accuracy", "test_accuracy", "params", "baseline_test_accuracy", "baseline_params", "drop_rate")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({"fpu", "avx2", "avx512f"}, "fp32"),
+    ({"fpu", "avx512f", "avx512_bf16"}, "bf16"),
+    ({"fpu", "amx_tile", "amx_bf16"}, "bf16"),
+    ({"avx512_fp16", "bf16"}, "fp32"),  # only the two flags of native bf16 arithmetic count
+    (None, "fp32"),  # flags unknown
+])
+def test_auto_on_cpu_follows_the_bf16_flags(monkeypatch, flags, expected):
+    monkeypatch.setattr(bayesnas.precision, "cpu_flags", lambda: None if flags is None else frozenset(flags))
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("auto", "cpu") == expected
+    # what the user asks explicitly is kept, whatever the CPU
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu sse2 avx512f amx_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu sse2 avx512f amx_bf16\n")
+    assert cpu_flags(info) == {"fpu", "sse2", "avx512f", "amx_bf16"}
+    assert cpu_flags(tmp_path / "missing") is None
+    (tmp_path / "noflags").write_text("processor\t: 0\n")
+    assert cpu_flags(tmp_path / "noflags") is None
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_auto_on_cuda_follows_is_bf16_supported(monkeypatch, supported):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
+    monkeypatch.setattr(bayesnas.precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))  # not consulted
+    assert resolve_precision("auto", torch.device("cuda")) == ("bf16" if supported else "fp32")
+    assert resolve_precision("auto", torch.device("cuda", 1)) == ("bf16" if supported else "fp32")
+
+
+def test_auto_elsewhere_is_fp32_and_bad_values_are_refused():
+    assert resolve_precision("auto", torch.device("meta")) == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16", "cpu")
+
+
+def _digits(n: int = 480) -> tuple[Split, Split]:
+    data = load_dataset("digits", seed=0)
+    return Split(data.train.x[:n], data.train.y[:n]), Split(data.val.x, data.val.y)
+
+
+def _tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, stride=2),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+def test_bf16_trainer_runs_the_network_in_bf16_the_loss_in_fp32_and_learns(monkeypatch, one_thread):
+    train, val = _digits(960)
+    net = _tiny_net()
+    forward_dtypes, loss_inputs = set(), []
+    net.register_forward_hook(lambda module, args, out: forward_dtypes.add(out.dtype))
+    cross_entropy = F.cross_entropy
+
+    def spy(logits, target, *args, **kwargs):
+        loss = cross_entropy(logits, target, *args, **kwargs)
+        loss_inputs.append((logits.dtype, torch.is_autocast_enabled("cpu"), loss.dtype))
+        return loss
+
+    monkeypatch.setattr(F, "cross_entropy", spy)
+    recipe = TrainRecipe(epochs=6, batch_size=32, lr=0.1, weight_decay=0.0, precision="bf16")
+    history = train_network(net, train, val, recipe, progress=False)
+    assert forward_dtypes == {torch.bfloat16}  # training and evaluation forwards
+    assert loss_inputs and set(loss_inputs) == {(torch.float32, False, torch.float32)}
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # the weights stay fp32
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"] and history[-1]["val_accuracy"] > 0.35  # chance: 0.1
+    forward_dtypes.clear()
+    assert accuracy(net, val, precision="bf16") == history[-1]["val_accuracy"]
+    assert forward_dtypes == {torch.bfloat16}
+    forward_dtypes.clear()
+    accuracy(net, val)
+    assert forward_dtypes == {torch.float32}
+
+
+def test_channels_last_trainer_keeps_weights_and_images_channels_last(one_thread):
+    train, val = _digits(128)
+    net = _tiny_net()
+    inputs = []
+    net[0].register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    recipe = TrainRecipe(epochs=1, batch_size=32, lr=0.05, weight_decay=0.0, channels_last=True)
+    train_network(net, train, val, recipe, progress=False)
+    assert all(x.is_contiguous(memory_format=torch.channels_last) for x in inputs)
+    for conv in (net[0], net[2]):
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_survives_a_checkpoint_round_trip(tiny_config, tmp_path, one_thread):
+    config = tiny_config.merged({"channels_last": True, "epochs": 2})
+    full = run_search(config, tmp_path / "full", device="cpu", progress=False)
+
+    def kill(event):
+        if event.epoch == 1 and event.step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, tmp_path / "cut", device="cpu", progress=False, on_step=kill)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "cut/metrics.jsonl")] == [0]
+    resumed = run_search(config, tmp_path / "cut", device="cpu", progress=False, resume=True)
+    assert {k: resumed[k] for k in FIGURES} == {k: full[k] for k in FIGURES}
+    assert [r["loss"] for r in read_jsonl(tmp_path / "cut/metrics.jsonl")] == \
+        [r["loss"] for r in read_jsonl(tmp_path / "full/metrics.jsonl")]
+    state = torch.load(tmp_path / "cut/checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1
+    kernels = {f"{module}.{name}": w for module, weights in state["modules"].items() for name, w in weights.items()
+               if w.dim() == 4 and w.shape[1] > 1 and w.shape[2] * w.shape[3] > 1}  # where the two formats differ
+    assert kernels and all(w.is_contiguous(memory_format=torch.channels_last) for w in kernels.values())
+    assert not all(w.is_contiguous() for w in kernels.values())
+
+
+def test_cli_auto_precision_is_resolved_and_recorded(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bayesnas.precision, "cpu_flags", lambda: frozenset({"fpu", "amx_bf16"}))
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY, "epochs": 1}))
+    run = tmp_path / "run"
+    assert main(["search", "--config", str(config), "--precision", "auto", "--device", "cpu", "--out", str(run),
+                 "--no-progress"]) == 0
+    assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
+    assert json.loads((run / "config.json").read_text())["precision"] == "auto"  # what the user asked
+
+    monkeypatch.setattr(bayesnas.precision, "cpu_flags", lambda: None)
+    assert main(["train", str(run / "genotype.json"), "--epochs", "1", "--precision", "auto", "--channels-last",
+                 "--device", "cpu", "--no-progress"]) == 0
+    trained = json.loads((run / "train_summary.json").read_text())
+    assert trained["precision"] == "fp32" and trained["channels_last"] is True
+    assert 0 <= trained["test_accuracy"] <= 1
