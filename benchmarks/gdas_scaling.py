@@ -1,4 +1,4 @@
-"""Does a GDAS step cost the same whatever the number of candidate ops? (papers/gdas.md Sec. 3.2)
+"""Does a GDAS step cost the same whatever the number of candidate ops? (Dong & Yang, CVPR 2019, Sec. 3.2)
 
 Times one weight step of our GDAS on a CIFAR-shaped batch with the 8 DARTS ops against the same network
 with 2 candidate ops (``sep_conv_3x3`` and ``max_pool_3x3``, the two ops DARTS ends up using), both with
