@@ -9,6 +9,7 @@ from bayesnas.cli import EXIT_ERROR, main
 from bayesnas.config import METHOD_SPACES, ConfigError, SearchConfig, on_space, preset
 from bayesnas.infer import run_search
 from bayesnas.spaces import SPACES, get_space, load_genotype
+from bayesnas.spaces.profile import count_params
 from tests.conftest import TINY as PGNAS_TINY
 
 TINY_SPACES = {
@@ -64,7 +65,7 @@ def test_every_pair_searches_and_its_genotype_retrains(method, space, tmp_path, 
     out = tmp_path / "train"
     assert main(["train", str(run / "genotype.json"), "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
     trained = json.loads((out / "train_summary.json").read_text())
-    assert trained["params"] == get_space(space, genotype.config).params(genotype) if space != "branches" else True
+    assert trained["params"] == count_params(get_space(space, genotype.config).build(genotype))
     assert 0 <= trained["test_accuracy"] <= 1
 
 
