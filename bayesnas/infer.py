@@ -30,7 +30,7 @@ from bayesnas.data import Split, load_dataset
 from bayesnas.distributed import SINGLE, World, synchronise_batchnorm, world_of
 from bayesnas.io import atomic_write, read_jsonl, write_json, write_jsonl
 from bayesnas.methods import Phase, SearchMethod, get_method
-from bayesnas.precision import channels_last, precision_context, resolve_precision
+from bayesnas.precision import channels_last, precision_context
 from bayesnas.spaces.branches import count_params
 from bayesnas.train import augment, epoch_batches
 
@@ -206,8 +206,8 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
         for step in range(steps):
             for _, phase in active:
                 index = batches[phase.name][step % len(batches[phase.name])]
-                value, right = _update(phase, optimizers[phase.name][0], splits[phase.split], index, config, world,
-                                       method.precision)
+                value, right = _update(phase, optimizers[phase.name][0], splits[phase.split], index, config,
+                                       method.precision, world)
                 if not math.isfinite(value):
                     bar.close()
                     kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {checkpoint.path}"
@@ -269,15 +269,14 @@ COMPILE_BACKEND = "inductor"
 
 
 def _update(phase: Phase, optimizer: torch.optim.Optimizer, split: Split, index: torch.Tensor,
-            config: SearchConfig, world: World = SINGLE, precision: str | None = None) -> tuple[float, int]:
+            config: SearchConfig, precision: str, world: World = SINGLE) -> tuple[float, int]:
     """One optimiser step of ``phase`` on the global mini-batch ``index`` of ``split``; returns the loss and
     number right over the whole batch. Each rank computes the loss of its shard, weighted by ``M_r / M``, and the
     gradients are summed over ranks (see :mod:`bayesnas.distributed`; one process: weight 1, no collectives).
-    ``precision``: the run's resolved precision (default: ``config.precision`` resolved for the batch's device)."""
+    ``precision``: the run's resolved precision (``SearchMethod.precision``)."""
     local = world.shard(index)
     x = augment(split.x[local], config.shift, config.flip)
     x = channels_last(x, config.channels_last)
-    precision = precision or resolve_precision(config.precision, x.device)
     with pyro.validation_enabled(False), precision_context(precision, x.device):
         # diverged parameters must reach the NaN guard, not a ValueError
         loss, right = phase.loss(x, split.y[local], local)

@@ -30,6 +30,7 @@ from gdas_vs_xautodl import OPS, xautodl_weight_step  # noqa: E402
 from bayesnas.config import preset  # noqa: E402
 from bayesnas.infer import _update, compile_networks  # noqa: E402
 from bayesnas.methods import get_method  # noqa: E402
+from bayesnas.precision import channels_last  # noqa: E402
 
 PRESETS = {"pgnas": "pgnas-cifar10", "vinnas": "vinnas-cifar10", "gdas": "gdas-xautodl", "pcnas": "pcnas-small"}
 MODES = {"fp32": {}, "bf16": {"precision": "bf16"}, "bf16+cl": {"precision": "bf16", "channels_last": True},
@@ -52,8 +53,7 @@ def search_step(method_name: str, mode: dict, batch: int, device: torch.device, 
     data = random_bundle(batch).to(device)
     method = get_method(method_name)(config, data, device)
     for module in method.modules().values():
-        if config.channels_last:
-            module.to(memory_format=torch.channels_last)
+        channels_last(module, config.channels_last)
     if config.compile:
         compile_networks(method.networks())
     phase = method.phases()[0]
@@ -62,7 +62,7 @@ def search_step(method_name: str, mode: dict, batch: int, device: torch.device, 
     index = torch.arange(batch, device=device)
 
     def step() -> None:
-        _update(phase, optimizer, split, index, config)
+        _update(phase, optimizer, split, index, config, method.precision)
 
     return step, method
 

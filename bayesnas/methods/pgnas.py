@@ -158,22 +158,26 @@ class PGNAS(SearchMethod):
         """The same negative ELBO for the fixed-rate super-network (its KL's entropy term is a constant)."""
         return self._negative_elbo(self.baseline_model, self.baseline_guide, self.baseline_reparam, x, y, index)
 
-    def mean_kernels(self) -> dict[str, torch.Tensor]:
+    def _pair(self, baseline: bool) -> tuple[PGNASModel, ConcreteDropoutGuide]:
+        """The model and guide of PGNAS, or of its fixed-rate baseline."""
+        return (self.baseline_model, self.baseline_guide) if baseline else (self.model, self.guide)
+
+    def mean_kernels(self, baseline: bool = False) -> dict[str, torch.Tensor]:
         """E_q[phi] = m (1 - p) (m with rescaling): the weight-scaling rule of dropout."""
-        return {site: self.guide.distribution(site).mean_kernel() for site in self.guide.site_names}
+        _, guide = self._pair(baseline)
+        return {site: guide.distribution(site).mean_kernel() for site in guide.site_names}
 
     @torch.no_grad()
-    def accuracy(self, split) -> float:
-        return accuracy(self.model, split, predict=poutine.condition(self.model, data=self.mean_kernels()))
+    def accuracy(self, split, baseline: bool = False) -> float:
+        """Accuracy of the super-network (the baseline's with ``baseline``) at its mean kernels."""
+        model, _ = self._pair(baseline)
+        return accuracy(model, split, predict=poutine.condition(model, data=self.mean_kernels(baseline)))
 
     def epoch_metrics(self) -> dict[str, Any]:
         rates = self.guide.drop_rates()
         metrics: dict[str, Any] = {"drop_rate": {self._label(site): round(p, 5) for site, p in rates.items()}}
         if self.baseline_model is not None:
-            with torch.no_grad():
-                mean = {s: self.baseline_guide.distribution(s).mean_kernel() for s in self.baseline_guide.site_names}
-                metrics["baseline_val_accuracy"] = accuracy(
-                    self.baseline_model, self.data.val, predict=poutine.condition(self.baseline_model, data=mean))
+            metrics["baseline_val_accuracy"] = self.accuracy(self.data.val, baseline=True)
         return metrics
 
     def _where(self, site: str) -> tuple[str, str]:
@@ -187,7 +191,7 @@ class PGNAS(SearchMethod):
     def supernet_state(self, baseline: bool = False) -> dict[str, torch.Tensor]:
         """Plain state dict of the super-network (the baseline's with ``baseline``): point weights plus the
         kernels a kept slice carries (``m``, or ``m / (1 - p)`` with rescaling)."""
-        model, guide = (self.baseline_model, self.baseline_guide) if baseline else (self.model, self.guide)
+        model, guide = self._pair(baseline)
         state = dict(model.net.state_dict())
         state.update({site.removeprefix("net."): k.detach() for site, k in guide.kept_kernels().items()})
         return state
@@ -195,7 +199,7 @@ class PGNAS(SearchMethod):
     def masked_supernet(self, masks: dict[str, torch.Tensor], baseline: bool = False):
         """``x -> logits`` of the super-network itself at hard keep masks (the model conditioned on
         ``phi = kept kernel * z``); the network built from the same masks computes the same function."""
-        model, guide = (self.baseline_model, self.baseline_guide) if baseline else (self.model, self.guide)
+        model, guide = self._pair(baseline)
         return poutine.condition(model, data={s: k.detach() for s, k in guide.masked_kernels(masks).items()})
 
     def genotype(self, masks: dict[str, torch.Tensor]):
@@ -203,7 +207,7 @@ class PGNAS(SearchMethod):
 
     def _sample(self, baseline: bool, desc: str, progress: bool):
         state = self.supernet_state(baseline)
-        guide = self.baseline_guide if baseline else self.guide
+        _, guide = self._pair(baseline)
 
         def score(masks):
             return accuracy(self.space.build(self.genotype(masks), inherit=state).to(self.device),

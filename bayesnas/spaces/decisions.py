@@ -117,23 +117,32 @@ class DecisionSpace(ABC):
     def describe(self, genotype: Genotype) -> str:
         """A few human-readable lines."""
 
+    def _layout(self) -> tuple[list[Decision], dict[str, DecisionGroup]]:
+        """The decisions and their groups, computed once per configuration (the index form is built every
+        training step and every potential evaluation)."""
+        config = getattr(self, "config", None)
+        cached = self.__dict__.get("_layout_cache")
+        if cached is None or cached[0] is not config:
+            decisions = self.decisions()
+            positions: dict[str, list[int]] = {}
+            for i, d in enumerate(decisions):
+                positions.setdefault(d.group, []).append(i)
+            groups = {}
+            for name, where in positions.items():
+                options = {decisions[i].options for i in where}
+                if len(options) != 1:
+                    raise ValueError(f"decisions of group {name!r} have different options")
+                groups[name] = DecisionGroup(name, tuple(where), options.pop())
+            cached = self.__dict__["_layout_cache"] = (config, decisions, groups)
+        return cached[1], cached[2]
+
     def groups(self) -> dict[str, DecisionGroup]:
         """The decision groups by name, in order of first appearance."""
-        decisions = self.decisions()
-        positions: dict[str, list[int]] = {}
-        for i, d in enumerate(decisions):
-            positions.setdefault(d.group, []).append(i)
-        groups = {}
-        for name, where in positions.items():
-            options = {decisions[i].options for i in where}
-            if len(options) != 1:
-                raise ValueError(f"decisions of group {name!r} have different options")
-            groups[name] = DecisionGroup(name, tuple(where), options.pop())
-        return groups
+        return dict(self._layout()[1])
 
     def num_options(self) -> list[int]:
         """Options per decision, in order."""
-        return [len(d.options) for d in self.decisions()]
+        return [len(d.options) for d in self._layout()[0]]
 
     def size(self) -> float:
         """Number of architectures the decisions span (a float: it overflows integers in large spaces)."""
@@ -149,17 +158,18 @@ class DecisionSpace(ABC):
             str, torch.Tensor]:
         """``{group: long (n_g,)}`` of one option index per decision (the index form)."""
         indices = [int(i) for i in indices]
-        if len(indices) != len(self.decisions()):
-            raise ValueError(f"architecture has {len(indices)} choices, the space has {len(self.decisions())} "
-                             "decisions")
+        decisions, groups = self._layout()
+        if len(indices) != len(decisions):
+            raise ValueError(f"architecture has {len(indices)} choices, the space has {len(decisions)} decisions")
         return {name: torch.tensor([indices[p] for p in g.positions], dtype=torch.long, device=device)
-                for name, g in self.groups().items()}
+                for name, g in groups.items()}
 
     def indices(self, arch: Architecture) -> list[int]:
         """One option index per decision of an architecture in any form (argmax of float tensors; one
         architecture, not one per example)."""
-        out = [0] * len(self.decisions())
-        for name, g in self.groups().items():
+        decisions, groups = self._layout()
+        out = [0] * len(decisions)
+        for name, g in groups.items():
             value = arch[name]
             chosen = value if not value.is_floating_point() else value.argmax(-1)
             for p, i in zip(g.positions, chosen.reshape(-1).tolist(), strict=True):
