@@ -13,6 +13,7 @@ import torch
 from bayesnas.config import preset
 from bayesnas.data import DataBundle, Split
 from bayesnas.methods import get_method
+from bayesnas.precision import channels_last, precision_context
 
 
 def parse_timing_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, torch.device, torch.Tensor,
@@ -44,18 +45,26 @@ def random_bundle(batch: int, channels: int = 3, size: int = 32, classes: int = 
 
 
 def gdas_weight_step(space: dict, batch: int, device: torch.device, x: torch.Tensor, y: torch.Tensor,
-                     options: dict | None = None) -> tuple[Callable[[], None], Any]:
+                     options: dict | None = None, precision: str = "fp32",
+                     memory_format_channels_last: bool = False) -> tuple[Callable[[], None], Any]:
     """One weight step of our GDAS (proposal draw, conditioned model, backward, SGD) on ``(x, y)``, and the
-    method object it steps."""
-    config = preset("gdas-xautodl").merged({"space": space, "batch_size": batch, "options": options or {}})
+    method object it steps; ``precision`` and ``memory_format_channels_last`` as the search loop applies them
+    (``bayesnas.infer``: modules and batch in channels-last, the loss under autocast)."""
+    config = preset("gdas-xautodl").merged({"space": space, "batch_size": batch, "options": options or {},
+                                            "precision": precision,
+                                            "channels_last": memory_format_channels_last})
     method = get_method("gdas")(config, random_bundle(batch), device)
+    for module in method.modules().values():
+        channels_last(module, config.channels_last)
+    x = channels_last(x, config.channels_last)
     phase = method.phases()[0]
     optimizer, _ = phase.make_optimizer(config.epochs)
     index = torch.arange(len(x), device=device)
     size = method.split_sizes["weights"]
 
     def step() -> None:
-        loss, _ = method.loss(x, y, index, size)
+        with precision_context(method.precision, device):
+            loss, _ = method.loss(x, y, index, size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(phase.param_groups[0]["params"], 5.0)

@@ -6,7 +6,11 @@ same layout (``NNRNRN``), its straight-through Gumbel proposal and Pyro-conditio
 SGD step (momentum 0.9, nesterov, wd 5e-4, gradient-norm clip 5) on the same random 64x3x32x32 batch; the
 two alternate, and the medians are compared. The cost of a step depends on which ops are drawn, so before each
 round both networks' logits are pinned to the same random architecture (one uniformly drawn op per edge, as
-at the start of a search), and both then compute exactly the same ops. Last line: ``ratio=<ours/xautodl>``.
+at the start of a search), and both then compute exactly the same ops. ``ratio=<ours/xautodl>`` compares the
+two in fp32; ``ratio_fast=<ours fast/xautodl>`` times a third step, ours in bfloat16 autocast with channels-last
+modules and batch (``--precision bf16 --channels-last``), against the same fp32 xautodl step. Where the CPU has
+no native bfloat16 (``avx512_bf16``/``amx_bf16``), bf16 is emulated and slower than fp32: the script says which
+the CPU has.
 
 xautodl pins numpy <= 1.19.5, which does not install on Python 3.11; it needs only numpy at run time, so it
 is installed without its dependencies::
@@ -22,6 +26,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from bayesnas.precision import resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _gdas_step import gdas_weight_step, parse_timing_args, pin_logits, time_alternating  # noqa: E402
@@ -63,6 +69,8 @@ def main() -> None:
     space = {"in_channels": 3, "channels": 16, "layout": "NNRNRN", "states": 4, "ops": ",".join(OPS),
              "stem_multiplier": 3, "affine": False}
     ours, method = gdas_weight_step(space, args.batch_size, device, x, y)
+    fast, fast_method = gdas_weight_step(space, args.batch_size, device, x, y, precision="bf16",
+                                         memory_format_channels_last=True)
     theirs, net = xautodl_weight_step(args.batch_size, device, x, y)
     params = sum(p.numel() for p in net.get_weights())
     generator = torch.Generator().manual_seed(1)
@@ -71,15 +79,19 @@ def main() -> None:
         for kind, theirs_logits in (("normal", net.arch_normal_parameters), ("reduce", net.arch_reduce_parameters)):
             choice = torch.randint(0, len(OPS), (theirs_logits.shape[0],), generator=generator)
             pin_logits(method.guide.logits[kind], choice)
+            pin_logits(fast_method.guide.logits[kind], choice)
             pin_logits(theirs_logits, choice)
 
-    median = time_alternating({"ours": ours, "xautodl": theirs}, args.repeats, args.warmup, device,
-                              before_round=same_architecture)
+    median = time_alternating({"ours": ours, "ours_fast": fast, "xautodl": theirs}, args.repeats, args.warmup,
+                              device, before_round=same_architecture)
+    native = resolve_precision("auto", device) == "bf16"
     print(f"device={device} threads={args.threads} batch={args.batch_size}x3x32x32 layout=NNRNRN C=16 "
-          f"xautodl_weights={params}")
-    print(f"ours    : median {median['ours']:.4f} s/step")
-    print(f"xautodl : median {median['xautodl']:.4f} s/step")
+          f"xautodl_weights={params} native_bf16={'yes' if native else 'no'}")
+    print(f"ours fp32           : median {median['ours']:.4f} s/step")
+    print(f"ours bf16+chan-last : median {median['ours_fast']:.4f} s/step")
+    print(f"xautodl fp32        : median {median['xautodl']:.4f} s/step")
     print(f"ratio={median['ours'] / median['xautodl']:.3f}")
+    print(f"ratio_fast={median['ours_fast'] / median['xautodl']:.3f}")
 
 
 if __name__ == "__main__":

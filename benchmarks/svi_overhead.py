@@ -25,6 +25,16 @@ super-network whose convolutions and classifier are hand-written locally reparam
 cross-entropy, the Molchanov KLs and the op entropy.
 
     python benchmarks/svi_overhead.py --method vinnas --steps 20
+
+``--method gdas`` times GDAS's weight step (Dong & Yang, CVPR 2019, Algorithm 1) on the ``gdas-xautodl`` layout
+(C = 16, cells ``NNRNRN``, 8 DARTS ops): *ours* is ``GDAS.loss`` (the straight-through Gumbel-softmax proposal's
+``rsample`` per cell type, the Pyro model conditioned on it and traced, ``log_prob_sum`` of the ``y`` site, divided
+by N) plus an SGD step; *plain* is a copy of the same super-network fed a hand-written straight-through draw
+(``one_hot(argmax(A + G)) - soft.detach() + soft``, ``soft = softmax((A + G) / tau)``, Eq. 5-7) and a summed
+cross-entropy over N. Both proposals' logits are pinned to one uniformly drawn architecture, so both compute the
+same ops every step.
+
+    python benchmarks/svi_overhead.py --method gdas --steps 20
 """
 
 from __future__ import annotations
@@ -46,9 +56,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import kl_divergence
 
-from bayesnas.config import SearchConfig
+from bayesnas.config import SearchConfig, preset
 from bayesnas.data import DataBundle, Split
 from bayesnas.distributions import SpikeAndSlab, kl_normal_log_uniform_elementwise
+from bayesnas.methods.gdas import GDAS
 from bayesnas.methods.pgnas import PGNAS
 from bayesnas.methods.vinnas import VINNAS
 from bayesnas.spaces.branches import BranchNet, BranchSpaceConfig
@@ -328,6 +339,61 @@ def vinnas_steps(args: argparse.Namespace, device: torch.device, sync: Callable[
     return ours, baseline
 
 
+# the weight step of the gdas-xautodl preset, as benchmarks/gdas_vs_xautodl.py times it against the authors' code
+GDAS_SPACE = {"in_channels": 3, "channels": 16, "layout": "NNRNRN", "states": 4, "stem_multiplier": 3,
+              "affine": False}
+
+
+def straight_through_gumbel(logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """Hand-written GDAS draw (Eq. 5-7): hard one-hot of ``argmax(A + G)`` forward, ``softmax((A + G) / tau)``
+    backward."""
+    u = torch.rand_like(logits).clamp(1e-10, 1 - 1e-10)
+    soft = torch.softmax((logits - torch.log(-torch.log(u))) / tau, -1)
+    hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft
+
+
+def gdas_steps(args: argparse.Namespace, device: torch.device, sync: Callable[[], None],
+               clock: Callable[[], float]) -> tuple[Callable[[], float], Callable[[], float]]:
+    """The timed GDAS weight step (ours) and its hand-written twin (plain); prints the set-up."""
+    space = {**(args.space or GDAS_SPACE), "num_classes": args.num_classes}
+    config = preset("gdas-xautodl").merged({"space": space, "batch_size": args.batch_size})
+    data = synthetic_bundle(args.num_train, space["in_channels"], args.image_size, args.num_classes)
+    method = GDAS(config, data, device)
+    net = copy.deepcopy(method.model.net)
+    generator = torch.Generator().manual_seed(args.seed)
+    for logits in method.guide.logits.values():
+        pin = torch.randint(0, logits.shape[-1], (logits.shape[0],), generator=generator).view(-1, 1)
+        with torch.no_grad():
+            logits.fill_(-1e4).scatter_(1, pin.to(logits.device), 1e4)
+    plain_logits = {g: a.detach().clone().requires_grad_() for g, a in method.guide.logits.items()}
+    size, tau = method.split_sizes["weights"], method.guide.temperature
+
+    def plain_loss() -> tuple[torch.Tensor, int]:
+        arch = {g: straight_through_gumbel(a, tau) for g, a in plain_logits.items()}
+        logits = net(x, arch)
+        return F.cross_entropy(logits, y, reduction="sum") / size, 0
+
+    def ours_loss() -> tuple[torch.Tensor, int]:
+        with pyro.validation_enabled(False):  # as the search loop runs every step
+            return method.loss(x, y, index, size)
+
+    x = torch.randn(args.batch_size, space["in_channels"], args.image_size, args.image_size, device=device)
+    y = torch.randint(args.num_classes, (args.batch_size,), device=device)
+    index = torch.randperm(size, device=device)[:args.batch_size]
+    sgd = {"lr": config.lr, "momentum": config.momentum, "nesterov": True, "weight_decay": config.weight_decay}
+    ours = make_step(ours_loss, torch.optim.SGD(method.model.parameters(), **sgd), sync, clock)
+    baseline = make_step(plain_loss, torch.optim.SGD(net.parameters(), **sgd), sync, clock)
+    print(f"device={device} threads={torch.get_num_threads()} clock={args.clock} batch={args.batch_size} "
+          f"image={space['in_channels']}x{args.image_size}x{args.image_size} space={json.dumps(space)} "
+          f"decision_groups={dict((g, tuple(a.shape)) for g, a in plain_logits.items())} "
+          f"weights={sum(p.numel() for p in net.parameters())}")
+    return ours, baseline
+
+
+STEPS = {"pgnas": pgnas_steps, "vinnas": vinnas_steps, "gdas": gdas_steps}
+
+
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=64)
@@ -337,10 +403,10 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each before timing")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--image-size", type=int, default=None, help="default: 32 (PGNAS), 8 (VINNAS)")
+    parser.add_argument("--image-size", type=int, default=None, help="default: 32 (PGNAS, GDAS), 8 (VINNAS)")
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--num-train", type=int, default=45000, help="training-set size N")
-    parser.add_argument("--method", choices=["pgnas", "vinnas"], default="pgnas", help="the search method timed")
+    parser.add_argument("--method", choices=list(STEPS), default="pgnas", help="the search method timed")
     parser.add_argument("--stage", choices=["weights", "architecture"], default="weights",
                         help="VINNAS: the stage of Algorithm 1 timed (theta_w or theta_alpha)")
     parser.add_argument("--space", type=json.loads, default=None,
@@ -364,7 +430,7 @@ def main(argv: list[str] | None = None) -> float:
     torch.manual_seed(args.seed)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
 
-    ours, baseline = (vinnas_steps if args.method == "vinnas" else pgnas_steps)(args, device, sync, clock)
+    ours, baseline = STEPS[args.method](args, device, sync, clock)
     for _ in range(args.warmup):
         ours()
         baseline()
