@@ -133,24 +133,66 @@ def build_parser() -> argparse.ArgumentParser:
     rank.set_defaults(method=None, dataset=None)
     _add_common(rank)
 
-    bench = sub.add_parser(
-        "bench", formatter_class=_Formatter, help="benchmark every method on a real data set",
+    bench = sub.add_parser("bench", formatter_class=_Formatter, help="benchmarks: fashion-mnist, population, compare",
+                           description="fashion-mnist: every method on Fashion-MNIST under one budget; population: "
+                                       "ground truth for a space (many architectures trained alone); compare: "
+                                       "where each method's pick lands in a population.")
+    benches = bench.add_subparsers(dest="benchmark", required=True)
+    fashion = benches.add_parser(
+        "fashion-mnist", formatter_class=_Formatter, help="benchmark every method on Fashion-MNIST",
         description="Search with every method and retrain each found architecture from scratch under one budget "
                     "(plus the random-search baseline), then write table.md and table.csv into OUT. Continue an "
                     "interrupted benchmark by running the same command again: finished searches and retrainings "
                     "are kept, a half-finished search resumes from its checkpoint.")
-    bench.add_argument("benchmark", choices=("fashion-mnist",), help="the benchmark")
-    bench.add_argument("--budget", default="cpu", choices=("cpu", "paper"),
-                       help="cpu: within 2 hours on 2 CPU cores; paper: the VINNAS paper's settings (a GPU)")
-    bench.add_argument("--methods", default="pgnas,vinnas,gdas,pcnas,random",
-                       help="comma-separated methods to run (random: the random-search baseline)")
-    bench.add_argument("--out", help="run folder (default: runs/bench-<benchmark>-<budget>)")
-    bench.add_argument("--results", help="also write the tables as <benchmark>-<budget>.md/.csv into this folder "
-                       "(the committed ones are in benchmarks/results)")
-    bench.add_argument("--data-dir", help="folder holding FashionMNIST/raw (default: Debian's "
-                       "dataset-fashion-mnist package, found by itself)")
-    bench.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    bench.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    fashion.add_argument("--budget", default="cpu", choices=("cpu", "paper"),
+                         help="cpu: within 2 hours on 2 CPU cores; paper: the VINNAS paper's settings (a GPU)")
+    fashion.add_argument("--methods", default="pgnas,vinnas,gdas,pcnas,random",
+                         help="comma-separated methods to run (random: the random-search baseline)")
+    fashion.add_argument("--out", help="run folder (default: runs/bench-fashion-mnist-<budget>)")
+    fashion.add_argument("--results", help="also write the tables as <benchmark>-<budget>.md/.csv into this "
+                         "folder (the committed ones are in benchmarks/results)")
+    fashion.add_argument("--data-dir", help="folder holding FashionMNIST/raw (default: Debian's "
+                         "dataset-fashion-mnist package, found by itself)")
+    fashion.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    fashion.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    population = benches.add_parser(
+        "population", formatter_class=_Formatter, help="ground truth: architectures of a space trained alone",
+        description="Sample N genotypes of a space uniformly (or enumerate all of a small space), train each alone "
+                    "under random search's retraining recipe (retrain_epochs, retrain_lr of the random-digits "
+                    "preset, or of --config), and write population.jsonl/.csv/.md and plots into OUT. Run the same "
+                    "command again to continue, or with a larger --n or --seeds to extend.")
+    population.add_argument("--space", required=True, choices=METHOD_SPACES["random"], help="the search space")
+    population.add_argument("--dataset", default="digits", help="digits (embedded), mnist, fashion-mnist, cifar10 "
+                            "or cifar100")
+    population.add_argument("--config", help="JSON file of options over the random-digits preset (space, options: "
+                            "retrain_epochs, retrain_lr; batch_size, lr, split fractions, seed of the draws)")
+    size = population.add_mutually_exclusive_group(required=True)
+    size.add_argument("--n", type=int, help="genotypes to sample")
+    size.add_argument("--all", action="store_true", help="every architecture of a small space")
+    population.add_argument("--seeds", type=int, default=1, help="training seeds per genotype")
+    population.add_argument("--train-epochs", type=int, help="epochs each genotype trains (sets retrain_epochs)")
+    population.add_argument("--out", help="folder (default: runs/population-<space>-<dataset>)")
+    population.add_argument("--data-dir", help="folder holding the torchvision files of mnist/fashion-mnist/cifar")
+    population.add_argument("--download", action="store_true", help="let torchvision download missing files")
+    population.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    population.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    compare = benches.add_parser(
+        "compare", formatter_class=_Formatter, help="place each method's pick in a population",
+        description="Search with each method and seed on the population's space and split (finished searches in "
+                    "OUT are reused), look up each pick's stand-alone accuracy in the population (training it there "
+                    "when absent), and report pick accuracy, percentile, regret, search seconds and each "
+                    "super-network's ranking correlation (OUT/compare.md/.csv/.json and plots).")
+    compare.add_argument("--population", required=True, help="a folder written by bayesnas bench population")
+    compare.add_argument("--methods", default="gdas,vinnas,pcnas,random",
+                         help="comma-separated methods (random: random search at the others' mean search time)")
+    compare.add_argument("--seeds", type=int, default=1, help="search seeds per method")
+    compare.add_argument("--epochs", type=int, help="search epochs of every method (default: each preset's)")
+    compare.add_argument("--out", help="folder (default: <population>/compare)")
+    compare.add_argument("--data-dir", help="folder holding the torchvision files of mnist/fashion-mnist/cifar")
+    compare.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    compare.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
@@ -350,6 +392,11 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    return {"fashion-mnist": _bench_fashion, "population": _bench_population, "compare": _bench_compare}[
+        args.benchmark](args)
+
+
+def _bench_fashion(args: argparse.Namespace) -> int:
     from bayesnas.bench import run_benchmark
 
     out = Path(args.out or f"runs/bench-{args.benchmark}-{args.budget}")
@@ -359,6 +406,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print((out / "table.md").read_text())
     print(f"written: {out / 'table.md'}, {out / 'table.csv'}"
           + (f"; copies in {args.results}" if args.results else ""))
+    return 0
+
+
+def _bench_population(args: argparse.Namespace) -> int:
+    from bayesnas.distributed import is_main_process
+    from bayesnas.population import build_population, population_spec
+
+    overrides = load_config_file(args.config) if args.config else {}
+    if args.train_epochs is not None:
+        overrides["options"] = {**overrides.get("options", {}), "retrain_epochs": args.train_epochs}
+    spec = population_spec(args.space, args.dataset, overrides)
+    _require_out_when_distributed(args)
+    out = Path(args.out or f"runs/population-{args.space}-{args.dataset}")
+    population = build_population(spec, out, n=args.n, enumerate_all=args.all, seeds=args.seeds,
+                                  device=args.device, data_dir=args.data_dir, download=args.download,
+                                  progress=not args.no_progress)
+    if is_main_process():
+        print((out / "population.md").read_text())
+        print(f"written: {out} ({len(population.table())} genotypes)")
+    return 0
+
+
+def _bench_compare(args: argparse.Namespace) -> int:
+    from bayesnas.compare import run_compare
+    from bayesnas.distributed import is_main_process
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    overrides = {m: {"epochs": args.epochs} for m in methods} if args.epochs else {}
+    _require_out_when_distributed(args)
+    out = Path(args.out or Path(args.population) / "compare")
+    run_compare(args.population, out, methods=methods, seeds=args.seeds, overrides=overrides, device=args.device,
+                data_dir=args.data_dir, progress=not args.no_progress)
+    if is_main_process():
+        print((out / "compare.md").read_text())
+        print(f"written: {out}")
     return 0
 
 

@@ -43,6 +43,9 @@ class SearchConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     data_fraction: float = 1.0
+    data_seed: int | None = None
+    """Seed of the train/val/test split (null: ``seed``). ``bayesnas bench compare`` fixes it to the population's,
+    so that searches of every seed see the split the population was trained and tested on."""
     precision: str = "fp32"
     """``fp32``, ``bf16`` (autocast of the network; KL terms and the loss reduction stay in fp32) or ``auto``
     (``bf16`` where the device computes it natively, else ``fp32``; resolved once per run, see
@@ -68,6 +71,11 @@ class SearchConfig:
             if not ok:
                 raise ConfigError(message)
 
+    @property
+    def split_seed(self) -> int:
+        """The seed of the data split: ``data_seed``, or ``seed`` where it is unset."""
+        return self.seed if self.data_seed is None else self.data_seed
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -82,6 +90,10 @@ class SearchConfig:
                               f"known: {', '.join(known)}")
         base = cls()
         for key, value in data.items():
+            if known[key].type == "int | None":
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                    raise ConfigError(f"{origin}: option {key!r} must be int or null, got {value!r}")
+                continue
             expected = type(getattr(base, key))
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 continue

@@ -128,7 +128,7 @@ def plot_matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], ti
                 fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_training(run_dir: Path) -> Path:
@@ -146,18 +146,18 @@ def plot_training(run_dir: Path) -> Path:
     right.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     right.legend()
     path = Path(run_dir) / "training.png"
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
 def plot_forest(idata: az.InferenceData, var_name: str, path: Path) -> Path:
     """Forest plot (HDI per chain) of one posterior variable."""
     axes = az.plot_forest(idata, var_names=[var_name], combined=False, figsize=(6, 8))
-    _save(np.ravel(axes)[0].figure, path)
+    save_figure(np.ravel(axes)[0].figure, path)
     return path
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     """Write a figure atomically; figures made by pyplot (ArviZ's) are closed afterwards."""
     fig.tight_layout()
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from bayesnas import diagnostics
 from bayesnas.config import SearchConfig
-from bayesnas.data import Split, load_dataset
+from bayesnas.data import DataBundle, Split, load_dataset
 from bayesnas.distributed import SINGLE, World, synchronise_batchnorm, world_of
 from bayesnas.io import atomic_write, read_jsonl, write_json, write_jsonl
 from bayesnas.methods import Phase, SearchMethod, get_method
@@ -145,6 +145,19 @@ def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> None:
     write_json(saved, config.to_dict())
 
 
+def load_trained(config: SearchConfig, run_dir: str | Path, data: DataBundle, device: torch.device) -> SearchMethod:
+    """The method of a finished search with its trained modules restored from the run's checkpoint, in eval mode
+    (``bayesnas rank`` and ``bayesnas bench compare`` evaluate architectures with its super-network)."""
+    run_dir = Path(run_dir)
+    method = get_method(config.method)(config, data, device)
+    method.prepare(run_dir, True)
+    state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True)
+    for name, module in method.modules().items():
+        module.load_state_dict(state["modules"][name])
+        module.eval()
+    return method
+
+
 def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch.device = "auto",
                resume: bool = False, data_dir: str | Path | None = None, download: bool = False,
                progress: bool = True, on_step: Callable[[StepEvent], None] | None = None) -> dict[str, Any]:
@@ -161,7 +174,7 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
                 data_dir: str | Path | None, download: bool, progress: bool,
                 on_step: Callable[[StepEvent], None] | None) -> dict[str, Any]:
     method_cls = get_method(config.method)  # unknown names fail before anything is written
-    data = load_dataset(config.dataset, data_dir=data_dir, download=download, seed=config.seed,
+    data = load_dataset(config.dataset, data_dir=data_dir, download=download, seed=config.split_seed,
                         val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                         fraction=config.data_fraction).to(device)
     pyro.set_rng_seed(config.seed)
@@ -309,7 +322,8 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
         diagnostics.plot_training(run_dir)
     config = method.config
     summary = {
-        "method": config.method, "dataset": config.dataset, "seed": config.seed, "epochs": config.epochs,
+        "method": config.method, "dataset": config.dataset, "seed": config.seed, "data_seed": config.split_seed,
+        "epochs": config.epochs,
         "device": str(method.device), "precision": method.precision,
         "val_accuracy": selection.val_accuracy, "test_accuracy": selection.test_accuracy,
         # sizes as the papers report them, without the auxiliary head (a training aid); with it alongside

@@ -4,7 +4,8 @@ Two super-networks are trained on the same data with the same budget and setting
 One-Shot one (method ``oneshot``) and the PC-NAS one (method ``pcnas``, ``proposal: pool``), on the space of the
 configuration (the chain by default, or the cells). A sample of ``n`` architectures is
 then evaluated with each super-network's shared weights (validation split, BatchNorm on batch statistics) and
-trained alone from scratch with the standard trainer on a short budget (test split). Kendall's tau and
+trained alone from scratch with the standard trainer on a short budget (test split). Kendall's tau, Spearman's rho
+(both with bootstrap intervals, as ``bayesnas bench compare`` reports them for any method on a population) and
 Pearson's r between the two accuracies say how well each super-network ranks the architectures; the paper
 reports Pearson 0.11 (One-Shot) and 0.92 (PC-NAS) on ImageNet, for "a batch of models from the candidates of
 our final pool" (``population: pool``, the default); ``population: uniform`` samples the whole space instead.
@@ -25,42 +26,32 @@ from tqdm import tqdm
 from bayesnas.config import ConfigError, SearchConfig
 from bayesnas.data import load_dataset
 from bayesnas.distributed import World, world_of
-from bayesnas.infer import resolve_device, run_search
+from bayesnas.infer import load_trained, resolve_device, run_search
 from bayesnas.io import write_json
-from bayesnas.methods import get_method
 from bayesnas.methods.pcnas import PCNAS, OneShotOptions, search_recipe
 from bayesnas.train import accuracy, train_network
 
 RANK_FILE = "rank.json"
 
 
-def correlation(x: list[float], y: list[float]) -> dict[str, float | None]:
-    """Kendall's tau (tau-b) and Pearson's r with their p-values; None where undefined (constant input)."""
+def correlation(x: list[float], y: list[float]) -> dict[str, Any]:
+    """:func:`bayesnas.compare.rank_correlation` (Kendall's tau-b, Spearman's rho, bootstrap 95 % intervals; the
+    statistics ``bayesnas bench compare`` reports) plus Kendall's p-value and Pearson's r with its
+    p-value (the coefficient PC-NAS reports); None where undefined (constant input)."""
     from scipy import stats
+
+    from bayesnas.compare import rank_correlation
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant input: scipy warns and returns nan
-        tau = stats.kendalltau(x, y)
         r = stats.pearsonr(x, y) if len(x) >= 2 else None
+        tau_p = stats.kendalltau(x, y).pvalue
 
     def clean(v: Any) -> float | None:
         return None if v is None or not math.isfinite(float(v)) else float(v)
 
-    return {"kendall_tau": clean(tau.statistic), "kendall_p": clean(tau.pvalue),
-            "pearson_r": clean(r.statistic if r else None), "pearson_p": clean(r.pvalue if r else None)}
-
-
-def _trained(config: SearchConfig, run_dir: Path, data, device: torch.device) -> PCNAS:
-    """The method of a finished search with its trained super-network and pool restored from the checkpoint."""
-    method = get_method(config.method)(config, data, device)
-    assert isinstance(method, PCNAS)
-    method.prepare(run_dir, True)
-    state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True)
-    for name, module in method.modules().items():
-        module.load_state_dict(state["modules"][name])
-    for module in method.modules().values():
-        module.eval()
-    return method
+    return {**rank_correlation(x, y), "kendall_p": clean(tau_p), "pearson_r": clean(r.statistic if r else None),
+            "pearson_p": clean(r.pvalue if r else None)}
 
 
 def sample_architectures(method: PCNAS, n: int, population: str, seed: int) -> list[list[int]]:
@@ -123,12 +114,12 @@ def _rank(config: SearchConfig, out: Path, num_archs: int, train_epochs: int, po
         if (run_dir / "summary.json").exists():  # a finished search (rank run again, or interrupted later)
             summaries[name] = json.loads((run_dir / "summary.json").read_text())
             continue
-        summaries[name] = run_search(cfg, run_dir, device=device, resume=(run_dir / "checkpoint.pt").exists(),
+        summaries[name] = run_search(cfg, run_dir, device=device, resume=(run_dir / "config.json").exists(),
                                      data_dir=data_dir, download=download, progress=progress)
-    data = load_dataset(config.dataset, data_dir=data_dir, download=download, seed=config.seed,
+    data = load_dataset(config.dataset, data_dir=data_dir, download=download, seed=config.split_seed,
                         val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                         fraction=config.data_fraction).to(device)
-    methods = {name: _trained(cfg, out / name, data, device) for name, cfg in configs.items()}
+    methods = {name: load_trained(cfg, out / name, data, device) for name, cfg in configs.items()}
     archs = sample_architectures(methods["pcnas"], num_archs, population, config.seed)
     recipe = search_recipe(config, train_epochs)
     pcnas = methods["pcnas"]

@@ -11,7 +11,7 @@ import dataclasses
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +28,20 @@ from bayesnas.train import TrainRecipe, retrain
 
 class UnknownMethodError(ValueError):
     pass
+
+
+def shaped_space(name: str, data: DataBundle, options: Mapping[str, Any], origin: str = "") -> Any:
+    """Space ``name`` shaped by the data (input channels, classes, image size where the space has them), then
+    ``options``; one-line :class:`ConfigError` (prefixed by ``origin``) for a bad option."""
+    from bayesnas.spaces import SPACES
+
+    space_type = SPACES[name]
+    fields = typing.get_type_hints(space_type)["config"].__dataclass_fields__
+    shape = {"in_channels": data.in_channels, "num_classes": data.num_classes, "image_size": data.image_size}
+    try:
+        return space_type.from_dict({**{k: v for k, v in shape.items() if k in fields}, **options})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{origin or f'{name} space'}: {err}") from None
 
 
 @dataclass
@@ -160,16 +174,8 @@ class SearchMethod(ABC):
         if name not in spaces:
             reason = self.space_reasons.get(name, f"it searches {' or '.join(spaces)}")
             raise ConfigError(f"method {self.name!r} cannot search the {name!r} space: {reason}")
-        space_type = SPACES[name]
-        fields = typing.get_type_hints(space_type)["config"].__dataclass_fields__
-        shape = {"in_channels": self.data.in_channels, "num_classes": self.data.num_classes,
-                 "image_size": self.data.image_size}
-        options = {**{k: v for k, v in shape.items() if k in fields}, **self.space_defaults.get(name, {}),
-                   **self.config.space}
-        try:
-            return space_type.from_dict(options)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{name} space of method {self.name!r}: {err}") from None
+        return shaped_space(name, self.data, {**self.space_defaults.get(name, {}), **self.config.space},
+                            f"{name} space of method {self.name!r}")
 
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:
@@ -186,6 +192,28 @@ class SearchMethod(ABC):
 
     def begin_epoch(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called before each epoch (temperature and KL-weight schedules)."""
+
+    def supernet_state(self) -> dict[str, torch.Tensor] | None:
+        """Plain state dict of the trained super-network, from which ``space.build(genotype, inherit=...)`` builds
+        any architecture of the space with inherited weights; None where there is none (random search shares
+        nothing; VINNAS's weights are Gaussian and its super-network has no BatchNorm to inherit)."""
+        return None
+
+    @torch.no_grad()
+    def inherited_accuracy(self, genotype: Any, split: Split, batch_size: int = 512) -> float | None:
+        """Accuracy on ``split`` of ``genotype`` built with the super-network's weights, BatchNorm on batch
+        statistics (a single-path super-network's running averages mix every path; Guo et al., ECCV 2020); None
+        without a super-network state."""
+        from bayesnas.spaces.decisions import batch_statistics
+
+        state = self.supernet_state()
+        if state is None:
+            return None
+        net = self.space.build(genotype, inherit=state).to(self.device)
+        with batch_statistics(net):
+            right = sum(int((net(split.x[i:i + batch_size]).argmax(-1) == split.y[i:i + batch_size]).sum())
+                        for i in range(0, len(split), batch_size))
+        return right / max(len(split), 1)
 
     def networks(self) -> dict[str, nn.Module]:
         """The plain super-network(s) inside :meth:`modules` whose forward ``--compile`` compiles. Default: the

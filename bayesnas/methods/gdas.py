@@ -87,6 +87,9 @@ class GDAS(SearchMethod):
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model, "guide": self.guide}
 
+    def supernet_state(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.net.state_dict())
+
     def phases(self) -> list[Phase]:
         o = self.options
         return [

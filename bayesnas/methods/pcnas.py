@@ -244,6 +244,9 @@ class PCNAS(SearchMethod):
         loss, logits = conditioned_nll(self.model, arch, x, y, index, self.num_train)
         return loss, int((logits.argmax(-1) == y).sum())
 
+    def supernet_state(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.net.state_dict())
+
     @torch.no_grad()
     def supernet_accuracy(self, arch, split: Split, batch_size: int = 512) -> float:
         """Accuracy of one architecture with the shared weights (BatchNorm on batch statistics)."""

@@ -1,0 +1,328 @@
+"""Ground truth for a search space: many of its architectures, each trained alone under one declared recipe.
+
+NAS benchmarks answer "does a search beat chance?" with such a population (NAS-Bench-101, Ying et al., ICML 2019;
+NAS-Bench-201, Dong & Yang, ICLR 2020; Yu et al., "Evaluating the search phase of neural architecture search",
+ICLR 2020): where a method's pick lands among stand-alone accuracies, and how well a super-network ranks them.
+:func:`build_population` builds one for any space and data set of this library.
+
+The population's configuration is the random-search baseline's (``random-digits`` moved to the space with
+:func:`~bayesnas.config.on_space`, then the user's overrides): its data set and split, its space options, and its
+training recipe, :func:`~bayesnas.methods.pcnas.search_recipe` with ``retrain_epochs`` and ``retrain_lr``, the same
+recipe random search retrains its pick with. The folder pins it in ``population.json`` (a folder started under
+another configuration is refused). Genotypes are drawn with the space's
+:meth:`~bayesnas.spaces.decisions.DecisionSpace.random_genotype` from a generator seeded by the configuration's
+seed (distinct, in draw order, so that a larger ``n`` extends a smaller one), or enumerated from the decisions
+when the space is small. Each (genotype, training seed) is one line of ``population.jsonl``, rewritten atomically
+after every training: an interrupted build continues where it stopped. Under ``torchrun`` the trainings are split
+across ranks round by round and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from bayesnas.config import ConfigError, SearchConfig, on_space, preset
+from bayesnas.data import DataBundle, load_dataset
+from bayesnas.diagnostics import save_figure
+from bayesnas.distributed import World, world_of
+from bayesnas.infer import resolve_device
+from bayesnas.io import atomic_write_text, read_jsonl, write_json, write_jsonl
+from bayesnas.methods import shaped_space
+from bayesnas.methods.pcnas import search_recipe
+from bayesnas.methods.random_search import RandomSearchOptions
+from bayesnas.spaces.decisions import DecisionSpace
+from bayesnas.spaces.genotype import Genotype
+from bayesnas.train import TrainRecipe, accuracy, train_network
+
+SPEC_FILE = "population.json"
+ROWS_FILE = "population.jsonl"
+ENUMERATION_LIMIT = 4096
+"""Largest space ``--all`` enumerates."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationSpec:
+    """What a population is made of: the configuration (data set, split, space) and the training recipe."""
+
+    config: SearchConfig
+
+    @property
+    def space_name(self) -> str:
+        return self.config.space_name
+
+    @property
+    def recipe(self) -> TrainRecipe:
+        """Random search's retraining recipe (``retrain_epochs``, ``retrain_lr``) in the configuration's precision
+        and memory format."""
+        options = RandomSearchOptions(**self.config.options)
+        if options.retrain_epochs < 1:
+            raise ConfigError("a population needs retrain_epochs >= 1 (the epochs each architecture trains)")
+        recipe = search_recipe(self.config, options.retrain_epochs, options.retrain_lr)
+        return dataclasses.replace(recipe, precision=self.config.precision, channels_last=self.config.channels_last)
+
+    def space(self, data: DataBundle) -> DecisionSpace:
+        """The space shaped by the data, as the searches shape it."""
+        return shaped_space(self.space_name, data, self.config.space, f"population's {self.space_name} space")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "recipe": dataclasses.asdict(self.recipe)}
+
+    @classmethod
+    def load(cls, folder: Path) -> PopulationSpec:
+        try:
+            data = json.loads((folder / SPEC_FILE).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{folder} holds no population ({SPEC_FILE} is missing)") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{folder / SPEC_FILE} is not valid JSON: {error}") from None
+        return cls(SearchConfig.from_dict(data["config"], origin=str(folder / SPEC_FILE)))
+
+
+def population_spec(space: str, dataset: str, overrides: dict[str, Any] | None = None) -> PopulationSpec:
+    """The random-search baseline's configuration on ``space`` and ``dataset``, with ``overrides`` (a config file's
+    options: ``space``/``options`` merged key by key) applied last."""
+    config = on_space(preset("random-digits").merged({"dataset": dataset}), space).merged(dict(overrides or {}))
+    if config.method != "random":
+        raise ConfigError(f"a population's configuration is random search's; got method {config.method!r}")
+    spec = PopulationSpec(config)
+    spec.recipe  # noqa: B018 - validates the options before anything is written
+    return spec
+
+
+def in_space(space: DecisionSpace, genotype: Genotype) -> Genotype:
+    """``genotype``'s choices as an architecture of ``space`` (a search may have configured its own copy of the
+    space differently, e.g. narrower while searching); validated."""
+    genotype = Genotype(space.name, space.config.to_dict(), genotype.choices)
+    space.validate(genotype)
+    return genotype
+
+
+def genotype_key(genotype: Genotype) -> str:
+    """The canonical one-line form of a genotype's choices: equal architectures, equal keys."""
+    return json.dumps(genotype.choices, sort_keys=True, separators=(",", ":"))
+
+
+def sample_genotypes(space: DecisionSpace, n: int, seed: int) -> list[Genotype]:
+    """``n`` distinct uniform draws of ``space.random_genotype`` in draw order (fewer only where the space has
+    fewer distinct architectures than ``100 n`` draws find)."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen: dict[str, Genotype] = {}
+    for _ in range(100 * n):
+        if len(chosen) == n:
+            break
+        genotype = space.random_genotype(generator)
+        chosen.setdefault(genotype_key(genotype), genotype)
+    return list(chosen.values())
+
+
+def enumerate_genotypes(space: DecisionSpace) -> list[Genotype]:
+    """Every architecture the decisions span (one option per decision), distinct."""
+    if space.size() > ENUMERATION_LIMIT:
+        raise ConfigError(f"the {space.name} space has {space.size():.3g} architectures; --all enumerates at most "
+                          f"{ENUMERATION_LIMIT} (sample with --n instead)")
+    chosen: dict[str, Genotype] = {}
+    for indices in itertools.product(*(range(k) for k in space.num_options())):
+        genotype = space.genotype_from_indices(indices)
+        chosen.setdefault(genotype_key(genotype), genotype)
+    return list(chosen.values())
+
+
+def train_member(space: DecisionSpace, genotype: Genotype, data: DataBundle, recipe: TrainRecipe,
+                 seed: int) -> dict[str, Any]:
+    """Train ``genotype`` alone from scratch with training seed ``seed``; its row of ``population.jsonl``."""
+    tic = time.perf_counter()
+    torch.manual_seed(seed)
+    net = space.build(genotype).to(data.train.x.device)
+    train_network(net, data.train, data.val, recipe, seed, progress=False)
+    evaluation = recipe.evaluation()
+    return {"key": genotype_key(genotype), "seed": seed, "val_accuracy": accuracy(net, data.val, **evaluation),
+            "test_accuracy": accuracy(net, data.test, **evaluation), "seconds": round(time.perf_counter() - tic, 2)}
+
+
+class Population:
+    """The rows of a population folder, per genotype: its choices, size, and accuracies per training seed."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.spec = PopulationSpec.load(self.folder)
+        self.rows = read_jsonl(self.folder / ROWS_FILE)
+
+    def genotypes(self) -> dict[str, dict[str, Any]]:
+        """``{key: {"choices", "params", "flops", "runs": {seed: row}}}`` in the order the genotypes were added."""
+        out: dict[str, dict[str, Any]] = {}
+        for row in self.rows:
+            entry = out.setdefault(row["key"], {"choices": row["choices"], "params": row["params"],
+                                                "flops": row["flops"], "runs": {}})
+            entry["runs"][row["seed"]] = row
+        return out
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per genotype: mean validation and test accuracy over its training seeds, and per seed."""
+        rows = []
+        for key, entry in self.genotypes().items():
+            runs = [entry["runs"][s] for s in sorted(entry["runs"])]
+            rows.append({"key": key, "params": entry["params"], "flops": entry["flops"], "seeds": len(runs),
+                         "val_accuracy": statistics.fmean(r["val_accuracy"] for r in runs),
+                         "test_accuracy": statistics.fmean(r["test_accuracy"] for r in runs),
+                         "seconds": round(sum(r["seconds"] for r in runs), 2),
+                         **{f"val_accuracy_seed{r['seed']}": r["val_accuracy"] for r in runs},
+                         **{f"test_accuracy_seed{r['seed']}": r["test_accuracy"] for r in runs}})
+        return rows
+
+    def test_accuracy(self, key: str) -> float | None:
+        """Mean stand-alone test accuracy of a genotype, None where it is not in the population."""
+        entry = self.genotypes().get(key)
+        return None if entry is None else statistics.fmean(r["test_accuracy"] for r in entry["runs"].values())
+
+    def percentile(self, value: float) -> float:
+        """Percent of the population's genotypes whose mean test accuracy is below ``value`` (ties count half)."""
+        accs = np.array([r["test_accuracy"] for r in self.table()])
+        return float(100 * ((accs < value).sum() + 0.5 * (accs == value).sum()) / max(len(accs), 1))
+
+
+def _pin(folder: Path, spec: PopulationSpec) -> None:
+    """Write ``population.json``, or check that a folder being continued holds the same configuration."""
+    saved = folder / SPEC_FILE
+    data = json.loads(json.dumps(spec.to_dict()))
+    if saved.exists():
+        if json.loads(saved.read_text()) != data:
+            raise ConfigError(f"{folder} holds a population of another configuration (see {saved}); choose another "
+                              "--out")
+        return
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(f"{folder} is not empty and holds no population; choose another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(saved, data)
+
+
+def load_population_data(spec: PopulationSpec, device: torch.device, data_dir: str | Path | None = None,
+                         download: bool = False) -> DataBundle:
+    c = spec.config
+    return load_dataset(c.dataset, data_dir=data_dir, download=download, seed=c.split_seed,
+                        val_fraction=c.val_fraction, test_fraction=c.test_fraction,
+                        fraction=c.data_fraction).to(device)
+
+
+def add_members(folder: Path, spec: PopulationSpec, genotypes: Sequence[Genotype], seeds: int, data: DataBundle,
+                world: World, progress: bool = True, desc: str = "population") -> int:
+    """Train every (genotype, seed < ``seeds``) pair not yet in ``folder``'s rows, round by round across ranks,
+    rewriting ``population.jsonl`` after each round; returns how many were trained."""
+    space, recipe = spec.space(data), spec.recipe
+    rows = read_jsonl(folder / ROWS_FILE)
+    done = {(r["key"], r["seed"]) for r in rows}
+    jobs = [(g, s) for g in genotypes for s in range(seeds) if (genotype_key(g), s) not in done]
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(jobs), world.size):
+        chunk = jobs[start:start + world.size]
+        mine = {}
+        for i, (genotype, seed) in enumerate(chunk):
+            if world.owns(i):
+                mine[i] = {"choices": genotype.choices, "params": space.params(genotype),
+                           "flops": space.flops(genotype), **train_member(space, genotype, data, recipe, seed)}
+        gathered = world.gather(mine)
+        rows += [gathered[i] for i in range(len(chunk))]
+        if world.is_main:
+            write_jsonl(folder / ROWS_FILE, rows)
+        bar.update(len(chunk))
+        bar.set_postfix(last=f"{rows[-1]['test_accuracy']:.3f}")
+    bar.close()
+    return len(jobs)
+
+
+def build_population(spec: PopulationSpec, out: str | Path, *, n: int | None = None, enumerate_all: bool = False,
+                     seeds: int = 1, device: str | torch.device = "auto", data_dir: str | Path | None = None,
+                     download: bool = False, progress: bool = True) -> Population:
+    """Build (or continue) a population of ``n`` sampled genotypes (or all, ``enumerate_all``), each trained with
+    ``seeds`` training seeds, into ``out``; writes ``population.csv``, ``population.md`` and the plots."""
+    if enumerate_all == (n is not None):
+        raise ConfigError("give either the number of genotypes (--n) or --all")
+    if n is not None and n < 1 or seeds < 1:
+        raise ConfigError("the population needs n >= 1 genotypes and seeds >= 1")
+    folder = Path(out)
+    with world_of(resolve_device(device)) as (world, device):
+        data = load_population_data(spec, device, data_dir, download)
+        space = spec.space(data)
+        genotypes = enumerate_genotypes(space) if enumerate_all else sample_genotypes(space, n, spec.config.seed)
+        if world.is_main:
+            _pin(folder, spec)
+        world.barrier()
+        add_members(folder, spec, genotypes, seeds, data, world, progress and world.is_main)
+        if world.is_main:
+            write_report(Population(folder))
+    return Population(folder)
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as CSV text, the columns in first-seen order."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def seed_noise(table: list[dict[str, Any]]) -> float | None:
+    """Mean over genotypes trained with two or more seeds of the standard deviation of their test accuracies."""
+    sds = [statistics.stdev([v for k, v in r.items() if k.startswith("test_accuracy_seed")]) for r in table
+           if r["seeds"] >= 2]
+    return statistics.fmean(sds) if sds else None
+
+
+def write_report(population: Population) -> None:
+    """``population.csv`` (one row per genotype), ``population.md`` (recipe, summary, best ten by validation) and
+    the plots ``accuracy_histogram.png`` and ``accuracy_vs_params.png``."""
+    folder, spec, table = population.folder, population.spec, population.table()
+    atomic_write_text(folder / "population.csv", csv_text(table))
+    if not table:
+        return
+    test = np.array([r["test_accuracy"] for r in table])
+    params = np.array([r["params"] for r in table])
+    noise = seed_noise(table)
+    c = spec.config
+    best = max(table, key=lambda r: r["val_accuracy"])
+    lines = [
+        f"# Population: {spec.space_name} space on {c.dataset}", "",
+        f"{len(table)} genotypes, {len(population.rows)} trainings (training seeds per genotype: "
+        f"{min(r['seeds'] for r in table)}-{max(r['seeds'] for r in table)}); split seed {c.split_seed}, "
+        f"val {c.val_fraction}, test {c.test_fraction}, data fraction {c.data_fraction}.", "",
+        f"Recipe: `{json.dumps(dataclasses.asdict(spec.recipe))}`", "",
+        f"Space options: `{json.dumps(c.space)}` (shaped by the data)", "",
+        "| statistic | test accuracy |", "|---|---|",
+        f"| mean +- sd over genotypes | {test.mean():.4f} +- {test.std(ddof=1) if len(test) > 1 else 0:.4f} |",
+        f"| min / median / max | {test.min():.4f} / {np.median(test):.4f} / {test.max():.4f} |",
+        f"| 90th percentile | {np.percentile(test, 90):.4f} |",
+        f"| seed noise (mean sd over seeds of one genotype) | "
+        f"{'n/a (one seed each)' if noise is None else f'{noise:.4f}'} |",
+        f"| best by validation | {best['test_accuracy']:.4f} ({best['params']:,} parameters) |", "",
+        "## Best ten by validation accuracy", "",
+        "| val | test | params | FLOPs | genotype |", "|---|---|---|---|---|",
+        *(f"| {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {r['params']:,} | {r['flops']:,} | `{r['key']}` |"
+          for r in sorted(table, key=lambda r: -r["val_accuracy"])[:10]), "",
+    ]
+    atomic_write_text(folder / "population.md", "\n".join(lines))
+    fig = Figure(figsize=(5, 3.4))
+    ax = fig.add_subplot()
+    ax.hist(test, bins=max(5, min(30, int(math.sqrt(len(test))) * 2)), color="tab:blue", alpha=0.8)
+    ax.set(xlabel="stand-alone test accuracy", ylabel="genotypes",
+           title=f"{spec.space_name} on {c.dataset}: {len(test)} genotypes")
+    save_figure(fig, folder / "accuracy_histogram.png")
+    fig = Figure(figsize=(5, 3.4))
+    ax = fig.add_subplot()
+    ax.scatter(params, test, s=12, alpha=0.7)
+    ax.set(xscale="log", xlabel="parameters", ylabel="stand-alone test accuracy", title="accuracy vs size")
+    save_figure(fig, folder / "accuracy_vs_params.png")
