@@ -197,6 +197,8 @@ def run_benchmark(dataset: str, budget_name: str, out: str | Path, *, device: st
     """Run (or continue) the benchmark into ``out`` and write ``table.md`` / ``table.csv`` there (and, with
     ``results_dir``, as ``<dataset>-<budget>.md`` / ``.csv`` there too)."""
     budget = get_budget(dataset, budget_name)
+    if not methods:
+        raise ConfigError(f"no method to run; name some of {', '.join(METHOD_ORDER)}")
     unknown = [m for m in methods if m not in METHOD_ORDER]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHOD_ORDER)}")

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bayesnas", formatter_class=_Formatter,
         description="Bayesian neural architecture search in Pyro (PGNAS, VINNAS, GDAS, PC-NAS).")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also: environment variable BAYESNAS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     search = sub.add_parser(
@@ -104,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--channels-last", action="store_true",
                        help="channels-last memory format for images and convolutions")
     train.add_argument("--out", help="folder for train_summary.json (default: next to the genotype)")
+    train.add_argument("--force", action="store_true", help="replace an earlier train_summary.json in that folder")
     train.set_defaults(dataset="digits")
     _add_common(train)
 
@@ -300,14 +304,31 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from bayesnas.data import load_dataset
     from bayesnas.infer import resolve_device
-    from bayesnas.io import write_json
+    from bayesnas.io import check_writable, write_json
     from bayesnas.precision import resolve_precision
     from bayesnas.spaces import get_space, load_genotype
     from bayesnas.spaces.branches import count_params
     from bayesnas.train import TrainRecipe, accuracy, train_network
 
+    if args.epochs < 1:
+        raise ConfigError("--epochs must be >= 1")
+    if not 0 <= args.drop_path < 1:
+        raise ConfigError("--drop-path must lie in [0, 1)")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise ConfigError("--seed must lie in [0, 2**32 - 1]")
+    try:
+        recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             weight_decay=args.weight_decay, cutout=args.cutout, aux_weight=args.auxiliary,
+                             precision=args.precision, channels_last=args.channels_last)
+    except ValueError as err:
+        raise ConfigError(f"training recipe: {err}") from None
     genotype = load_genotype(args.genotype)
     device = resolve_device(args.device)
+    out = Path(args.out) if args.out else Path(args.genotype).parent
+    if (out / "train_summary.json").exists() and not args.force:
+        raise ConfigError(f"{out / 'train_summary.json'} holds an earlier result; pass --force to replace it or "
+                          "choose another --out")
+    check_writable(out)  # before the training, not after it
     seed = args.seed or 0
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, seed=seed).to(device)
     space = get_space(genotype.space, genotype.config)
@@ -316,9 +337,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           f"{space.config.num_classes} classes; {data.name} has {data.in_channels} and "
                           f"{data.num_classes}")
     net = space.build(genotype, auxiliary=args.auxiliary > 0, drop_path=args.drop_path).to(device)
-    recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         weight_decay=args.weight_decay, cutout=args.cutout, aux_weight=args.auxiliary,
-                         precision=resolve_precision(args.precision, device), channels_last=args.channels_last)
+    recipe = replace(recipe, precision=resolve_precision(args.precision, device))
     history = train_network(net, data.train, data.val, recipe, seed, progress=not args.no_progress)
     result = {"genotype": str(args.genotype), "dataset": data.name, "params": count_params(net),
               "params_with_auxiliary": count_params(net, auxiliary=True),
@@ -326,7 +345,6 @@ def cmd_train(args: argparse.Namespace) -> int:
               "test_accuracy": accuracy(net, data.test, **recipe.evaluation()),
               "epochs": args.epochs, "precision": recipe.precision, "channels_last": recipe.channels_last,
               "history": history}
-    out = Path(args.out) if args.out else Path(args.genotype).parent
     write_json(out / "train_summary.json", result)
     print(f"trained {args.genotype} on {data.name}: test accuracy {result['test_accuracy']:.4f}, "
           f"parameters {result['params']:,} (without the auxiliary head; with it "
@@ -458,10 +476,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     known = (ConfigError, SearchError, GenotypeError, UnknownSpaceError, UnknownMethodError,
              UnknownDatasetError, DatasetNotFoundError, DatasetCorruptedError, DiagnosticsError)
+    debug = args.debug or os.environ.get("BAYESNAS_DEBUG", "") not in ("", "0")
     try:
         return COMMANDS[args.command](args)
     except known as err:
+        if debug:
+            raise
         print(f"bayesnas {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:  # unreadable inputs, unwritable or full output locations: the OS's words, one line
+        if debug:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"bayesnas {args.command}: error: {err.strerror or err}{where} (--debug shows the traceback)",
+              file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"bayesnas {args.command}: interrupted; continue with --resume --out <run folder>", file=sys.stderr)

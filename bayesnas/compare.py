@@ -96,6 +96,8 @@ def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequenc
     ``compare.json`` plus ``compare.md``, ``compare.csv`` and the two plots. ``overrides``: per method, options
     applied over its configuration (e.g. ``{"gdas": {"epochs": 5}}``)."""
     population = Population(population_dir)
+    if not methods:
+        raise ConfigError(f"no method to compare; name some of {', '.join(METHODS)}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")

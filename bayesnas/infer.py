@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -28,7 +29,8 @@ from bayesnas import diagnostics
 from bayesnas.config import SearchConfig
 from bayesnas.data import DataBundle, Split, load_dataset
 from bayesnas.distributed import SINGLE, World, synchronise_batchnorm, world_of
-from bayesnas.io import atomic_write, read_jsonl, write_json, write_jsonl
+from bayesnas.io import atomic_write, orphaned_temporaries, read_jsonl, write_json, write_jsonl
+from bayesnas.latency import LATENCY_FILE
 from bayesnas.methods import Phase, SearchMethod, get_method
 from bayesnas.precision import channels_last, precision_context
 from bayesnas.spaces.branches import count_params
@@ -59,6 +61,8 @@ def resolve_device(spec: str | torch.device) -> torch.device:
         device = torch.device(spec)
     except RuntimeError:
         raise SearchError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SearchError(f"device {spec!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SearchError("--device cuda was asked for, but torch sees no CUDA device here")
     return device
@@ -126,9 +130,28 @@ class Checkpoint:
         return int(state["epoch"])
 
 
-def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> None:
-    """Create the run folder, refusing to overwrite another run's files unless resuming it."""
+RUN_MARKER = ".bayesnas-run"
+"""Written first into every search folder: a folder without it (or, from runs older than the marker, without
+``config.json``) is not ours, and nothing is written into it unless it is empty."""
+LOCK = ".bayesnas.lock"
+PRESEEDED = frozenset({LATENCY_FILE})
+"""Files a new search folder may already hold: caches a search reads instead of measuring (PC-NAS's latency
+table, copied from an earlier run on the same device)."""
+
+
+def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> RunLock:
+    """Check ``run_dir`` (nothing is written into a folder that is not a run of ours, unless empty; ``resume``
+    needs a run there; a new search never replaces one), lock it against a second search, remove temporaries a
+    killed write left, write the marker and ``config.json``; returns the lock to release when the search ends."""
     saved = run_dir / "config.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SearchError(f"{run_dir} is a file, not a run folder; choose another --out")
+    ours = (run_dir / RUN_MARKER).exists() or saved.exists()
+    if resume and not ours:
+        raise SearchError(f"nothing to resume at {run_dir}: it holds no bayesnas search run")
+    if not ours and run_dir.exists() and any(p.name not in PRESEEDED for p in run_dir.iterdir()):
+        raise SearchError(f"{run_dir} is not empty and is not a bayesnas run folder; choose another --out "
+                          "(nothing was written)")
     if saved.exists():
         if not resume:
             raise SearchError(f"{run_dir} already holds a search run; pass --resume to continue it or "
@@ -142,7 +165,55 @@ def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> None:
             raise CheckpointError(f"{run_dir} was started with a different configuration "
                                   f"(differs in: {', '.join(diff)})")
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir / LOCK)
+    for orphan in orphaned_temporaries(run_dir):
+        orphan.unlink(missing_ok=True)
+    write_json(run_dir / RUN_MARKER, {"kind": "search"})
     write_json(saved, config.to_dict())
+    return lock
+
+
+class RunLock:
+    """A lock file holding this process's id: a second search (or ``--resume``) into a folder whose search is
+    still running is refused; a lock whose process is gone is stale and taken over."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = _lock_pid(path)
+                if pid is not None and pid != os.getpid() and _alive(pid):
+                    raise SearchError(f"{path.parent} is in use by a running search (process {pid}); wait for it "
+                                      "to finish or stop it") from None
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            return
+        raise SearchError(f"cannot lock {path.parent}: another process keeps taking its lock")
+
+    def release(self) -> None:
+        if _lock_pid(self.path) == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+
+def _lock_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_trained(config: SearchConfig, run_dir: str | Path, data: DataBundle, device: torch.device) -> SearchMethod:
@@ -181,8 +252,17 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
     method = method_cls(config, data, device)  # validates options and space before anything is written
     method.world = world
     method.prepare(run_dir, resume)
-    if world.is_main:
-        prepare_run_dir(run_dir, config, resume)
+    lock = prepare_run_dir(run_dir, config, resume) if world.is_main else None
+    try:
+        return _train_and_finish(config, run_dir, method, data, device, world, resume, progress, on_step)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_and_finish(config: SearchConfig, run_dir: Path, method: SearchMethod, data: DataBundle,
+                      device: torch.device, world: World, resume: bool, progress: bool,
+                      on_step: Callable[[StepEvent], None] | None) -> dict[str, Any]:
     world.barrier()
     modules = method.modules()
     for module in modules.values():
@@ -223,10 +303,8 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
                                        method.precision, world)
                 if not math.isfinite(value):
                     bar.close()
-                    kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {checkpoint.path}"
-                            if checkpoint.path.exists() else "no checkpoint was written yet")
                     raise SearchDivergedError(f"{phase.name} loss became {value} at epoch {epoch}, step {step}: "
-                                              f"search stopped; {kept}")
+                                              f"search stopped; {_last_good(checkpoint, epoch)}")
                 total = totals[phase.name]
                 total[0] += value * len(index)
                 total[1] += right
@@ -235,6 +313,11 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
                     on_step(StepEvent(epoch, step, value))
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{value:.4f}", refresh=False)
+        bad = non_finite_tensor(modules)  # before anything reads the state (a NaN logit breaks a distribution)
+        if bad is not None:
+            bar.close()
+            raise SearchDivergedError(f"{bad} became NaN or infinite in epoch {epoch} (the loss stayed finite): "
+                                      f"search stopped; {_last_good(checkpoint, epoch)}")
         for _, phase in active:  # a phase still in its warm-up keeps its schedule where it is
             optimizers[phase.name][1].step()
         first = totals[phases[0].name]
@@ -248,6 +331,11 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
         row.update(method.epoch_metrics())
         bar.set_postfix(epoch=epoch, loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
                         val=f"{row['val_accuracy']:.3f}", **{k: row[k] for k in method.progress_keys})
+        bad = non_finite_figure(row)
+        if bad is not None:
+            bar.close()
+            raise SearchDivergedError(f"the logged figure {bad} became NaN or infinite in epoch {epoch}: search "
+                                      f"stopped; {_last_good(checkpoint, epoch)}")
         rows.append(row)
         if world.is_main:
             write_jsonl(metrics_path, rows)
@@ -255,6 +343,37 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
         world.barrier()
     bar.close()
     return finish_search(method, run_dir, rows, progress)
+
+
+def _last_good(checkpoint: Checkpoint, epoch: int) -> str:
+    return (f"the last good checkpoint (epoch {epoch - 1}) is kept at {checkpoint.path}"
+            if checkpoint.path.exists() else "no checkpoint was written yet")
+
+
+def non_finite_tensor(modules: dict[str, nn.Module]) -> str | None:
+    """The name (``module.key``) of the first floating-point tensor of the modules' state (weights, guide and
+    proposal parameters, architecture logits, BatchNorm statistics) holding NaN or infinity; None if all finite."""
+    for name, module in modules.items():
+        for key, value in module.state_dict().items():
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                return f"{name}.{key}"
+    return None
+
+
+def non_finite_figure(row: Any, prefix: str = "") -> str | None:
+    """The key path of the first NaN or infinite number in a metrics row (nested dicts and lists); None if all
+    finite."""
+    if isinstance(row, dict):
+        items = row.items()
+    elif isinstance(row, list | tuple):
+        items = ((str(i), v) for i, v in enumerate(row))
+    else:
+        return prefix if isinstance(row, float) and not math.isfinite(row) else None
+    for key, value in items:
+        bad = non_finite_figure(value, f"{prefix}.{key}" if prefix else str(key))
+        if bad is not None:
+            return bad
+    return None
 
 
 def compile_networks(networks: dict[str, nn.Module], backend: str | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,16 +18,43 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_of(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mode_of(path: Path) -> int:
+    """The permissions a replaced file keeps, or those a new file gets under the process's umask (``mkstemp``
+    alone would leave every file 0600)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def orphaned_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Temporary files :func:`atomic_write` left in ``folder`` when a process was killed mid-write."""
+    return sorted(p for p in Path(folder).glob(".*.tmp") if p.is_file())
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` if needed and write and remove a file in it: an unwritable output location fails here,
+    before any work, with the operating system's error."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

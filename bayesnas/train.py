@@ -110,6 +110,18 @@ class TrainRecipe:
     channels_last: bool = False
     """Network weights and images in channels-last memory format; training and evaluation."""
 
+    def __post_init__(self) -> None:
+        checks = [(self.epochs >= 0, "epochs must be >= 0"), (self.batch_size >= 1, "batch_size must be >= 1"),
+                  (self.lr > 0, "lr must be > 0"), (0 <= self.lr_min <= self.lr, "lr_min must lie in [0, lr]"),
+                  (0 <= self.momentum < 1, "momentum must lie in [0, 1)"),
+                  (self.weight_decay >= 0, "weight_decay must be >= 0"),
+                  (self.grad_clip >= 0, "grad_clip must be >= 0"),
+                  (self.shift >= 0 and self.cutout >= 0, "shift and cutout must be >= 0"),
+                  (self.aux_weight >= 0, "aux_weight must be >= 0")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
     def evaluation(self) -> dict[str, Any]:
         """The keyword arguments of :func:`accuracy` that evaluate a network as this recipe trains it."""
         return {"precision": self.precision, "channels_last": self.channels_last}

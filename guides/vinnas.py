@@ -57,7 +57,8 @@ class VINNASGuide(nn.Module):
         for g, shape in shapes.items():
             self.register_buffer(f"best_mu_alpha_{g}", torch.zeros(shape))
             self.register_buffer(f"best_log_var_alpha_{g}", torch.full(shape, init_log_var))
-        self.register_buffer("best_error", torch.tensor(float("inf")))
+        # best_epoch -1: nothing remembered yet (best_error then unused; finite, as every checkpointed tensor must be)
+        self.register_buffer("best_error", torch.tensor(1.0))
         self.register_buffer("best_epoch", torch.tensor(-1))
         self.gammas = (0.0, 0.0, 0.0)
         self.frozen: set[str] = set()
@@ -130,7 +131,7 @@ class VINNASGuide(nn.Module):
     @torch.no_grad()
     def remember_best(self, error: float, epoch: int) -> bool:
         """Keep a copy of theta_alpha when ``error`` beats the best so far (Algorithm 1, lines 16-18)."""
-        if not error < float(self.best_error):
+        if int(self.best_epoch) >= 0 and not error < float(self.best_error):
             return False
         for g in self.groups:
             getattr(self, f"best_mu_alpha_{g}").copy_(self.mu_alpha[g])

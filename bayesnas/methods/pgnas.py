@@ -63,6 +63,12 @@ class PGNASOptions:
             raise ValueError("prior_precision must be > 0")
         if self.num_candidates < 1 or self.posterior_draws < 1 or self.finetune_epochs < 0:
             raise ValueError("num_candidates and posterior_draws must be >= 1, finetune_epochs >= 0")
+        if not 0 <= self.spike_prob < 1:
+            raise ValueError("spike_prob must lie in [0, 1)")
+        if self.kl_dataset_size is not None and self.kl_dataset_size < 1:
+            raise ValueError("kl_dataset_size must be >= 1 (or null: the training set's size)")
+        if self.drop_rate_lr is not None and self.drop_rate_lr <= 0:
+            raise ValueError("drop_rate_lr must be > 0 (or null: the search's lr)")
 
 
 BASELINE_GENOTYPE = "baseline_genotype.json"

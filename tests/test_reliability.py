@@ -1,0 +1,251 @@
+"""Nothing lost, nothing silent: files that are not ours are never overwritten, inputs the operating system
+refuses are one-line errors, and a search folder holds one search at a time. Each case asserts a non-zero exit,
+one line on stderr without a traceback, and the folder's files unchanged (hashes)."""
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from bayesnas.cli import EXIT_ERROR, main
+from bayesnas.infer import LOCK, RUN_MARKER
+from bayesnas.io import atomic_write_text, orphaned_temporaries
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
+
+TINY = {"epochs": 1, "batch_size": 64, "lr": 0.05, "data_fraction": 0.3,
+        "space": {"stem_channels": 8, "widths": [8, 16], "depths": [1, 1], "kernel_sizes": [1, 3]},
+        "options": {"num_candidates": 4, "posterior_draws": 8}}
+
+
+def _config(tmp_path) -> str:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+def _hashes(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+FOREIGN = {
+    "user files": {"notes.txt": "mine"},
+    "a summary.json we did not write": {"summary.json": '{"mine": 1}'},
+    "a metrics.jsonl we did not write": {"metrics.jsonl": '{"epoch": 0}\n'},
+    "a genotype.json and a plot we did not write": {"genotype.json": "{}", "training.png": "png"},
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN)
+def test_search_refuses_a_folder_that_is_not_a_run_of_ours(case, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in FOREIGN[case].items():
+        (out / name).write_text(text)
+    before = _hashes(out)
+    assert main(["search", "--config", _config(tmp_path), "--out", str(out), "--no-progress"]) == EXIT_ERROR
+    assert "not a bayesnas run folder" in _one_line(capsys)
+    assert _hashes(out) == before
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_search_out_that_is_a_file(resume, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("mine")
+    args = ["search", "--config", _config(tmp_path), "--out", str(out), "--no-progress"] + ["--resume"] * resume
+    assert main(args) == EXIT_ERROR
+    assert "is a file" in _one_line(capsys)
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_resume_where_there_is_no_run(existing, tmp_path, capsys):
+    out = tmp_path / "typo"
+    if existing:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    assert main(["search", "--config", _config(tmp_path), "--out", str(out), "--resume", "--no-progress"]) \
+        == EXIT_ERROR
+    assert f"nothing to resume at {out}" in _one_line(capsys)
+    assert _hashes(out) == ({"notes.txt": hashlib.sha256(b"mine").hexdigest()} if existing else {})
+    assert out.exists() == existing
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    run = folder / "run"
+    assert main(["search", "--config", _config(folder), "--out", str(run), "--no-progress"]) == 0
+    return run
+
+
+def test_a_run_has_our_marker_and_no_lock_when_done(finished_run):
+    assert (finished_run / RUN_MARKER).exists() and (finished_run / "config.json").exists()
+    assert not (finished_run / LOCK).exists()
+
+
+def test_a_running_search_refuses_a_second_resume(finished_run, tmp_path, capsys):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (finished_run / LOCK).write_text(str(sleeper.pid))
+        before = _hashes(finished_run)
+        assert main(["search", "--config", _config(tmp_path), "--out", str(finished_run), "--resume",
+                     "--no-progress"]) == EXIT_ERROR
+        assert f"in use by a running search (process {sleeper.pid})" in _one_line(capsys)
+        assert _hashes(finished_run) == before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        (finished_run / LOCK).unlink()
+
+
+def test_a_stale_lock_and_orphaned_temporaries_are_cleaned_on_resume(tmp_path):
+    run = tmp_path / "run"
+    config = _config(tmp_path)
+    assert main(["search", "--config", config, "--out", str(run), "--no-progress", "--epochs", "1"]) == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / LOCK).write_text(str(dead.pid))
+    (run / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    (run / "summary.json").unlink()  # so that --resume has a search to finish
+    assert main(["search", "--config", config, "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert not (run / LOCK).exists() and orphaned_temporaries(run) == []
+
+
+def test_train_refuses_to_replace_an_earlier_result_without_force(finished_run, capsys):
+    genotype = str(finished_run / "genotype.json")
+    assert main(["train", genotype, "--epochs", "1", "--no-progress"]) == 0
+    before = _hashes(finished_run)
+    capsys.readouterr()
+    assert main(["train", genotype, "--epochs", "1", "--no-progress"]) == EXIT_ERROR
+    assert "--force" in _one_line(capsys)
+    assert _hashes(finished_run) == before
+    assert main(["train", genotype, "--epochs", "1", "--no-progress", "--force"]) == 0
+
+
+@pytest.mark.parametrize("where", ["under a file", "a file"])
+def test_train_checks_its_output_folder_before_training(where, finished_run, tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("mine")
+    out = blocker / "sub" if where == "under a file" else blocker
+    assert main(["train", str(finished_run / "genotype.json"), "--epochs", "1", "--no-progress",
+                 "--out", str(out)]) == EXIT_ERROR
+    line = _one_line(capsys)
+    assert "--debug" in line and str(blocker) in line
+    assert blocker.read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", ["search --config", "train"])
+def test_an_input_path_that_is_a_folder_is_one_line(command, tmp_path, capsys):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    args = command.split() + [str(folder), "--no-progress", "--out", str(tmp_path / "out")]
+    assert main(args) == EXIT_ERROR
+    _one_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    with pytest.raises(OSError):
+        main(["--debug", "train", str(folder)])
+
+
+@pytest.mark.parametrize("mode", [0o444, 0o640, 0o604])
+def test_replaced_files_keep_their_permissions(mode, tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_text("{}")
+    path.chmod(mode)
+    atomic_write_text(path, '{"a": 1}')
+    assert stat.S_IMODE(path.stat().st_mode) == mode and path.read_text() == '{"a": 1}'
+
+
+def test_new_files_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "new.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o640
+
+
+BAD_SEARCH_SETTINGS = {
+    "negative seed": ["--seed", "-1"],
+    "seed beyond 2**32": ["--seed", "99999999999999999999"],
+    "zero batch size": ["--batch-size", "0"],
+    "zero epochs": ["--epochs", "0"],
+    "negative learning rate": ["--lr", "-1"],
+    "negative temperature": ["--option", "temperature=-1"],
+    "drop rate above 1": ["--option", "init_drop_rate=1.5"],
+    "zero KL dataset size": ["--option", "kl_dataset_size=0"],
+    "negative spike probability": ["--option", "spike_prob=-0.1"],
+    "negative drop-rate learning rate": ["--option", "drop_rate_lr=-1"],
+    "zero candidates": ["--option", "num_candidates=0"],
+    "an option of another method": ["--option", "tau_max=1"],
+    "a device torch knows but we do not support (mps)": ["--device", "mps"],
+    "a device torch knows but we do not support (meta)": ["--device", "meta"],
+    "an unknown device": ["--device", "tpu"],
+}
+BAD_CONFIG_VALUES = {
+    "negative momentum": {"momentum": -0.5},
+    "validation fraction of 0": {"val_fraction": 0.0},
+    "validation fraction of 1": {"val_fraction": 1.0},
+    "negative test fraction": {"test_fraction": -0.1},
+    "fractions summing to 1": {"val_fraction": 0.5, "test_fraction": 0.5},
+    "data fraction above 1": {"data_fraction": 1.5},
+    "negative data seed": {"data_seed": -3},
+    "a string where a number belongs": {"epochs": "ten"},
+}
+
+
+def _refused(args, tmp_path, capsys) -> str:
+    out = tmp_path / "out"
+    assert main(args + ["--out", str(out), "--no-progress"]) == EXIT_ERROR
+    assert not out.exists()  # validated before anything is written
+    return _one_line(capsys)
+
+
+@pytest.mark.parametrize("case", BAD_SEARCH_SETTINGS)
+def test_bad_search_settings_are_one_line_before_anything_is_written(case, tmp_path, capsys):
+    _refused(["search", "--config", _config(tmp_path)] + BAD_SEARCH_SETTINGS[case], tmp_path, capsys)
+
+
+@pytest.mark.parametrize("case", BAD_CONFIG_VALUES)
+def test_bad_config_file_values_are_one_line(case, tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**TINY, **BAD_CONFIG_VALUES[case]}))
+    line = _refused(["search", "--config", str(path)], tmp_path, capsys)
+    assert next(iter(BAD_CONFIG_VALUES[case])) in line
+
+
+BAD_TRAIN_SETTINGS = {
+    "zero epochs": ["--epochs", "0"],
+    "drop-path of 1": ["--drop-path", "1"],
+    "zero learning rate": ["--lr", "0"],
+    "zero batch size": ["--batch-size", "0"],
+    "negative weight decay": ["--weight-decay", "-1"],
+    "negative seed": ["--seed", "-2"],
+}
+
+
+@pytest.mark.parametrize("case", BAD_TRAIN_SETTINGS)
+def test_bad_train_settings_are_one_line_before_training(case, finished_run, tmp_path, capsys):
+    _refused(["train", str(finished_run / "genotype.json")] + BAD_TRAIN_SETTINGS[case], tmp_path, capsys)
+
+
+def test_bench_methods_naming_no_method(tmp_path, capsys):
+    assert main(["bench", "fashion-mnist", "--methods", ",", "--out", str(tmp_path / "b")]) == EXIT_ERROR
+    _one_line(capsys)
+    assert not (tmp_path / "b").exists()
