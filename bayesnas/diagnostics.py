@@ -86,12 +86,13 @@ def plot_decision_groups(space: DecisionSpace, values: Mapping[str, np.ndarray],
 def load_runs(run_dirs: Sequence[str | os.PathLike]) -> az.InferenceData:
     """Several runs' posteriors as one ``InferenceData`` whose chains are the runs (different seeds), so that
     ``r_hat`` measures whether independent searches agree."""
+    resolved = [Path(run).resolve() for run in run_dirs]
+    repeated = sorted({str(r) for r in resolved if resolved.count(r) > 1})
+    if repeated:
+        raise DiagnosticsError(f"the same run is given more than once ({', '.join(repeated)}); each run is one chain")
     datasets, constants = [], []
     for run in run_dirs:
-        path = Path(run) / POSTERIOR_FILE
-        if not path.exists():
-            raise DiagnosticsError(f"no {POSTERIOR_FILE} in {run}: is it a finished search run folder?")
-        idata = az.from_netcdf(str(path))
+        idata = _read_posterior(Path(run) / POSTERIOR_FILE)
         datasets.append(idata.posterior.load())
         if "constant_data" in idata.groups():
             constants.append(idata.constant_data.load())
@@ -99,11 +100,33 @@ def load_runs(run_dirs: Sequence[str | os.PathLike]) -> az.InferenceData:
     if len(shapes) > 1:
         raise DiagnosticsError("runs have posteriors of different shapes (different spaces?): "
                                + "; ".join(str(s) for s in shapes))
+    for name in datasets[0].coords:
+        if name in ("chain", "draw"):
+            continue
+        values = {tuple(np.asarray(ds.coords[name]).tolist()) if name in ds.coords else None for ds in datasets}
+        if len(values) > 1:
+            raise DiagnosticsError(f"runs differ in their {name!r} coordinates ({' vs '.join(map(str, values))}): "
+                                   "they searched different spaces and cannot be chains of one posterior")
     posterior = xr.concat(datasets, dim="chain").assign_coords(chain=np.arange(len(datasets)))
     groups: dict[str, xr.Dataset] = {"posterior": posterior}
     if len(constants) == len(datasets):
         groups["constant_data"] = xr.concat(constants, dim="run")
     return az.InferenceData(**groups)
+
+
+def _read_posterior(path: Path) -> az.InferenceData:
+    """A run's ``posterior.nc``: one-line :class:`DiagnosticsError` when it is missing, empty, truncated, not
+    NetCDF, or holds no ``posterior`` group."""
+    if not path.exists():
+        raise DiagnosticsError(f"no {POSTERIOR_FILE} in {path.parent}: is it a finished search run folder?")
+    try:
+        idata = az.from_netcdf(str(path))
+    except Exception as err:  # noqa: BLE001 - netCDF/HDF5 raise many types for a damaged file
+        raise DiagnosticsError(f"{path} is not a readable ArviZ NetCDF file ({type(err).__name__}); the run's "
+                               "export is damaged or the file is not ours") from None
+    if "posterior" not in idata.groups():
+        raise DiagnosticsError(f"{path} holds no posterior group: it was not written by a bayesnas search")
+    return idata
 
 
 def summary(idata: az.InferenceData) -> Any:

@@ -249,3 +249,45 @@ def test_bench_methods_naming_no_method(tmp_path, capsys):
     assert main(["bench", "fashion-mnist", "--methods", ",", "--out", str(tmp_path / "b")]) == EXIT_ERROR
     _one_line(capsys)
     assert not (tmp_path / "b").exists()
+
+
+def _damage(run, case, tmp_path):
+    """A copy of ``run`` whose posterior.nc is damaged as ``case`` says; returns the runs to diagnose."""
+    import shutil
+
+    import arviz as az
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    posterior = copy / "posterior.nc"
+    if case == "empty posterior.nc":
+        posterior.write_bytes(b"")
+    elif case == "truncated posterior.nc":
+        posterior.write_bytes((run / "posterior.nc").read_bytes()[:200])
+    elif case == "a text file as posterior.nc":
+        posterior.write_text("not netcdf")
+    elif case == "NetCDF without a posterior group":
+        import xarray as xr
+
+        xr.Dataset({"x": ("a", [1.0, 2.0])}).to_netcdf(posterior)
+    elif case == "the same run twice":
+        return [str(run), str(run)]
+    elif case == "runs whose coordinates differ":
+        idata = az.from_netcdf(str(run / "posterior.nc"))
+        dims = [d for d in idata.posterior.dims if d not in ("chain", "draw")]
+        renamed = idata.posterior.assign_coords({dims[0]: [f"other{i}" for i in range(idata.posterior.sizes[dims[0]])]})
+        az.InferenceData(posterior=renamed).to_netcdf(str(posterior))
+    return [str(run), str(copy)]
+
+
+DAMAGED = ["empty posterior.nc", "truncated posterior.nc", "a text file as posterior.nc",
+           "NetCDF without a posterior group", "the same run twice", "runs whose coordinates differ"]
+
+
+@pytest.mark.parametrize("case", DAMAGED)
+def test_diagnose_refuses_damaged_foreign_repeated_or_mismatched_runs(case, finished_run, tmp_path, capsys):
+    runs = _damage(finished_run, case, tmp_path)
+    before = {run: _hashes(tmp_path.__class__(run)) for run in set(runs)}
+    assert main(["diagnose", *runs, "--out", str(tmp_path / "plots")]) == EXIT_ERROR
+    _one_line(capsys)
+    assert {run: _hashes(tmp_path.__class__(run)) for run in set(runs)} == before
