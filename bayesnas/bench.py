@@ -332,6 +332,27 @@ def write_tables(out: Path, budget: Budget, results: list[JobResult], device: st
         stem = "table" if folder == out else f"{budget.dataset}-{budget.name}"
         atomic_write(folder / f"{stem}.csv", lambda fh: fh.write(buffer.getvalue().encode()))
         atomic_write(folder / f"{stem}.md", lambda fh: fh.write(markdown.encode()))
+        plot_accuracy_vs_params(results, budget, folder / f"{stem}_accuracy_vs_params.png")
+
+
+def plot_accuracy_vs_params(results: list[JobResult], budget: Budget, path: Path) -> None:
+    """Every retrained pick (one marker per method, one point per seed; the random cells among them) by test
+    accuracy against parameters, so that size is seen beside accuracy."""
+    from matplotlib.figure import Figure
+
+    from bayesnas.diagnostics import save_figure
+
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.add_subplot()
+    markers = "osD^vP*X"
+    for i, method in enumerate(m for m in ROW_ORDER if any(r.method == m for r in results)):
+        runs = [r for r in results if r.method == method]
+        ax.scatter([r.params for r in runs], [100 * r.test_accuracy for r in runs], marker=markers[i % len(markers)],
+                   s=36, label=method)
+    ax.set(xscale="log", xlabel="parameters (retrained network)", ylabel="test accuracy (%)",
+           title=f"{budget.dataset}, budget {budget.name}: accuracy vs size (points: seeds)")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
 
 
 def render_markdown(rows: list[dict[str, Any]], budget: Budget, results: list[JobResult]) -> str:

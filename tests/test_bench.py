@@ -144,6 +144,8 @@ def test_bench_resumes_where_it_stopped(tiny_budget: bench.Budget, tmp_path: Pat
     inherited = f"- {bench.FIXED_RATE} seed 1: {100 * results[3].extra['test_accuracy']:.2f} %"
     assert inherited in markdown
     assert (tmp_path / "results" / "digits-cpu.md").read_text() == markdown
+    assert (out / "table_accuracy_vs_params.png").stat().st_size > 0
+    assert (tmp_path / "results" / "digits-cpu_accuracy_vs_params.png").stat().st_size > 0
 
     # A folder started under another budget is refused, and nothing in it is touched.
     monkeypatch.setitem(bench.BUDGETS, "cpu", dataclasses.replace(tiny_budget, search_epochs=3))
