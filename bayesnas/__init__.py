@@ -1,12 +1,8 @@
 """bayesnas: Bayesian neural architecture search in Pyro.
 
-Importing the package turns on Pyro's ``module_local_params`` setting: every ``PyroModule`` keeps its
-parameters on the module (not in the global param store), so models and guides are ordinary
-``nn.Module`` objects for torch optimisers, ``state_dict`` checkpoints and ``.to(device)``.
+Importing the package changes nothing global: Pyro's settings, the param store, torch's threads and default dtype,
+warnings filters and matplotlib's backend stay as they were. The search loop runs in Pyro's ``module_local_params``
+mode, scoped to the run (:func:`bayesnas.infer.run_search`).
 """
-
-import pyro
-
-pyro.settings.set(module_local_params=True)
 
 __version__ = "0.1.0"

@@ -234,9 +234,11 @@ def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch
                progress: bool = True, on_step: Callable[[StepEvent], None] | None = None) -> dict[str, Any]:
     """Run (or resume) one search and return its ``summary.json`` content.
 
-    Under ``torchrun`` the search runs over all processes (:mod:`bayesnas.distributed`); only rank 0 writes.
+    Under ``torchrun`` the search runs over all processes (:mod:`bayesnas.distributed`); only rank 0 writes. The run
+    is in Pyro's ``module_local_params`` mode (every ``PyroModule`` keeps its parameters, none reach the global param
+    store), scoped to this call: the caller's Pyro settings and param store are as they were afterwards.
     """
-    with world_of(resolve_device(device)) as (world, device):
+    with pyro.settings.context(module_local_params=True), world_of(resolve_device(device)) as (world, device):
         return _run_search(config, Path(run_dir), device, world, resume, data_dir, download,
                            progress and world.is_main, on_step)
 

@@ -143,7 +143,8 @@ def test_training_loss_adds_the_weighted_auxiliary_loss():
     split = Split(x, y)
     with torch.no_grad():
         expected = F.cross_entropy(net.main(x.flatten(1)), y) + 0.4 * F.cross_entropy(net.aux(x.flatten(1)), y)
-    recipe = TrainRecipe(epochs=1, batch_size=10, lr=0.0, weight_decay=0.0, grad_clip=0.0)
+    # one batch of 10: its loss is logged before the only step, whatever the learning rate
+    recipe = TrainRecipe(epochs=1, batch_size=10, lr=0.1, weight_decay=0.0, grad_clip=0.0)
     assert recipe.aux_weight == 0.4 == TrainRecipe().aux_weight
     history = train_network(net, split, split, recipe, progress=False)
     assert history[0]["loss"] == pytest.approx(expected.item(), rel=1e-6)
