@@ -328,7 +328,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if (out / "train_summary.json").exists() and not args.force:
         raise ConfigError(f"{out / 'train_summary.json'} holds an earlier result; pass --force to replace it or "
                           "choose another --out")
-    check_writable(out)  # before the training, not after it
     seed = args.seed or 0
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, seed=seed).to(device)
     space = get_space(genotype.space, genotype.config)
@@ -338,6 +337,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           f"{data.num_classes}")
     net = space.build(genotype, auxiliary=args.auxiliary > 0, drop_path=args.drop_path).to(device)
     recipe = replace(recipe, precision=resolve_precision(args.precision, device))
+    check_writable(out)  # before the training, not after it
     history = train_network(net, data.train, data.val, recipe, seed, progress=not args.no_progress)
     result = {"genotype": str(args.genotype), "dataset": data.name, "params": count_params(net),
               "params_with_auxiliary": count_params(net, auxiliary=True),
@@ -483,6 +483,13 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"bayesnas {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except (MemoryError, RuntimeError) as err:  # a network or a draw too large for this machine's memory
+        if debug or not (isinstance(err, MemoryError) or "allocate" in str(err)):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"bayesnas {args.command}: error: out of memory ({first}); choose smaller sizes (--debug shows the "
+              "traceback)", file=sys.stderr)
         return EXIT_ERROR
     except OSError as err:  # unreadable inputs, unwritable or full output locations: the OS's words, one line
         if debug:

@@ -291,3 +291,15 @@ def test_diagnose_refuses_damaged_foreign_repeated_or_mismatched_runs(case, fini
     assert main(["diagnose", *runs, "--out", str(tmp_path / "plots")]) == EXIT_ERROR
     _one_line(capsys)
     assert {run: _hashes(tmp_path.__class__(run)) for run in set(runs)} == before
+
+
+def test_a_network_too_large_for_memory_is_one_line(tmp_path, capsys):
+    from bayesnas.spaces.cell import CellSpace
+
+    space = CellSpace.from_dict({"channels": 10**10, "layout": "NRN", "states": 2, "in_channels": 1, "image_size": 8})
+    genotype = space.genotype({k: [[["sep_conv_3x3", 0], ["skip_connect", 1]]] * 2 for k in ("normal", "reduce")})
+    genotype.save(tmp_path / "huge.json")
+    assert main(["train", str(tmp_path / "huge.json"), "--epochs", "1", "--no-progress", "--out",
+                 str(tmp_path / "out")]) == EXIT_ERROR
+    assert "out of memory" in _one_line(capsys)
+    assert not (tmp_path / "out").exists()
