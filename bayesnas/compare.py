@@ -35,6 +35,7 @@ from bayesnas.infer import load_trained, resolve_device, run_search
 from bayesnas.io import atomic_write_text, write_json
 from bayesnas.methods import METHODS
 from bayesnas.population import Population, add_members, csv_text, genotype_key, in_space, load_population_data
+from bayesnas.population import write_report as write_population_report
 from bayesnas.spaces.genotype import Genotype, load_genotype
 
 COMPARE_FILE = "compare.json"
@@ -129,6 +130,8 @@ def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequenc
         add_members(population.folder, population.spec, list(picks.values()), pop_seeds, data, world,
                     progress and world.is_main, desc="picks")
         population = Population(population.folder)
+        if world.is_main:
+            write_population_report(population)  # the picks are members now
         table = population.table()
         members = [t["key"] for t in table]
         standalone = [t["test_accuracy"] for t in table]

@@ -156,6 +156,8 @@ def test_compare_places_picks_and_ranks_the_population(population, tmp_path):
         assert row["pick_test_accuracy"] == pytest.approx(table[pick["genotype"]]["test_accuracy"])
         assert row["percentile"] == pytest.approx(after.percentile(row["pick_test_accuracy"]))
         assert row["regret"] == pytest.approx(best["test_accuracy"] - row["pick_test_accuracy"])
+    with open(pop.folder / "population.csv") as fh:  # the report is rewritten with the picks
+        assert len(list(csv.DictReader(fh))) == len(table)
     gdas = result["ranking"]["gdas"]
     assert gdas["n"] == len(table) == len(gdas["supernet_val_accuracy"])
     assert all(0 <= a <= 1 for a in gdas["supernet_val_accuracy"])
