@@ -49,6 +49,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_bench_common(p: argparse.ArgumentParser,
+                      data_dir_help: str = "folder holding the torchvision files of mnist/fashion-mnist/cifar") -> None:
+    p.add_argument("--data-dir", help=data_dir_help)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bayesnas", formatter_class=_Formatter,
@@ -155,10 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     fashion.add_argument("--out", help="run folder (default: runs/bench-fashion-mnist-<budget>)")
     fashion.add_argument("--results", help="also write the tables as <benchmark>-<budget>.md/.csv into this "
                          "folder (the committed ones are in benchmarks/results)")
-    fashion.add_argument("--data-dir", help="folder holding FashionMNIST/raw (default: Debian's "
-                         "dataset-fashion-mnist package, found by itself)")
-    fashion.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    fashion.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_bench_common(fashion, "folder holding FashionMNIST/raw (default: Debian's dataset-fashion-mnist package, "
+                      "found by itself)")
 
     population = benches.add_parser(
         "population", formatter_class=_Formatter, help="ground truth: architectures of a space trained alone",
@@ -177,10 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     population.add_argument("--seeds", type=int, default=1, help="training seeds per genotype")
     population.add_argument("--train-epochs", type=int, help="epochs each genotype trains (sets retrain_epochs)")
     population.add_argument("--out", help="folder (default: runs/population-<space>-<dataset>)")
-    population.add_argument("--data-dir", help="folder holding the torchvision files of mnist/fashion-mnist/cifar")
     population.add_argument("--download", action="store_true", help="let torchvision download missing files")
-    population.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    population.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_bench_common(population)
 
     compare = benches.add_parser(
         "compare", formatter_class=_Formatter, help="place each method's pick in a population",
@@ -194,9 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=int, default=1, help="search seeds per method")
     compare.add_argument("--epochs", type=int, help="search epochs of every method (default: each preset's)")
     compare.add_argument("--out", help="folder (default: <population>/compare)")
-    compare.add_argument("--data-dir", help="folder holding the torchvision files of mnist/fashion-mnist/cifar")
-    compare.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    compare.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_bench_common(compare)
     return parser
 
 

@@ -112,7 +112,10 @@ def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequenc
     searched = [m for m in methods if m != "random"]
     configs = {(m, s): method_config(m, population, s, overrides.get(m)) for m in searched for s in range(seeds)}
     for config in configs.values():  # every configuration valid before anything runs
-        METHODS[config.method].options_type(**config.options)
+        try:
+            METHODS[config.method].options_type(**config.options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"method {config.method!r}: {err}") from None
     with world_of(resolve_device(device)) as (world, device):
         data = load_population_data(population.spec, device, data_dir)
         space = population.spec.space(data)
@@ -135,14 +138,14 @@ def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequenc
         table = population.table()
         members = [t["key"] for t in table]
         standalone = [t["test_accuracy"] for t in table]
+        entries = population.genotypes()  # in the table's order
+        genotypes = [Genotype(space.name, space.config.to_dict(), entries[key]["choices"]) for key in members]
         ranking = {}
         for method in searched:
             trained = load_trained(configs[method, 0], out / method / "seed0", data, device)
             if trained.supernet_state() is None:
                 continue
-            choices = population.genotypes()
-            supernet = [trained.inherited_accuracy(Genotype(space.name, space.config.to_dict(), choices[e]["choices"]),
-                                                   data.val) for e in members]
+            supernet = [trained.inherited_accuracy(g, data.val) for g in genotypes]
             ranking[method] = {**rank_correlation(supernet, standalone), "supernet_val_accuracy": supernet}
     result = _result(population, runs, picks, ranking, members, standalone)
     if world.is_main:

@@ -69,7 +69,10 @@ class PopulationSpec:
     def recipe(self) -> TrainRecipe:
         """Random search's retraining recipe (``retrain_epochs``, ``retrain_lr``) in the configuration's precision
         and memory format."""
-        options = RandomSearchOptions(**self.config.options)
+        try:
+            options = RandomSearchOptions(**self.config.options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"population options: {err}") from None
         if options.retrain_epochs < 1:
             raise ConfigError("a population needs retrain_epochs >= 1 (the epochs each architecture trains)")
         recipe = search_recipe(self.config, options.retrain_epochs, options.retrain_lr)
@@ -90,6 +93,8 @@ class PopulationSpec:
             raise ConfigError(f"{folder} holds no population ({SPEC_FILE} is missing)") from None
         except json.JSONDecodeError as error:
             raise ConfigError(f"{folder / SPEC_FILE} is not valid JSON: {error}") from None
+        if not isinstance(data, dict) or "config" not in data:
+            raise ConfigError(f"{folder / SPEC_FILE} is not a population's configuration")
         return cls(SearchConfig.from_dict(data["config"], origin=str(folder / SPEC_FILE)))
 
 
