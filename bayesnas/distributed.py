@@ -106,6 +106,20 @@ class World:
         dist.all_gather_object(parts, items)
         return {k: v for part in parts for k, v in part.items()}
 
+    def share_random_state(self, device: torch.device) -> None:
+        """Give every rank rank 0's random state (CPU, and ``device``'s where it is a GPU). Called before each step's
+        loss: augmentation and per-example noise of unequal shards advance the ranks' streams differently, and the
+        architecture a proposal draws must be the same on every rank, or their collectives (synced BatchNorm of the
+        ops that ran, gradient sums) no longer match. Within the step, ranks then draw from identical streams for
+        their own shards."""
+        if not self.distributed:
+            return
+        cuda = device.type == "cuda"
+        state = self.broadcast((torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None))
+        torch.set_rng_state(state[0])
+        if cuda:
+            torch.cuda.set_rng_state(state[1], device)
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

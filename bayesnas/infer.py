@@ -411,6 +411,7 @@ def _update(phase: Phase, optimizer: torch.optim.Optimizer, split: Split, index:
     local = world.shard(index)
     x = augment(split.x[local], config.shift, config.flip)
     x = channels_last(x, config.channels_last)
+    world.share_random_state(x.device)  # one architecture draw on every rank
     with pyro.validation_enabled(False), precision_context(precision, x.device):
         # diverged parameters must reach the NaN guard, not a ValueError
         loss, right = phase.loss(x, split.y[local], local)
