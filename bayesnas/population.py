@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -167,6 +168,7 @@ class Population:
         self.spec = PopulationSpec.load(self.folder)
         self.rows = read_jsonl(self.folder / ROWS_FILE)
 
+    @functools.cache  # noqa: B019 - the rows are read once, in __init__; a population lives as long as its use
     def genotypes(self) -> dict[str, dict[str, Any]]:
         """``{key: {"choices", "params", "flops", "runs": {seed: row}}}`` in the order the genotypes were added."""
         out: dict[str, dict[str, Any]] = {}
@@ -176,6 +178,7 @@ class Population:
             entry["runs"][row["seed"]] = row
         return out
 
+    @functools.cache  # noqa: B019 - as genotypes()
     def table(self) -> list[dict[str, Any]]:
         """One row per genotype: mean validation and test accuracy over its training seeds, and per seed."""
         rows = []
