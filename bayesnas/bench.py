@@ -2,7 +2,7 @@
 
 For each method and seed the benchmark runs a search (:func:`bayesnas.infer.run_search`, the methods' own
 retraining turned off), then retrains the selected genotype from scratch on the full training set with one
-shared :class:`~bayesnas.train.TrainRecipe`; the random-search baseline of VINNAS (Table II, after DARTS)
+shared :class:`~bayesnas.training.TrainRecipe`; the random-search baseline of VINNAS (Table II, after DARTS)
 retrains uniformly random architectures of the cell space under the same recipe. PGNAS's search also trains
 the fixed-drop-rate super-network of its "Random" baseline (Zhou et al., AAAI 2020, Table 3); that baseline's
 pick is retrained under the same recipe as its own row, ``pgnas-fixed-rate``. The results are a Markdown
@@ -35,7 +35,7 @@ from bayesnas.infer import resolve_device, run_search
 from bayesnas.io import atomic_write, write_json
 from bayesnas.spaces import Genotype, get_space, load_genotype
 from bayesnas.spaces.profile import count_params
-from bayesnas.train import TrainRecipe, retrain
+from bayesnas.training import TrainRecipe, retrain
 
 RANDOM = "random"
 """The random-search baseline's row name."""
@@ -185,7 +185,7 @@ def _pin_budget(out: Path, budget: Budget) -> None:
     saved = out / "budget.json"
     data = json.loads(json.dumps(budget.to_dict()))
     if saved.exists() and _read_json(saved) != data:
-        raise ConfigError(f"{out} holds a benchmark run with another budget (see {saved}); choose another --out")
+        raise ConfigError(f"{out} holds a benchmark run with another budget (see {saved}); choose another `out`")
     out.mkdir(parents=True, exist_ok=True)
     write_json(saved, data)
 

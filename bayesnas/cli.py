@@ -1,4 +1,4 @@
-"""Command line: ``bayesnas search | train | diagnose``.
+"""Command line: ``bayesnas search | train | options | diagnose | rank | bench (fashion-mnist | population | compare)``.
 
 Every error a user can cause (unknown names, missing data, malformed files, a diverged loss, a bad
 checkpoint) ends with one line on stderr and a non-zero exit, and nothing already written is overwritten.
@@ -7,11 +7,14 @@ checkpoint) ends with one line on stderr and a non-zero exit, and nothing alread
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import json
 import os
+import re
 import sys
+import textwrap
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +25,8 @@ from bayesnas.config import (
     PRESETS,
     ConfigError,
     SearchConfig,
+    build_config,
     load_config_file,
-    on_space,
-    preset,
 )
 
 EXIT_ERROR = 2
@@ -35,12 +37,18 @@ EXIT_INTERRUPTED = 130
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows a default once: only where the help does not state it already and there is one to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, dataset_default: str = "the preset's") -> None:
     p.add_argument("--dataset", help="digits (embedded), mnist, fashion-mnist, cifar10 or cifar100 "
-                   "(default: the preset's)")
+                   f"(default: {dataset_default})")
     p.add_argument("--data-dir", help="folder holding the torchvision files of mnist/fashion-mnist/cifar")
     p.add_argument("--download", action="store_true", help="let torchvision download missing files")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -79,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(keys of SearchConfig; 'space' and 'options' objects merge key by key)")
     search.add_argument("--epochs", type=int, help="search epochs (default: the preset's)")
     search.add_argument("--batch-size", type=int, help="mini-batch size (default: the preset's)")
-    search.add_argument("--lr", type=float, help="SGD learning rate (default: the preset's)")
+    search.add_argument("--lr", type=float, help="learning rate of the weights (SGD with momentum; VINNAS: Adam, as "
+                        "in its paper); architecture parameters have their own option (bayesnas options METHOD) "
+                        "(default: the preset's)")
     search.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a method option, VALUE in JSON (e.g. --option num_candidates=200)")
     search.add_argument("--out", help="run folder (default: runs/<preset>-seed<seed>-<time>)")
@@ -115,8 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="channels-last memory format for images and convolutions")
     train.add_argument("--out", help="folder for train_summary.json (default: next to the genotype)")
     train.add_argument("--force", action="store_true", help="replace an earlier train_summary.json in that folder")
-    train.set_defaults(dataset="digits")
-    _add_common(train)
+    _add_common(train, "the one the genotype was searched on")
+
+    options = sub.add_parser("options", formatter_class=_Formatter, help="list a method's --option keys",
+                             description="The keys --option KEY=VALUE accepts for METHOD (its options dataclass): "
+                                         "type, default and what each does; a preset may set other values.")
+    options.add_argument("method", choices=list(METHOD_SPACES), help="search method")
 
     diagnose = sub.add_parser("diagnose", formatter_class=_Formatter, help="summarise search posteriors",
                               description="Print az.summary of one or more run folders (several runs with "
@@ -212,31 +226,17 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def search_config(args: argparse.Namespace) -> SearchConfig:
-    file_options = load_config_file(args.config) if args.config else {}
-    method = args.method or file_options.get("method")
-    if method is not None and method not in METHOD_SPACES:
-        raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHOD_SPACES)}")
-    config = preset(args.preset or (f"{method}-digits" if method else DEFAULT_PRESET))
-    if method is not None:
-        config = config.merged({"method": method})
-    space = getattr(args, "space", None) or file_options.get("space_name")
-    if space:  # a space other than the preset's starts from that space's own settings
-        config = on_space(config, space)
-    if file_options:
-        config = config.merged(file_options)
-    overrides: dict[str, Any] = {}
-    for key in ("method", "dataset", "seed", "epochs", "batch_size", "lr", "precision", "channels_last", "compile"):
-        if getattr(args, key, None) is not None:
-            overrides[key] = getattr(args, key)
-    if args.option:
-        overrides["options"] = dict(_parse_option(o) for o in args.option)
+    options = dict(_parse_option(o) for o in args.option)
     if getattr(args, "sample_per", None):
-        overrides["options"] = {**overrides.get("options", {}), "sample_per": args.sample_per}
-    if getattr(args, "fixed_reduction", False):
-        overrides["space"] = {"fixed_reduction": True}
+        options["sample_per"] = args.sample_per
     if getattr(args, "latency_ms", None) is not None:
-        overrides["options"] = {**overrides.get("options", {}), "latency_ms": args.latency_ms}
-    return config.merged(overrides)
+        options["latency_ms"] = args.latency_ms
+    settings = {key: getattr(args, key, None) for key in
+                ("dataset", "seed", "epochs", "batch_size", "lr", "precision", "channels_last", "compile")}
+    if getattr(args, "fixed_reduction", False):
+        settings["space"] = {"fixed_reduction": True}
+    return build_config(args.config, preset_name=args.preset, method=args.method,
+                        space_name=getattr(args, "space", None), options=options, **settings)
 
 
 def _describe(genotype: Any) -> str:
@@ -253,21 +253,15 @@ def _require_out_when_distributed(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from bayesnas.api import search
     from bayesnas.distributed import is_main_process
-    from bayesnas.infer import run_search
-    from bayesnas.spaces import load_genotype
 
-    config = search_config(args)
-    if args.resume and not args.out:
-        raise ConfigError("--resume needs --out, the run folder to continue")
     _require_out_when_distributed(args)
-    out = Path(args.out or f"runs/{args.preset or config.method + '-' + config.dataset}-seed{config.seed}-"
-                            f"{time.strftime('%Y%m%d-%H%M%S')}")
-    summary = run_search(config, out, device=args.device, resume=args.resume, data_dir=args.data_dir,
-                         download=args.download, progress=not args.no_progress)
+    run = search(search_config(args), out=args.out, preset=args.preset, device=args.device, resume=args.resume,
+                 data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
     if not is_main_process():
         return 0
-    genotype = load_genotype(out / summary["genotype"])
+    config, summary, genotype, out = run.config, run.summary, run.genotype, run.path
     print(f"chosen architecture ({config.method} on {config.dataset}):")
     print(_describe(genotype))
     print(f"validation accuracy {summary['val_accuracy']:.4f}   test accuracy {summary['test_accuracy']:.4f}")
@@ -303,53 +297,52 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from bayesnas.data import load_dataset
-    from bayesnas.infer import resolve_device
-    from bayesnas.io import check_writable, write_json
-    from bayesnas.precision import resolve_precision
-    from bayesnas.spaces import get_space, load_genotype
-    from bayesnas.spaces.branches import count_params
-    from bayesnas.train import TrainRecipe, accuracy, train_network
+    from bayesnas.api import train
 
-    if args.epochs < 1:
-        raise ConfigError("--epochs must be >= 1")
-    if not 0 <= args.drop_path < 1:
-        raise ConfigError("--drop-path must lie in [0, 1)")
-    if args.seed is not None and not 0 <= args.seed < 2**32:
-        raise ConfigError("--seed must lie in [0, 2**32 - 1]")
-    try:
-        recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             weight_decay=args.weight_decay, cutout=args.cutout, aux_weight=args.auxiliary,
-                             precision=args.precision, channels_last=args.channels_last)
-    except ValueError as err:
-        raise ConfigError(f"training recipe: {err}") from None
-    genotype = load_genotype(args.genotype)
-    device = resolve_device(args.device)
     out = Path(args.out) if args.out else Path(args.genotype).parent
-    if (out / "train_summary.json").exists() and not args.force:
-        raise ConfigError(f"{out / 'train_summary.json'} holds an earlier result; pass --force to replace it or "
-                          "choose another --out")
-    seed = args.seed or 0
-    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, seed=seed).to(device)
-    space = get_space(genotype.space, genotype.config)
-    if (data.in_channels, data.num_classes) != (space.config.in_channels, space.config.num_classes):
-        raise ConfigError(f"genotype expects {space.config.in_channels} input channels and "
-                          f"{space.config.num_classes} classes; {data.name} has {data.in_channels} and "
-                          f"{data.num_classes}")
-    net = space.build(genotype, auxiliary=args.auxiliary > 0, drop_path=args.drop_path).to(device)
-    recipe = replace(recipe, precision=resolve_precision(args.precision, device))
-    check_writable(out)  # before the training, not after it
-    history = train_network(net, data.train, data.val, recipe, seed, progress=not args.no_progress)
-    result = {"genotype": str(args.genotype), "dataset": data.name, "params": count_params(net),
-              "params_with_auxiliary": count_params(net, auxiliary=True),
-              "val_accuracy": accuracy(net, data.val, **recipe.evaluation()),
-              "test_accuracy": accuracy(net, data.test, **recipe.evaluation()),
-              "epochs": args.epochs, "precision": recipe.precision, "channels_last": recipe.channels_last,
-              "history": history}
-    write_json(out / "train_summary.json", result)
-    print(f"trained {args.genotype} on {data.name}: test accuracy {result['test_accuracy']:.4f}, "
+    result = train(args.genotype, dataset=args.dataset, out=out, force=args.force, epochs=args.epochs,
+                   batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, cutout=args.cutout,
+                   auxiliary=args.auxiliary, drop_path=args.drop_path, precision=args.precision,
+                   channels_last=args.channels_last, seed=args.seed or 0, device=args.device,
+                   data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
+    print(f"trained {args.genotype} on {result['dataset']}: test accuracy {result['test_accuracy']:.4f}, "
           f"parameters {result['params']:,} (without the auxiliary head; with it "
           f"{result['params_with_auxiliary']:,}) -> {out / 'train_summary.json'}")
+    return 0
+
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """The docstrings written under the fields of dataclass ``cls`` and its bases (``x: int = 0`` then
+    ``\"\"\"what x is\"\"\"``), joined into one line each."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body  # type: ignore[attr-defined]
+        except (OSError, TypeError):
+            continue
+        for field, doc in zip(body, body[1:], strict=False):
+            if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) \
+                    and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant):
+                docs[field.target.id] = " ".join(str(doc.value.value).split())
+    return docs
+
+
+def cmd_options(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from bayesnas.methods import get_method
+
+    options_type = get_method(args.method).options_type
+    docs = attribute_docs(options_type)
+    name = f"{args.method}-digits"
+    preset_values = PRESETS.get(name, {}).get("options", {})
+    print(f"--option KEY=VALUE keys of {args.method}, with their defaults and the values of the preset {name}:")
+    for field in dataclasses.fields(options_type):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        in_preset = f"; {name}: {json.dumps(preset_values[field.name])}" if field.name in preset_values else ""
+        print(f"  {field.name} ({field.type}, default {json.dumps(default)}{in_preset})")
+        if field.name in docs:
+            print(f"      {docs[field.name]}")
     return 0
 
 
@@ -463,18 +456,32 @@ def _bench_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "train": cmd_train, "diagnose": cmd_diagnose, "rank": cmd_rank,
-            "bench": cmd_bench}
+COMMANDS = {"search": cmd_search, "train": cmd_train, "options": cmd_options, "diagnose": cmd_diagnose,
+            "rank": cmd_rank, "bench": cmd_bench}
+
+
+PYTHON_NAME = re.compile(r"`(\w+)(?:=([^`]*))?`")
+QUOTE = "'"
+
+
+def as_flags(message: str) -> str:
+    """A library message in the command line's terms: the Python arguments it names in backquotes become flags
+    (```out``` -> ``--out``, ```resume=True``` -> ``--resume``, ```device='cuda'``` -> ``--device cuda``)."""
+    def flag(match: re.Match[str]) -> str:
+        name, value = "--" + match.group(1).replace("_", "-"), match.group(2)
+        return name if value in (None, "True") else f"{name} {value.strip(QUOTE)}"
+
+    return PYTHON_NAME.sub(flag, message)
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before the heavy imports: --help answers at once
     from bayesnas.data import DatasetCorruptedError, DatasetNotFoundError, UnknownDatasetError
     from bayesnas.diagnostics import DiagnosticsError
     from bayesnas.infer import SearchError
     from bayesnas.methods import UnknownMethodError
     from bayesnas.spaces import GenotypeError, UnknownSpaceError
 
-    args = build_parser().parse_args(argv)
     known = (ConfigError, SearchError, GenotypeError, UnknownSpaceError, UnknownMethodError,
              UnknownDatasetError, DatasetNotFoundError, DatasetCorruptedError, DiagnosticsError)
     debug = args.debug or os.environ.get("BAYESNAS_DEBUG", "") not in ("", "0")
@@ -483,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     except known as err:
         if debug:
             raise
-        print(f"bayesnas {args.command}: error: {err}", file=sys.stderr)
+        print(f"bayesnas {args.command}: error: {as_flags(str(err))}", file=sys.stderr)
         return EXIT_ERROR
     except (MemoryError, RuntimeError) as err:  # a network or a draw too large for this machine's memory
         if debug or not (isinstance(err, MemoryError) or "allocate" in str(err)):
@@ -492,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bayesnas {args.command}: error: out of memory ({first}); choose smaller sizes (--debug shows the "
               "traceback)", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # the reader of our output stopped (e.g. `| head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as err:  # unreadable inputs, unwritable or full output locations: the OS's words, one line
         if debug:
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -337,3 +338,40 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object of options")
     return data
+
+
+def build_config(config: SearchConfig | Mapping[str, Any] | str | os.PathLike | None = None, *,
+                 preset_name: str | None = None, method: str | None = None, space_name: str | None = None,
+                 options: Mapping[str, Any] | None = None, **settings: Any) -> SearchConfig:
+    """A search's configuration, built as ``bayesnas search`` builds it: the preset (``preset_name``; default
+    ``<method>-digits``, or :data:`DEFAULT_PRESET`), moved to the space ``space_name`` if given (with that space's
+    default options), then ``config`` (a :class:`SearchConfig`, a dict of its keys or a JSON file of them), then
+    ``settings`` (any other :class:`SearchConfig` key, e.g. ``epochs=10`` or ``space={"channels": 8}``; ``None``
+    values are ignored) and ``options`` (method options). ``space`` and ``options`` merge key by key.
+
+    A :class:`SearchConfig` given as ``config`` is the starting point itself (no preset)."""
+    if isinstance(config, SearchConfig):
+        base, file_options = config, {}
+    else:
+        file_options = dict(config) if isinstance(config, Mapping) else (
+            load_config_file(config) if config is not None else {})
+        method = method or file_options.get("method")
+        if method is not None and method not in METHOD_SPACES:
+            raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHOD_SPACES)}")
+        if preset_name is not None and method is not None and preset_name in PRESETS \
+                and PRESETS[preset_name].get("method", "pgnas") != method:
+            owner = PRESETS[preset_name].get("method", "pgnas")
+            raise ConfigError(f"preset {preset_name!r} belongs to {owner}, not {method}; choose a {method} preset "
+                              f"({', '.join(p for p, v in PRESETS.items() if v.get('method') == method)})")
+        base = preset(preset_name or (f"{method}-digits" if method else DEFAULT_PRESET))
+    space_name = space_name or file_options.get("space_name")
+    if space_name:  # a space other than the preset's starts from that space's own settings
+        base = on_space(base, space_name)
+    if file_options:
+        base = base.merged(file_options)
+    overrides = {key: value for key, value in settings.items() if value is not None}
+    if method is not None:
+        overrides["method"] = method
+    if options:
+        overrides["options"] = dict(options)
+    return base.merged(overrides)

@@ -70,9 +70,9 @@ DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "cif
 
 def _supply_hint(download: bool) -> str:
     return (
-        "(--download needs internet access)"
+        "(`download=True` needs internet access)"
         if download
-        else "or pass --download on a machine with internet access"
+        else "or pass `download=True` on a machine with internet access"
     )
 
 
@@ -358,8 +358,8 @@ def _read_torchvision(
             looked = ", ".join(os.path.join(d, folder) for d in _system_dataset_dirs())
             system = f" (looked for Debian's {package} files in {looked}: not found; apt-get install -y {package})"
         raise DatasetNotFoundError(
-            f"{name}: no data folder given{system}; pass --data-dir DIR (data_dir=...) pointing at the folder "
-            f"that holds (or should receive, with --download) the {cls_name} files"
+            f"{name}: no data folder given{system}; pass `data_dir` pointing at the folder "
+            f"that holds (or should receive, with `download=True`) the {cls_name} files"
         )
     root = os.path.abspath(os.fspath(data_dir))
     if name.startswith("cifar"):

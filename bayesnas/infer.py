@@ -16,7 +16,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from bayesnas.latency import LATENCY_FILE
 from bayesnas.methods import Phase, SearchMethod, get_method
 from bayesnas.precision import channels_last, precision_context
 from bayesnas.spaces.branches import count_params
-from bayesnas.train import augment, epoch_batches
+from bayesnas.training import augment, epoch_batches
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -64,7 +64,7 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise SearchError(f"device {spec!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SearchError("--device cuda was asked for, but torch sees no CUDA device here")
+        raise SearchError("`device='cuda'` was asked for, but torch sees no CUDA device here")
     return device
 
 
@@ -145,17 +145,17 @@ def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> RunLoc
     killed write left, write the marker and ``config.json``; returns the lock to release when the search ends."""
     saved = run_dir / "config.json"
     if run_dir.exists() and not run_dir.is_dir():
-        raise SearchError(f"{run_dir} is a file, not a run folder; choose another --out")
+        raise SearchError(f"{run_dir} is a file, not a run folder; choose another `out`")
     ours = (run_dir / RUN_MARKER).exists() or saved.exists()
     if resume and not ours:
         raise SearchError(f"nothing to resume at {run_dir}: it holds no bayesnas search run")
     if not ours and run_dir.exists() and any(p.name not in PRESEEDED for p in run_dir.iterdir()):
-        raise SearchError(f"{run_dir} is not empty and is not a bayesnas run folder; choose another --out "
+        raise SearchError(f"{run_dir} is not empty and is not a bayesnas run folder; choose another `out` "
                           "(nothing was written)")
     if saved.exists():
         if not resume:
-            raise SearchError(f"{run_dir} already holds a search run; pass --resume to continue it or "
-                              "choose another --out")
+            raise SearchError(f"{run_dir} already holds a search run; pass `resume=True` to continue it or "
+                              "choose another `out`")
         try:
             old = json.loads(saved.read_text())
         except json.JSONDecodeError:
@@ -439,7 +439,7 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
     selection = method.select(progress)
     select_seconds = time.perf_counter() - tic
     if method.world.is_main:
-        selection.genotype.save(run_dir / "genotype.json")
+        replace(selection.genotype, dataset=method.config.dataset).save(run_dir / "genotype.json")
         method.export(run_dir)
         diagnostics.plot_training(run_dir)
     config = method.config

@@ -48,7 +48,7 @@ from bayesnas.methods.pcnas import search_recipe
 from bayesnas.methods.random_search import RandomSearchOptions
 from bayesnas.spaces.decisions import DecisionSpace
 from bayesnas.spaces.genotype import Genotype
-from bayesnas.train import TrainRecipe, accuracy, train_network
+from bayesnas.training import TrainRecipe, accuracy, train_network
 
 SPEC_FILE = "population.json"
 ROWS_FILE = "population.jsonl"
@@ -210,10 +210,10 @@ def _pin(folder: Path, spec: PopulationSpec) -> None:
     if saved.exists():
         if json.loads(saved.read_text()) != data:
             raise ConfigError(f"{folder} holds a population of another configuration (see {saved}); choose another "
-                              "--out")
+                              "`out`")
         return
     if folder.exists() and any(folder.iterdir()):
-        raise ConfigError(f"{folder} is not empty and holds no population; choose another --out")
+        raise ConfigError(f"{folder} is not empty and holds no population; choose another `out`")
     folder.mkdir(parents=True, exist_ok=True)
     write_json(saved, data)
 

@@ -29,7 +29,7 @@ from bayesnas.distributed import World, world_of
 from bayesnas.infer import load_trained, resolve_device, run_search
 from bayesnas.io import write_json
 from bayesnas.methods.pcnas import PCNAS, OneShotOptions, search_recipe
-from bayesnas.train import accuracy, train_network
+from bayesnas.training import accuracy, train_network
 
 RANK_FILE = "rank.json"
 

@@ -42,10 +42,15 @@ class LocalReparameterization(Messenger):
     """Draw the noise of locally reparameterisable weight sites per example, on activations.
 
     Use one instance around both model and guide so that the guide's samples are recognised when the
-    model (replayed from the guide) uses them::
+    model (replayed from the guide) uses them: wrapping both, e.g. for ``pyro.infer.SVI``, or as a context around
+    the loss, e.g. for the ELBO as an ``nn.Module`` (whose ``parameters()`` need the unwrapped modules)::
 
         reparam = LocalReparameterization()
-        loss = TraceMeanField_ELBO()(reparam(model), reparam(guide))
+        svi = SVI(reparam(model), reparam(guide), pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
+
+        loss_fn = TraceMeanField_ELBO()(model, guide)
+        with reparam:
+            loss = loss_fn(x, y, index, size)
     """
 
     def __init__(self) -> None:

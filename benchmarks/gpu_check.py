@@ -19,8 +19,8 @@ runs out of time is recorded as a failure and the next one runs; the exit status
 
 ``--dry-run`` runs exactly these steps on the CPU with tiny sizes (narrow spaces, a quarter of digits, batch 4,
 one timed step; ``torch.compile``'s wrapper with TorchDynamo disabled, as tracing costs tens of seconds a network;
-no xautodl, which ``gpu_throughput.py --small`` skips): ``tests/test_gpu_check.py`` runs it. How to run the real
-check on a GPU machine and how to build the wheel folder: the header of ``benchmarks/gpu_check.sh``.
+no xautodl, which ``gpu_throughput.py --small`` skips): ``tests/test_gpu_check.py`` runs one step of each kind.
+How to run the real check on a GPU machine and how to build the wheel folder: the header of ``benchmarks/gpu_check.sh``.
 """
 
 from __future__ import annotations

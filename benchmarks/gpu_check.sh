@@ -28,7 +28,8 @@
 # pip install --no-index --no-deps, then this checkout in editable mode. To rerun only some steps after a
 # failure: --only cuda-tests,search-gdas-bf16-cl-compile (step names are in gpu-check.md).
 #
-# ON A CPU (what tests/test_gpu_check.py runs; the same steps, tiny sizes, about 1.5 minutes on 2 cores):
+# ON A CPU (the same steps, tiny sizes, about 4.5 minutes on one thread; tests/test_gpu_check.py runs one step of
+# each kind with --only):
 #
 #   bash benchmarks/gpu_check.sh --dry-run OUT
 set -euo pipefail

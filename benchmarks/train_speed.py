@@ -2,7 +2,7 @@
 
 One architecture, drawn uniformly from a space (``--space``, default the DARTS cells at C = 16 with 8 cells, as
 GDAS retrains them at small budgets), is built once per mode and trained for ``--epochs`` on the same random
-``--images`` CIFAR-shaped images by :func:`bayesnas.train.train_network` (SGD, cosine schedule, validation after
+``--images`` CIFAR-shaped images by :func:`bayesnas.training.train_network` (SGD, cosine schedule, validation after
 each epoch). Modes: ``fp32``, ``fp32+channels-last``, ``bf16`` (autocast) and ``bf16+channels-last``. The modes
 alternate in rounds; the script prints each mode's median images/s (training images only; the validation pass is
 included in the time) and its ratio to fp32 in the same process. Whether the CPU computes bfloat16 natively
@@ -23,7 +23,7 @@ import torch
 
 from bayesnas.precision import resolve_precision
 from bayesnas.spaces import get_space
-from bayesnas.train import TrainRecipe, train_network
+from bayesnas.training import TrainRecipe, train_network
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _gdas_step import random_bundle  # noqa: E402

@@ -3,8 +3,9 @@ learned parameters, each with its own update rule. An architecture is one option
 space, in the order of :meth:`~bayesnas.spaces.decisions.DecisionSpace.decisions` (the chain: one op per mixop;
 the cells: one op per edge and cell type).
 
-They are not Pyro guides: the search draws ``m`` from the proposal,
-conditions the model on it and trains the shared weights on the conditioned likelihood.
+The search draws ``m`` from the proposal, conditions the model on it and trains the shared weights on the
+conditioned likelihood; :class:`ProposalGuide` makes any proposal a Pyro guide of
+:class:`~bayesnas.models.pcnas.PCNASModel`, for ``pyro.infer.SVI`` and ``pyro.infer.Predictive``.
 
 - :class:`UniformProposal`: every option of every decision uniformly (single-path one-shot; PC-NAS's warm-up).
 - :class:`PartialModelPool`: the pool of the P best partial models ``(o_1, ..., o_l)``; a draw picks a member
@@ -29,11 +30,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import torch
+from pyro.nn import PyroModule
 from torch import nn
 
 from bayesnas.config import ConfigError
 from bayesnas.distributed import SINGLE, World
+from bayesnas.models.pcnas import site
 
 Architecture = tuple[int, ...]
 
@@ -284,3 +289,26 @@ class PartialModelPool(nn.Module):
         self.members = [tuple(int(o) for o in m) for m in state["members"]]
         self.potentials = [float(p) for p in state["potentials"]]
         self.history = list(state["history"])
+
+
+class ProposalGuide(PyroModule):
+    """A proposal as a Pyro guide of :class:`~bayesnas.models.pcnas.PCNASModel`: each run draws ``m ~ q`` (the
+    proposal's :meth:`sample`) and puts it at every decision's site as a point mass.
+
+    ``q`` has nothing that SVI learns (the proposals change by their own rules, Algorithm 2), so the ELBO's
+    gradient is that of the model's log-joint at the draw: the weight update of PC-NAS (Li et al., CVPR 2020,
+    Eq. 3; the uniform prior's log-density is a constant). Its value leaves out the entropy of ``q``, also a
+    constant for the weights."""
+
+    def __init__(self, proposal: UniformProposal | PartialModelPool,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.proposal = proposal
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> list[int]:
+        arch = self.proposal.sample(self.generator)
+        device = x.device if isinstance(x, torch.Tensor) else None
+        for decision, op in enumerate(arch):
+            pyro.sample(site(decision), dist.Delta(torch.tensor(op, device=device)))
+        return arch

@@ -19,6 +19,7 @@ from pyro import poutine
 from torch import nn
 
 from bayesnas.distributions import LocalNormal, log_lambda
+from bayesnas.models.vinnas import in_param_store
 
 
 def _key(site: str) -> str:
@@ -76,6 +77,7 @@ class VINNASGuide(nn.Module):
         return LocalNormal(self._p("alpha", self.mu_alpha[group]), self._p("alpha", self.log_var_alpha[group]))
 
     def forward(self, *args, **kwargs) -> None:
+        in_param_store("vinnas_guide", self)
         g_w, g_alpha, _ = self.gammas
         with kl_weight(g_w):
             for site in self.weight_sites:

@@ -74,6 +74,14 @@ def strip_batchnorm(net: nn.Module) -> None:
             m.running_mean = m.running_var = m.num_batches_tracked = None
 
 
+def in_param_store(name: str, module: nn.Module) -> None:
+    """Pyro's idiom for an ``nn.Module`` model or guide, ``pyro.module(name, module)``: in Pyro's default mode its
+    parameters join the global param store, where ``pyro.infer.SVI`` and ``pyro.optim`` find them. Nothing in
+    ``module_local_params`` mode (the search loop's), whose optimisers take ``module.parameters()``."""
+    if not pyro.settings.get("module_local_params"):
+        pyro.module(name, module)
+
+
 def alpha_site(group: str) -> str:
     return f"alpha.{group}"
 
@@ -153,6 +161,7 @@ class VINNASModel(nn.Module):
         """``x``: a mini-batch of a split of size ``size``, ``index``: its positions; ``op_entropy``:
         ``sum_{i,j} H(E_q[z^{i,j}])`` over every decision, computed by the guide from its parameters (the model
         has none)."""
+        in_param_store("vinnas_model", self)
         g_w, g_alpha, g_entropy = self.gammas
         with kl_weight(g_w):
             for site, module in self.layers.items():

@@ -1,7 +1,14 @@
+import os
+
 import pytest
 import torch
 
 from bayesnas.config import preset
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one torch thread per test worker: the workers share the cores, and tiny convolutions slow down many times
+    # when more threads than cores compete
+    torch.set_num_threads(1)
 
 TINY = {
     "epochs": 3, "batch_size": 64, "lr": 0.05,

@@ -8,7 +8,7 @@ from torch import nn
 from bayesnas.spaces.cell import CellNetwork, CellSpace
 from bayesnas.spaces.ops import AuxiliaryHead
 from bayesnas.spaces.profile import count_params
-from bayesnas.train import TrainRecipe, train_network
+from bayesnas.training import TrainRecipe, train_network
 
 
 def _states(pairs):
@@ -158,8 +158,8 @@ def test_train_subcommand_reports_sizes_with_and_without_the_head(tmp_path):
     space = CellSpace.from_dict({"channels": 4, "layout": "NRN", "states": 2})
     genotype = space.genotype({k: [[["sep_conv_3x3", 0], ["skip_connect", 1]]] * 2 for k in ("normal", "reduce")})
     genotype.save(tmp_path / "genotype.json")
-    assert main(["train", str(tmp_path / "genotype.json"), "--epochs", "1", "--auxiliary", "0.4",
-                 "--no-progress"]) == 0
+    assert main(["train", str(tmp_path / "genotype.json"), "--dataset", "digits", "--epochs", "1", "--auxiliary",
+                 "0.4", "--no-progress"]) == 0
     trained = json.loads((tmp_path / "train_summary.json").read_text())
     assert trained["params"] == count_params(space.build(genotype))
     assert trained["params_with_auxiliary"] - trained["params"] == (16 * 128 + 256) + (128 * 768 * 4 + 1536) + 7690

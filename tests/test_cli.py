@@ -34,6 +34,45 @@ def test_every_subcommand_documents_its_options_and_defaults():
     assert "(default: 30)" in sub["train"].format_help()
 
 
+def test_each_default_shows_once_and_truly():
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices
+    texts = [parser.format_help()] + [p.format_help() for p in sub.values()]
+    for text in texts:
+        flat = " ".join(text.split())
+        assert "(default: None)" not in flat and "(default: [])" not in flat and "(default: False)" not in flat
+        assert "(default: the preset's) (default:" not in flat
+    search = " ".join(sub["search"].format_help().split())
+    assert "learning rate of the weights (SGD with momentum; VINNAS: Adam" in search
+    for method in ("pgnas", "vinnas", "gdas", "pcnas", "oneshot", "random"):
+        assert method in search
+
+
+def test_options_lists_a_methods_keys_from_its_dataclass(capsys):
+    import dataclasses
+
+    from bayesnas.methods import get_method
+
+    assert main(["options", "gdas"]) == 0
+    out = capsys.readouterr().out
+    for field in dataclasses.fields(get_method("gdas").options_type):
+        assert f"  {field.name} (" in out
+    assert "  tau_min (float, default 1.0" in out
+    assert "Final temperature: 1 in the paper, 0.1 in the authors' code." in out
+    assert main(["options", "pcnas"]) == 0
+    assert "num_evaluations (int, default 900; pcnas-digits: 20)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["options", "foo"])
+    assert "invalid choice: 'foo'" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom bayesnas.cli import main\ntry:\n    main(['search', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint(sorted(m for m in ('torch', 'pyro', 'arviz') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "bayesnas", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "search" in out.stdout

@@ -278,7 +278,7 @@ def test_mnist_missing_folder(tmp_path: Path) -> None:
         load_dataset("mnist", data_dir=tmp_path / "nowhere")
     msg = str(info.value)
     assert "\n" not in msg and str(tmp_path / "nowhere" / "MNIST" / "raw") in msg
-    assert "train-images-idx3-ubyte" in msg and "--download" in msg
+    assert "train-images-idx3-ubyte" in msg and "`download=True`" in msg
     assert isinstance(info.value, FileNotFoundError)
 
 
@@ -290,9 +290,9 @@ def test_mnist_partly_missing(tmp_path: Path) -> None:
 
 
 def test_mnist_needs_data_dir() -> None:
-    with pytest.raises(DatasetNotFoundError, match="--data-dir"):
+    with pytest.raises(DatasetNotFoundError, match="`data_dir`"):
         load_dataset("mnist")
-    with pytest.raises(DatasetNotFoundError, match="--data-dir"):
+    with pytest.raises(DatasetNotFoundError, match="`data_dir`"):
         load_dataset("cifar10", download=True)
 
 
@@ -371,7 +371,7 @@ def test_cifar_missing(tmp_path: Path, name: str, folder: str) -> None:
     with pytest.raises(DatasetNotFoundError) as info:
         load_dataset(name, data_dir=tmp_path)
     msg = str(info.value)
-    assert "\n" not in msg and os.path.join(str(tmp_path), folder) in msg and "--download" in msg
+    assert "\n" not in msg and os.path.join(str(tmp_path), folder) in msg and "`download=True`" in msg
 
 
 # ----------------------------------------------------------------------------------- Debian's Fashion-MNIST
@@ -415,7 +415,7 @@ def test_fashion_mnist_debian_folder_missing(tmp_path: Path, monkeypatch: pytest
         load_dataset("fashion-mnist")
     msg = str(info.value)
     assert "\n" not in msg and str(tmp_path / "share" / "datasets" / "fashion-mnist") in msg
-    assert "apt-get install -y dataset-fashion-mnist" in msg and "--data-dir" in msg
+    assert "apt-get install -y dataset-fashion-mnist" in msg and "`data_dir`" in msg
     assert not (tmp_path / "cache").exists()
 
 

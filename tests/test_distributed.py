@@ -170,9 +170,12 @@ def test_two_processes_match_one_and_resume(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_torchrun_digits_search(tmp_path: Path) -> None:
     out = tmp_path / "run"
+    config = tmp_path / "third.json"
+    config.write_text(json.dumps({"data_fraction": 0.3}))  # the preset on a third of digits
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                str(_free_port()), "-m", "bayesnas", "search", "--method", "pgnas", "--epochs", "2", "--out", str(out),
-               "--option", "num_candidates=6", "--option", "posterior_draws=8", "--no-progress", "--device", "cpu"]
+               "--config", str(config), "--option", "num_candidates=6", "--option", "posterior_draws=8",
+               "--no-progress", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

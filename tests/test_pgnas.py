@@ -16,7 +16,7 @@ from bayesnas.methods import get_method
 from bayesnas.reparam import LocalReparameterization
 from bayesnas.spaces import BranchSpace, load_genotype
 from bayesnas.spaces.profile import count_params
-from bayesnas.train import accuracy
+from bayesnas.training import accuracy
 
 FIGURES = ("val_accuracy", "test_accuracy", "params", "baseline_test_accuracy", "baseline_params", "drop_rate")
 

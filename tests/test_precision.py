@@ -13,7 +13,7 @@ from bayesnas.data import Split, load_dataset
 from bayesnas.infer import run_search
 from bayesnas.io import read_jsonl
 from bayesnas.precision import cpu_flags, resolve_precision
-from bayesnas.train import TrainRecipe, accuracy, train_network
+from bayesnas.training import TrainRecipe, accuracy, train_network
 from tests.conftest import TINY
 
 FIGURES = ("val_accuracy", "test_accuracy", "params", "baseline_test_accuracy", "baseline_params", "drop_rate")

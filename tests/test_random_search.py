@@ -12,7 +12,7 @@ from bayesnas.infer import run_search
 from bayesnas.io import read_jsonl
 from bayesnas.methods import get_method
 from bayesnas.spaces import get_space, load_genotype
-from bayesnas.train import accuracy
+from bayesnas.training import accuracy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 

@@ -299,7 +299,7 @@ def test_a_network_too_large_for_memory_is_one_line(tmp_path, capsys):
     space = CellSpace.from_dict({"channels": 10**10, "layout": "NRN", "states": 2, "in_channels": 1, "image_size": 8})
     genotype = space.genotype({k: [[["sep_conv_3x3", 0], ["skip_connect", 1]]] * 2 for k in ("normal", "reduce")})
     genotype.save(tmp_path / "huge.json")
-    assert main(["train", str(tmp_path / "huge.json"), "--epochs", "1", "--no-progress", "--out",
+    assert main(["train", str(tmp_path / "huge.json"), "--dataset", "digits", "--epochs", "1", "--no-progress", "--out",
                  str(tmp_path / "out")]) == EXIT_ERROR
     assert "out of memory" in _one_line(capsys)
     assert not (tmp_path / "out").exists()

@@ -23,7 +23,7 @@ from bayesnas.config import METHOD_SPACES, ConfigError, SearchConfig
 from bayesnas.data import DataBundle, Split
 from bayesnas.distributed import SINGLE, World
 from bayesnas.precision import resolve_precision
-from bayesnas.train import TrainRecipe, retrain
+from bayesnas.training import TrainRecipe, retrain
 
 
 class UnknownMethodError(ValueError):

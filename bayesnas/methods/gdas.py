@@ -19,7 +19,7 @@ from bayesnas.guides.gdas import GumbelSoftmaxProposal
 from bayesnas.methods import Phase, SearchMethod, Selection, register
 from bayesnas.models.gdas import GDASModel, arch_site
 from bayesnas.spaces.profile import count_params
-from bayesnas.train import TrainRecipe, accuracy
+from bayesnas.training import TrainRecipe, accuracy
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from bayesnas.models.pcnas import PCNASModel, conditioned_nll
 from bayesnas.spaces.chain import ChainSpace
 from bayesnas.spaces.decisions import DecisionSpace, batch_statistics
 from bayesnas.spaces.profile import count_params
-from bayesnas.train import TrainRecipe
+from bayesnas.training import TrainRecipe
 
 __all__ = ["PCNAS", "Completion", "LatencyLimitError", "OneShotOptions", "PCNASModel", "PCNASOptions",
            "PartialModelPool", "UniformProposal", "conditioned_nll", "has_latency_table", "plot_fading",

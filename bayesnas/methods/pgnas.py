@@ -19,7 +19,7 @@ from bayesnas.models.pgnas import PGNASModel
 from bayesnas.reparam import LocalReparameterization
 from bayesnas.select import posterior_guided_sampling
 from bayesnas.spaces.branches import count_params
-from bayesnas.train import TrainRecipe, accuracy, train_network
+from bayesnas.training import TrainRecipe, accuracy, train_network
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from bayesnas import diagnostics
 from bayesnas.data import Split
 from bayesnas.methods import Phase, SearchMethod, Selection, register
 from bayesnas.methods.pcnas import search_recipe
-from bayesnas.train import accuracy
+from bayesnas.training import accuracy
 
 
 @dataclass(frozen=True)

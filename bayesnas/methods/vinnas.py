@@ -35,7 +35,7 @@ from bayesnas.models.vinnas import VINNASModel
 from bayesnas.reparam import LocalReparameterization
 from bayesnas.spaces.genotype import Genotype
 from bayesnas.spaces.profile import count_params
-from bayesnas.train import TrainRecipe, accuracy
+from bayesnas.training import TrainRecipe, accuracy
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Genotypes: the discrete architecture a search returns, as JSON that names its space and configuration.
 
-A genotype file is ``{"space": NAME, "config": {...}, "choices": {...}}``; ``choices`` is space-specific
-(kept input channels per layer and branch for ``branches``). :func:`load_genotype` validates the outer
-form; the space validates the choices against its configuration.
+A genotype file is ``{"space": NAME, "config": {...}, "choices": {...}, "dataset": NAME}``; ``choices`` is
+space-specific (kept input channels per layer and branch for ``branches``); ``dataset`` (optional: files written
+before it was recorded lack it) names the data set the search ran on, which ``bayesnas train`` trains on.
+:func:`load_genotype` validates the outer form; the space validates the choices against its configuration.
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ class Genotype:
     space: str
     config: dict[str, Any]
     choices: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = field(default=None, compare=False)
+    """The data set the architecture was searched on (not part of its identity)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"space": self.space, "config": self.config, "choices": self.choices}
+        return data if self.dataset is None else {**data, "dataset": self.dataset}
 
     def to_json(self) -> str:
-        return json.dumps({"space": self.space, "config": self.config, "choices": self.choices}, indent=1)
+        return json.dumps(self.to_dict(), indent=1)
 
     def save(self, path: str | os.PathLike) -> None:
         from bayesnas.io import atomic_write_text
@@ -57,7 +64,9 @@ class Genotype:
         if not isinstance(data["space"], str) or not isinstance(data["config"], dict) \
                 or not isinstance(data["choices"], dict):
             raise GenotypeError(f"{origin}: 'space' must be a string, 'config' and 'choices' objects")
-        return cls(data["space"], data["config"], data["choices"])
+        if not isinstance(data.get("dataset", ""), str):
+            raise GenotypeError(f"{origin}: 'dataset' must be a data set's name")
+        return cls(data["space"], data["config"], data["choices"], data.get("dataset"))
 
 
 def load_genotype(path: str | os.PathLike) -> Genotype:

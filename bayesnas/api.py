@@ -1,0 +1,186 @@
+"""The Python API: the command line's search and train as functions, and finished runs loaded back.
+
+``bayesnas search`` and ``bayesnas train`` call :func:`search` and :func:`train`; a notebook or script calls them
+directly with keyword arguments. Errors are the library's own types (:class:`~bayesnas.config.ConfigError`,
+:class:`~bayesnas.infer.SearchError`, ...) and name the Python arguments in backquotes (```out```,
+```resume=True```); the command line shows them as its flags (``--out``, ``--resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bayesnas.config import ConfigError, SearchConfig, build_config
+from bayesnas.spaces.genotype import Genotype, load_genotype
+
+if TYPE_CHECKING:
+    import arviz as az
+    import pandas as pd
+    import torch
+
+    from bayesnas.methods import SearchMethod
+
+
+@dataclass(frozen=True)
+class Run:
+    """A search run folder, read back: its configuration, summary and genotype (``None`` while the search has not
+    finished), with the metrics, the ArviZ posterior and the trained method loaded on demand."""
+
+    path: Path
+    config: SearchConfig
+    summary: dict[str, Any] | None
+    genotype: Genotype | None
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    def metrics(self) -> pd.DataFrame:
+        """``metrics.jsonl`` as a table: one row per epoch (nested figures flattened to ``a.b`` columns)."""
+        import pandas as pd
+
+        from bayesnas.io import read_jsonl
+
+        return pd.json_normalize(read_jsonl(self.path / "metrics.jsonl"))
+
+    def posterior(self) -> az.InferenceData:
+        """The exported posterior (``posterior.nc``) as ArviZ ``InferenceData``."""
+        from bayesnas.diagnostics import POSTERIOR_FILE, _read_posterior
+
+        return _read_posterior(self.path / POSTERIOR_FILE)
+
+    def trained(self, *, device: str | torch.device = "cpu", data_dir: str | os.PathLike | None = None,
+                download: bool = False) -> SearchMethod:
+        """The search method with its trained modules (super-network, guide or proposal) restored from
+        ``checkpoint.pt`` in eval mode, on the run's data split; e.g. ``run.trained().networks()``."""
+        import pyro
+
+        from bayesnas.data import load_dataset
+        from bayesnas.infer import load_trained, resolve_device
+
+        c = self.config
+        device = resolve_device(device)
+        data = load_dataset(c.dataset, data_dir=data_dir, download=download, seed=c.split_seed,
+                            val_fraction=c.val_fraction, test_fraction=c.test_fraction,
+                            fraction=c.data_fraction).to(device)
+        with pyro.settings.context(module_local_params=True):
+            return load_trained(c, self.path, data, device)
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Read the run folder ``path`` (written by :func:`search` or ``bayesnas search``)."""
+    path = Path(path)
+    try:
+        config = SearchConfig.from_dict(json.loads((path / "config.json").read_text()),
+                                        origin=str(path / "config.json"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} holds no search run (config.json is missing)") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path / 'config.json'} is not valid JSON ({err})") from None
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    genotype = load_genotype(path / summary["genotype"]) if summary is not None else None
+    return Run(path, config, summary, genotype)
+
+
+def search(config: SearchConfig | dict[str, Any] | str | os.PathLike | None = None, *,
+           out: str | os.PathLike | None = None, preset: str | None = None, method: str | None = None,
+           space_name: str | None = None, options: dict[str, Any] | None = None, device: str = "auto",
+           resume: bool = False, data_dir: str | os.PathLike | None = None, download: bool = False,
+           progress: bool = True, **settings: Any) -> Run:
+    """Run (or, with ``resume=True``, continue) one search, as ``bayesnas search`` does, and return the run.
+
+    The configuration is built by :func:`bayesnas.config.build_config` from ``config`` (a
+    :class:`SearchConfig`, a dict or a JSON file), ``preset``, ``method``, ``space_name``, ``options`` and
+    ``settings`` (any other :class:`SearchConfig` key, e.g. ``epochs=5``); ``out`` defaults to
+    ``runs/<method>-<dataset>-seed<seed>-<time>``. Example::
+
+        run = bayesnas.search(method="gdas", epochs=5, out="runs/gdas5")
+        run.summary["test_accuracy"], run.genotype, run.metrics()
+    """
+    from bayesnas.infer import run_search
+
+    config = build_config(config, preset_name=preset, method=method, space_name=space_name, options=options,
+                          **settings)
+    if resume and out is None:
+        raise ConfigError("`resume=True` needs `out`, the run folder to continue")
+    if out is None:
+        name = preset or f"{config.method}-{config.dataset}"
+        out = f"runs/{name}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_search(config, out, device=device, resume=resume, data_dir=data_dir, download=download, progress=progress)
+    return load_run(out)
+
+
+def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None, out: str | os.PathLike | None = None,
+          force: bool = False, epochs: int = 30, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 3e-4,
+          cutout: int = 0, auxiliary: float = 0.0, drop_path: float = 0.0, precision: str = "fp32",
+          channels_last: bool = False, seed: int = 0, device: str = "auto",
+          data_dir: str | os.PathLike | None = None, download: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train ``genotype``'s network from scratch (SGD with Nesterov momentum and a cosine schedule, weight decay,
+    optional cutout, auxiliary head and drop-path: :class:`bayesnas.training.TrainRecipe`) and return its
+    ``train_summary.json`` content (accuracies, parameters, the per-epoch history).
+
+    ``dataset`` defaults to the one the genotype was searched on; ``out`` (default: the genotype file's folder,
+    or nothing written for a :class:`Genotype` object) receives ``train_summary.json``, which an earlier result
+    there is replaced only with ``force=True``."""
+    from bayesnas.data import load_dataset
+    from bayesnas.infer import resolve_device
+    from bayesnas.io import check_writable, write_json
+    from bayesnas.precision import resolve_precision
+    from bayesnas.spaces import get_space
+    from bayesnas.spaces.branches import count_params
+    from bayesnas.training import TrainRecipe, accuracy, train_network
+
+    if epochs < 1:
+        raise ConfigError("`epochs` must be >= 1")
+    if not 0 <= drop_path < 1:
+        raise ConfigError("`drop_path` must lie in [0, 1)")
+    if not 0 <= seed < 2**32:
+        raise ConfigError("`seed` must lie in [0, 2**32 - 1]")
+    try:
+        recipe = TrainRecipe(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, cutout=cutout,
+                             aux_weight=auxiliary, precision=precision, channels_last=channels_last)
+    except ValueError as err:
+        raise ConfigError(f"training recipe: {err}") from None
+    source = None
+    if not isinstance(genotype, Genotype):
+        source = Path(genotype)
+        genotype = load_genotype(source)
+    searched_on, dataset = genotype.dataset, dataset or genotype.dataset
+    if dataset is None:
+        raise ConfigError("the genotype does not record the data set it was searched on; pass `dataset`")
+    device = resolve_device(device)
+    out = Path(out) if out is not None else (source.parent if source is not None else None)
+    if out is not None and (out / "train_summary.json").exists() and not force:
+        raise ConfigError(f"{out / 'train_summary.json'} holds an earlier result; pass `force=True` to replace it "
+                          "or choose another `out`")
+    data = load_dataset(dataset, data_dir=data_dir, download=download, seed=seed).to(device)
+    space = get_space(genotype.space, genotype.config)
+    # the image size a genotype's space records is its search data's only where the genotype names that data set
+    # (older files hold the space's default size; the networks take any size)
+    shape = getattr(space.config, "image_size", None) if searched_on is not None else None
+    if (data.in_channels, data.num_classes) != (space.config.in_channels, space.config.num_classes) \
+            or shape not in (None, data.image_size):
+        size = f", {shape}x{shape} images" if shape is not None else ""
+        raise ConfigError(f"the genotype's network takes {space.config.in_channels} input channels{size} and "
+                          f"{space.config.num_classes} classes; {data.name} has {data.in_channels} channels, "
+                          f"{data.image_size}x{data.image_size} images and {data.num_classes} classes")
+    net = space.build(genotype, auxiliary=auxiliary > 0, drop_path=drop_path).to(device)
+    recipe = replace(recipe, precision=resolve_precision(precision, device))
+    if out is not None:
+        check_writable(out)  # before the training, not after it
+    history = train_network(net, data.train, data.val, recipe, seed, progress=progress)
+    result = {"genotype": str(source) if source is not None else genotype.to_dict(), "dataset": data.name,
+              "params": count_params(net), "params_with_auxiliary": count_params(net, auxiliary=True),
+              "val_accuracy": accuracy(net, data.val, **recipe.evaluation()),
+              "test_accuracy": accuracy(net, data.test, **recipe.evaluation()),
+              "epochs": epochs, "precision": recipe.precision, "channels_last": recipe.channels_last,
+              "history": history}
+    if out is not None:
+        write_json(out / "train_summary.json", result)
+    return result

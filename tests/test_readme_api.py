@@ -1,0 +1,37 @@
+"""README's "Python API" section runs as written: its Python blocks, in order, in one namespace."""
+
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def api_blocks() -> list[str]:
+    text = README.read_text()
+    section = text.split("### Python API", 1)[1].split("\n### ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+
+
+def test_the_section_has_the_snippets_the_api_promises():
+    code = "\n".join(api_blocks())
+    for call in ("bayesnas.search(", "bayesnas.load_run(", "bayesnas.train(", "SVI(", "Predictive(", "az.from_dict("):
+        assert call in code, call
+
+
+@pytest.mark.slow
+def test_readme_python_blocks_run_as_written(tmp_path, one_thread, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in api_blocks():
+        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - the README's own code
+    run, result, ops = namespace["run"], namespace["result"], namespace["ops"]
+    assert run.path == Path("runs/gdas-tiny") and run.finished and (tmp_path / "runs/gdas-tiny/posterior.nc").exists()
+    assert result["dataset"] == "digits" and 0 <= result["test_accuracy"] <= 1
+    assert math.isfinite(namespace["loss"])
+    n_edges = namespace["shapes"]["normal"][0]
+    assert tuple(ops.shape) == (100, n_edges) and int(ops.max()) < namespace["shapes"]["normal"][1]
+    assert os.listdir(tmp_path) == ["runs"]  # the snippets write only their run folder
