@@ -134,10 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     diagnose = sub.add_parser("diagnose", formatter_class=_Formatter, help="summarise search posteriors",
                               description="Print az.summary of one or more run folders (several runs with "
-                                          "different seeds become chains, so r_hat is meaningful) and write "
-                                          "plots into the first folder (or --out).")
+                                          "different seeds become chains named after them, so r_hat says whether "
+                                          "independent searches agree) and write plots into a new folder; the "
+                                          "runs are only read.")
     diagnose.add_argument("runs", nargs="+", help="run folders")
-    diagnose.add_argument("--out", help="folder for the plots (default: the first run folder)")
+    diagnose.add_argument("--out", help="folder for the plots, summary.csv and chains.json, outside the runs "
+                          "(default: runs/diagnose-<time>)")
+    diagnose.add_argument("--allow-mixed", action="store_true",
+                          help="compare runs whose configurations differ in more than the seed")
     rank = sub.add_parser(
         "rank", formatter_class=_Formatter, help="ranking correlation of one-shot and PC-NAS super-networks",
         description="Train a uniform one-shot and a PC-NAS super-network on the same data and budget (into "
@@ -264,7 +268,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     config, summary, genotype, out = run.config, run.summary, run.genotype, run.path
     print(f"chosen architecture ({config.method} on {config.dataset}):")
     print(_describe(genotype))
-    print(f"validation accuracy {summary['val_accuracy']:.4f}   test accuracy {summary['test_accuracy']:.4f}")
+    print(f"validation accuracy {summary['val_accuracy']:.4f} (the selection's own split: optimistic)   "
+          f"test accuracy {summary['test_accuracy']:.4f} (unbiased)")
+    print(f"search {summary['search_seconds']:.1f} s, selection {summary['select_seconds']:.1f} s")
     shared = f" (super-network {summary['supernet_params']:,})" if "supernet_params" in summary else ""
     print(f"parameters {summary['params']:,}{shared}")
     if "pruned_params" in summary:
@@ -350,29 +356,48 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from bayesnas import diagnostics
+    from bayesnas.io import write_json
 
-    idata = diagnostics.load_runs(args.runs)
-    out = Path(args.out or args.runs[0])
+    idata = diagnostics.load_runs(args.runs, allow_mixed=args.allow_mixed)
+    out = Path(args.out or f"runs/diagnose-{time.strftime('%Y%m%d-%H%M%S')}")
+    inside = [run for run in args.runs if out.resolve().is_relative_to(Path(run).resolve())]
+    if inside:
+        raise ConfigError(f"--out {out} lies inside the run {inside[0]}: diagnose only reads runs; choose a folder "
+                          "outside them")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty; choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    labels = [str(c) for c in idata.posterior.coords["chain"].values]
+    chains = [{"chain": label, "run": str(run)} for label, run in zip(labels, args.runs, strict=True)]
+    write_json(out / "chains.json", chains)
+    print("chains: " + "; ".join(f"{c['chain']} = {c['run']}" for c in chains))
+    table = diagnostics.summary(idata)
+    table.to_csv(out / "summary.csv")
     with pd.option_context("display.max_rows", 500, "display.max_columns", 20, "display.width", 200):
-        print(diagnostics.summary(idata))
+        print(table)
+    print(f"ESS: the draws of q are independent, so ESS is close to the number of draws "
+          f"({idata.posterior.sizes['draw']} per run) by construction. "
+          + ("r_hat compares the runs (different seeds): near 1 where independent searches found the same "
+             "posterior." if len(args.runs) > 1 else
+             "r_hat needs two or more runs (chains), so it is left out: pass runs of other seeds."))
     if "constant_data" in idata.groups() and "drop_rate" in idata.constant_data:
         rates = idata.constant_data["drop_rate"].mean("run")
         diagnostics.plot_matrix(rates.values, [str(v) for v in rates.coords["layer"].values],
                                 [str(v) for v in rates.coords["branch"].values],
                                 f"drop rate p, mean over {len(args.runs)} run(s)", out / "diagnose_drop_rates.png")
     if "constant_data" in idata.groups() and "snr" in idata.constant_data:  # VINNAS
-        table = idata.constant_data["snr"].mean("run").to_pandas()
+        snr = idata.constant_data["snr"].mean("run").to_pandas()
         print(f"\npositive SNR mu/sigma^2 of alpha per decision (mean over {len(args.runs)} run(s)):")
         with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(table.round(2).to_string())
-        diagnostics.plot_matrix(table.values, [str(e) for e in table.index], [str(o) for o in table.columns],
+            print(snr.round(2).to_string())
+        diagnostics.plot_matrix(snr.values, [str(e) for e in snr.index], [str(o) for o in snr.columns],
                                 "positive SNR of alpha", out / "diagnose_snr.png")
     forest = next((v for v in ("keep_fraction", "op_weight") if v in idata.posterior), None)
     if forest is not None:
         diagnostics.plot_forest(idata, forest, out / "diagnose_forest.png")
-    for run in args.runs:
-        diagnostics.plot_training(Path(run))
-    print(f"plots written to {out}")
+    for label, run in zip(labels, args.runs, strict=True):
+        diagnostics.plot_training(Path(run), out / f"training_{label.replace('/', '_')}.png")
+    print(f"written to {out}: chains.json, summary.csv and plots")
     return 0
 
 

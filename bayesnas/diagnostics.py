@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,19 +86,44 @@ def plot_decision_groups(space: DecisionSpace, values: Mapping[str, np.ndarray],
                     path_stem.with_name(f"{path_stem.name}_{name}.png"))
 
 
-def load_runs(run_dirs: Sequence[str | os.PathLike]) -> az.InferenceData:
+def run_configs_differ(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The configuration keys (``space.x`` and ``options.x`` for nested ones) on which runs differ, the seed
+    aside."""
+    def flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in config.items():
+            if isinstance(value, Mapping):
+                out.update(flat(value, f"{prefix}{key}."))
+            elif f"{prefix}{key}" != "seed":
+                out[f"{prefix}{key}"] = value
+        return out
+
+    flats = [flat(c) for c in configs]
+    keys = sorted({k for f in flats for k in f})
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+
+
+def load_runs(run_dirs: Sequence[str | os.PathLike], allow_mixed: bool = False) -> az.InferenceData:
     """Several runs' posteriors as one ``InferenceData`` whose chains are the runs (different seeds), so that
-    ``r_hat`` measures whether independent searches agree."""
+    ``r_hat`` measures whether independent searches agree. The ``chain`` coordinate names each run
+    (``<folder>/seed<seed>``); runs whose configurations differ other than in the seed are refused unless
+    ``allow_mixed``."""
     resolved = [Path(run).resolve() for run in run_dirs]
     repeated = sorted({str(r) for r in resolved if resolved.count(r) > 1})
     if repeated:
         raise DiagnosticsError(f"the same run is given more than once ({', '.join(repeated)}); each run is one chain")
-    datasets, constants = [], []
+    datasets, constants, configs = [], [], []
     for run in run_dirs:
         idata = _read_posterior(Path(run) / POSTERIOR_FILE)
         datasets.append(idata.posterior.load())
         if "constant_data" in idata.groups():
             constants.append(idata.constant_data.load())
+        config_path = Path(run) / "config.json"
+        configs.append(json.loads(config_path.read_text()) if config_path.exists() else {})
+    differ = run_configs_differ(configs)
+    if differ and not allow_mixed:
+        raise DiagnosticsError(f"the runs' configurations differ in {', '.join(differ)} (not only the seed): they "
+                               "are not chains of one posterior; pass `allow_mixed=True` to compare them anyway")
     shapes = {tuple(ds.sizes.items()) for ds in datasets}
     if len(shapes) > 1:
         raise DiagnosticsError("runs have posteriors of different shapes (different spaces?): "
@@ -107,10 +135,16 @@ def load_runs(run_dirs: Sequence[str | os.PathLike]) -> az.InferenceData:
         if len(values) > 1:
             raise DiagnosticsError(f"runs differ in their {name!r} coordinates ({' vs '.join(map(str, values))}): "
                                    "they searched different spaces and cannot be chains of one posterior")
-    posterior = xr.concat(datasets, dim="chain").assign_coords(chain=np.arange(len(datasets)))
+    labels = [f"{Path(run).name}/seed{config.get('seed', ds.attrs.get('seed', '?'))}"
+              for run, config, ds in zip(run_dirs, configs, datasets, strict=True)]
+    if len(set(labels)) < len(labels):  # folders of one name in different places
+        labels = [f"{run}/seed{label.rsplit('/seed', 1)[1]}" for run, label in zip(run_dirs, labels, strict=True)]
+    posterior = xr.concat(datasets, dim="chain").assign_coords(chain=labels)
+    posterior.attrs = {key: [ds.attrs.get(key) for ds in datasets] if len(datasets) > 1 else datasets[0].attrs.get(key)
+                       for key in ("method", "seed", "dataset") if key in datasets[0].attrs}
     groups: dict[str, xr.Dataset] = {"posterior": posterior}
     if len(constants) == len(datasets):
-        groups["constant_data"] = xr.concat(constants, dim="run")
+        groups["constant_data"] = xr.concat(constants, dim="run").assign_coords(run=labels)
     return az.InferenceData(**groups)
 
 
@@ -129,15 +163,28 @@ def _read_posterior(path: Path) -> az.InferenceData:
     return idata
 
 
+@contextlib.contextmanager
+def one_chain_allowed() -> Iterator[None]:
+    """Silence ArviZ's "shape validation failed" log line, which one run (one chain) triggers: its r_hat is left
+    out, and its ESS is fine."""
+    previous = logging.root.manager.disable  # ArviZ's logger is not the registered "arviz" one: disable by level
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def summary(idata: az.InferenceData) -> Any:
     """``az.summary`` of every posterior variable (mean, sd, HDI, ESS, r_hat).
 
     A variable that is constant in every draw (a branch always on) has no within-chain variance: its r_hat is
     NaN, and the 0/0 warnings numpy raises for it are silenced here.
     """
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings(), one_chain_allowed():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return az.summary(idata, kind="all" if idata.posterior.sizes["chain"] > 1 else "stats")
+        table = az.summary(idata, kind="all")
+    return table if idata.posterior.sizes["chain"] > 1 else table.drop(columns="r_hat")
 
 
 def plot_matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: Path) -> None:
@@ -154,8 +201,9 @@ def plot_matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], ti
     save_figure(fig, path)
 
 
-def plot_training(run_dir: Path) -> Path:
-    """Loss (negative ELBO per example) and accuracies over the search, from ``metrics.jsonl``."""
+def plot_training(run_dir: Path, path: Path | None = None) -> Path:
+    """Loss (negative ELBO per example) and accuracies over the search, from ``metrics.jsonl``, into ``path``
+    (default: the run's ``training.png``)."""
     rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
     if not rows:
         raise DiagnosticsError(f"no metrics.jsonl rows in {run_dir}")
@@ -168,15 +216,21 @@ def plot_training(run_dir: Path) -> Path:
     right.plot(epochs, [r["val_accuracy"] for r in rows], marker=".", label="validation")
     right.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     right.legend()
-    path = Path(run_dir) / "training.png"
+    path = path or Path(run_dir) / "training.png"
     save_figure(fig, path)
     return path
 
 
 def plot_forest(idata: az.InferenceData, var_name: str, path: Path) -> Path:
-    """Forest plot (HDI per chain) of one posterior variable."""
-    axes = az.plot_forest(idata, var_names=[var_name], combined=False, figsize=(6, 8))
-    save_figure(np.ravel(axes)[0].figure, path)
+    """Forest plot (HDI per chain) of one posterior variable, with a legend naming the chains (runs)."""
+    labels = [str(c) for c in idata.posterior.coords["chain"].values]
+    numbered = idata.posterior[[var_name]].assign_coords(chain=np.arange(len(labels)))  # ArviZ sorts chains
+    with one_chain_allowed():
+        axes = az.plot_forest(numbered, var_names=[var_name], combined=False, figsize=(6, 8))
+    ax = np.ravel(axes)[0]
+    colors = [f"C{i}" for i in range(len(labels))]
+    ax.legend([plt.Line2D([], [], color=c) for c in colors], labels, title="chain (run)", loc="best", fontsize=7)
+    save_figure(ax.figure, path)
     return path
 
 

@@ -330,7 +330,7 @@ def _train_and_finish(config: SearchConfig, run_dir: Path, method: SearchMethod,
             loss_sum, right, n = totals[phase.name]
             row[f"{phase.name}_loss"] = loss_sum / n if n else None
             row[f"{phase.name}_accuracy"] = right / n if n else None
-        row.update(method.epoch_metrics())
+        row.update(flat_figures(method.epoch_metrics()))
         bar.set_postfix(epoch=epoch, loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
                         val=f"{row['val_accuracy']:.3f}", **{k: row[k] for k in method.progress_keys})
         bad = non_finite_figure(row)
@@ -360,6 +360,18 @@ def non_finite_tensor(modules: dict[str, nn.Module]) -> str | None:
             if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 return f"{name}.{key}"
     return None
+
+
+def flat_figures(figures: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``figures`` with nested dictionaries spread into ``outer.inner`` keys, so that every ``metrics.jsonl`` row is
+    one flat record (``pandas.read_json(path, lines=True)`` is a table of scalar and list columns)."""
+    flat: dict[str, Any] = {}
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            flat.update(flat_figures(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def non_finite_figure(row: Any, prefix: str = "") -> str | None:

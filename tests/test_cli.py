@@ -162,11 +162,35 @@ def test_search_train_diagnose_round_trip(tmp_path, capsys):
     trained = json.loads((tmp_path / "run0/train_summary.json").read_text())
     assert 0 <= trained["test_accuracy"] <= 1 and trained["params"] > 0
 
-    assert main(["diagnose", *runs]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run0").iterdir() if p.is_file()}
+    out = tmp_path / "diag"
+    assert main(["diagnose", *runs, "--out", str(out)]) == 0
     summary = capsys.readouterr().out
     assert "r_hat" in summary and "keep_fraction" in summary
-    assert (tmp_path / "run0/diagnose_forest.png").exists()
-    assert (tmp_path / "run0/diagnose_drop_rates.png").exists()
+    assert f"chains: run0/seed0 = {runs[0]}; run1/seed1 = {runs[1]}" in summary
+    assert json.loads((out / "chains.json").read_text()) == [{"chain": "run0/seed0", "run": runs[0]},
+                                                              {"chain": "run1/seed1", "run": runs[1]}]
+    for name in ("diagnose_forest.png", "diagnose_drop_rates.png", "summary.csv", "training_run0_seed0.png"):
+        assert (out / name).exists(), name
+    # the runs are only read
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run0").iterdir() if p.is_file()} == before
+
+    # one run: ESS, and why there is no r_hat
+    assert main(["diagnose", runs[0], "--out", str(tmp_path / "one")]) == 0
+    single = capsys.readouterr().out
+    assert "ess_bulk" in single and "r_hat needs two or more runs" in single
+    assert "r_hat " not in single.split("ESS:")[0]
+    # runs of other settings are not chains of one posterior, unless asked
+    other = tmp_path / "other"
+    assert main(["search", "--config", _tiny_config_file(tmp_path), "--epochs", "2", "--out", str(other),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", runs[0], str(other), "--out", str(tmp_path / "mixed")]) == EXIT_ERROR
+    assert _error_line(capsys).endswith("configurations differ in epochs (not only the seed): they are not chains "
+                                        "of one posterior; pass --allow-mixed to compare them anyway")
+    assert main(["diagnose", runs[0], str(other), "--allow-mixed", "--out", str(tmp_path / "mixed")]) == 0
+    assert main(["diagnose", runs[0], "--out", str(tmp_path / "run0" / "plots")]) == EXIT_ERROR
+    assert "lies inside the run" in _error_line(capsys)
 
 
 def test_diagnose_rejects_a_folder_without_posterior(tmp_path, capsys):

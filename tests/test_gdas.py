@@ -330,8 +330,8 @@ def test_tiny_search_writes_fading_and_cells(tmp_path):
     assert (tmp_path / "run/posterior.nc").exists() and (tmp_path / "run/op_probabilities_normal.png").exists()
     assert summary["params"] < summary["supernet_params"]
     # fading per decision: one entropy per edge of each cell type, in the space's order; their sum is log N_eff
-    entropy = rows[-1]["decision_entropy"]
-    assert {k: len(v) for k, v in entropy.items()} == {"normal": 5, "reduce": 5}
+    entropy = {k.removeprefix("decision_entropy."): v for k, v in rows[-1].items() if k.startswith("decision_entropy.")}
+    assert {k: len(v) for k, v in entropy.items()} == {"normal": 5, "reduce": 5}  # flat columns, one per group
     assert rows[-1]["log10_effective_architectures"] == pytest.approx(
         sum(map(sum, entropy.values())) / math.log(10), abs=1e-3)
 
@@ -356,7 +356,7 @@ def test_tiny_search_on_the_chain_derives_the_most_probable_op_of_every_mixop(tm
     assert genotype.choices["ops"] == expected
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["tau"] for r in rows] == [10.0, 1.0]
-    assert {k: len(v) for k, v in rows[-1]["decision_entropy"].items()} == {"transition": 1, "mixop": 2}
+    assert len(rows[-1]["decision_entropy.transition"]) == 1 and len(rows[-1]["decision_entropy.mixop"]) == 2
     assert rows[-1]["log10_effective_architectures"] < rows[0]["log10_effective_architectures"] <= (
         (2 * math.log(4) + math.log(3)) / math.log(10) + 1e-4)
 

@@ -235,6 +235,10 @@ def test_search_learns_and_writes_a_complete_run_folder(tiny_config, tmp_path):
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert rows[-1]["val_accuracy"] > 0.35  # chance is 0.1
     assert rows[-1]["val_accuracy"] > rows[0]["val_accuracy"]
+    for row in rows:  # the loss's two terms, per training example, and flat columns only
+        assert row["nll"] + row["kl"] == pytest.approx(row["loss"], rel=1e-5) and row["kl"] > 0
+        assert not any(isinstance(v, dict) for v in row.values())
+        assert any(k.startswith("drop_rate.") for k in row)
     assert summary["params"] <= summary["supernet_params"]
     for key in ("method", "dataset", "val_accuracy", "test_accuracy", "params", "supernet_params",
                 "search_seconds", "genotype", "baseline_test_accuracy", "finetuned_test_accuracy",

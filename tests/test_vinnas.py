@@ -396,10 +396,11 @@ def test_search_writes_run_folder_prints_cells_and_diagnoses(config, tmp_path, c
     assert list(idata.posterior.coords["decision"].values)[:2] == ["normal:0<-0", "normal:0<-1"]
     assert len(idata.posterior.coords["decision"]) == 2 * 5
 
-    assert main(["diagnose", str(run)]) == 0
+    assert main(["diagnose", str(run), "--out", str(run.parent / "diagnose")]) == 0
     out = capsys.readouterr().out
     assert "positive SNR" in out and "op_weight[" in out and "sep_conv_3x3" in out
-    assert (run / "diagnose_snr.png").exists() and (run / "diagnose_forest.png").exists()
+    assert (run.parent / "diagnose/diagnose_snr.png").exists()
+    assert (run.parent / "diagnose/diagnose_forest.png").exists()
 
 
 def test_a_checkpoint_with_the_zero_op_buffer_still_loads(method):

@@ -193,6 +193,12 @@ class SearchMethod(ABC):
     def begin_epoch(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called before each epoch (temperature and KL-weight schedules)."""
 
+    def posterior_attrs(self, **extra: Any) -> dict[str, Any]:
+        """Attributes of the exported ``posterior`` group: the method, the seed, the data set and the split's seed
+        (``bayesnas diagnose`` labels its chains with them), and ``extra``."""
+        c = self.config
+        return {"method": self.name, "seed": c.seed, "dataset": c.dataset, "data_seed": c.split_seed, **extra}
+
     def supernet_state(self) -> dict[str, torch.Tensor] | None:
         """Plain state dict of the trained super-network, from which ``space.build(genotype, inherit=...)`` builds
         any architecture of the space with inherited weights; None where there is none (random search shares

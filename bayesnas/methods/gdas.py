@@ -166,6 +166,6 @@ class GDAS(SearchMethod):
                   for g, p in probabilities.items()}  # (chain, draw, n_g, K_g)
         probs = {g: p.cpu().numpy() for g, p in probabilities.items()}
         diagnostics.save_decision_posterior(run_dir, self.space, {"op_choice": choice}, {"op_probability": probs},
-                                            attrs={"method": self.name, "seed": self.config.seed})
+                                            attrs=self.posterior_attrs())
         diagnostics.plot_decision_groups(self.space, probs, "GDAS op probabilities, {group}",
                                          run_dir / "op_probabilities")

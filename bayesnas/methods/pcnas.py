@@ -373,8 +373,8 @@ class PCNAS(SearchMethod):
         names = self.option_names()
         chosen = np.stack([self.one_hot(m) for m in self.pool.members])[None]
         frequency = chosen[0].mean(0)
-        attrs = {"method": self.name, "seed": self.config.seed, "proposal": self.proposal_kind,
-                 "potentials": [float(p) for p in self.pool.potentials]}
+        attrs = self.posterior_attrs(proposal=self.proposal_kind,
+                                     potentials=[float(p) for p in self.pool.potentials])
         if self.table is not None:
             attrs["latency_ms"] = [float(self.table.latency(self.ops(m))) for m in self.pool.members]
         diagnostics.save_posterior(run_dir, {"op_chosen": chosen}, coords={"decision": decisions, "op": names},

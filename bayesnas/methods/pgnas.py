@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pyro import poutine
 
 from bayesnas import diagnostics
@@ -106,6 +107,8 @@ class PGNAS(SearchMethod):
             self.baseline_model, self.baseline_guide = self._supernet(o.baseline_drop_rate, learn_drop_rate=False)
             self.baseline_reparam = LocalReparameterization()
         self._baseline_genotype = None
+        self._terms = [0.0, 0.0, 0]  # this epoch's NLL sum, KL sum and examples (begin_epoch resets them)
+        self._last_logits: torch.Tensor | None = None
 
     def _supernet(self, drop_rate: float, learn_drop_rate: bool) -> tuple[PGNASModel, ConcreteDropoutGuide]:
         o = self.options
@@ -153,12 +156,22 @@ class PGNAS(SearchMethod):
     def _negative_elbo(self, model, guide, reparam, x, y, index):
         traced = poutine.trace(reparam(model))
         loss = self.elbo.differentiable_loss(traced, reparam(guide), x, y, index, self.num_train)
-        logits = traced.trace.nodes["_RETURN"]["value"]
+        logits = self._last_logits = traced.trace.nodes["_RETURN"]["value"]
         return loss / self.num_train, int((logits.argmax(-1) == y).sum())
 
     def training_loss(self, x, y, index):
-        """Negative ELBO of Eq. 14 per training example: ``(kl_scale KL - (N/M) sum_i log p(y_i | ...)) / N``."""
-        return self._negative_elbo(self.model, self.guide, self.reparam, x, y, index)
+        """Negative ELBO of Eq. 14 per training example: ``(kl_scale KL - (N/M) sum_i log p(y_i | ...)) / N``; its
+        two terms are summed over the epoch for the metrics (``nll``, ``kl``: both per training example)."""
+        loss, right = self._negative_elbo(self.model, self.guide, self.reparam, x, y, index)
+        with torch.no_grad():
+            nll = float(F.cross_entropy(self._last_logits, y))
+        self._terms[0] += nll * len(y)
+        self._terms[1] += (float(loss.detach()) - nll) * len(y)
+        self._terms[2] += len(y)
+        return loss, right
+
+    def begin_epoch(self, epoch: int) -> None:
+        self._terms = [0.0, 0.0, 0]  # NLL sum, KL sum, examples
 
     def baseline_loss(self, x, y, index):
         """The same negative ELBO for the fixed-rate super-network (its KL's entropy term is a constant)."""
@@ -181,7 +194,9 @@ class PGNAS(SearchMethod):
 
     def epoch_metrics(self) -> dict[str, Any]:
         rates = self.guide.drop_rates()
-        metrics: dict[str, Any] = {"drop_rate": {self._label(site): round(p, 5) for site, p in rates.items()}}
+        nll, kl, n = self._terms
+        metrics: dict[str, Any] = {"nll": nll / max(n, 1), "kl": kl / max(n, 1),
+                                   "drop_rate": {self._label(site): round(p, 5) for site, p in rates.items()}}
         if self.baseline_model is not None:
             metrics["baseline_val_accuracy"] = self.accuracy(self.data.val, baseline=True)
         return metrics
@@ -281,6 +296,6 @@ class PGNAS(SearchMethod):
         diagnostics.save_posterior(
             run_dir, {"keep_fraction": keep, "branch_active": active},
             coords={"layer": layers, "branch": branches}, dims=["layer", "branch"],
-            constant={"drop_rate": rates}, attrs={"method": self.name, "seed": self.config.seed})
+            constant={"drop_rate": rates}, attrs=self.posterior_attrs())
         diagnostics.plot_matrix(rates, layers, branches, "learned drop rate p (layer x branch)",
                                 run_dir / "drop_rates.png")

@@ -120,5 +120,4 @@ class RandomSearch(SearchMethod):
     def export(self, run_dir: Path) -> None:
         """The candidates' validation accuracies as one chain of draws (``val_accuracy``) in ``posterior.nc``."""
         diagnostics.save_posterior(run_dir, {"val_accuracy": np.asarray(self.candidate_accuracies())[None]},
-                                   coords={}, dims=[], attrs={"method": self.name, "seed": self.config.seed,
-                                                               "best_candidate": self.best()})
+                                   coords={}, dims=[], attrs=self.posterior_attrs(best_candidate=self.best()))

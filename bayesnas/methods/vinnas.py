@@ -270,6 +270,6 @@ class VINNAS(SearchMethod):
             run_dir, self.space, {"alpha": alpha, "op_weight": z},
             {"snr": snr, "mu_alpha": numpy(self.guide.alpha_means()),
              "sigma_alpha": numpy({g: torch.exp(0.5 * v) for g, v in self.guide.log_var_alpha.items()})},
-            attrs={"method": self.name, "seed": self.config.seed})
+            attrs=self.posterior_attrs())
         diagnostics.plot_decision_groups(self.space, snr, "positive SNR mu/sigma^2 of alpha ({group})",
                                          run_dir / "snr")
