@@ -487,13 +487,15 @@ COMMANDS = {"search": cmd_search, "train": cmd_train, "options": cmd_options, "d
 
 PYTHON_NAME = re.compile(r"`(\w+)(?:=([^`]*))?`")
 QUOTE = "'"
+FLAGS = {"enumerate_all": "--all"}
+"""Python arguments whose flag is not ``--`` + their name with dashes."""
 
 
 def as_flags(message: str) -> str:
     """A library message in the command line's terms: the Python arguments it names in backquotes become flags
     (```out``` -> ``--out``, ```resume=True``` -> ``--resume``, ```device='cuda'``` -> ``--device cuda``)."""
     def flag(match: re.Match[str]) -> str:
-        name, value = "--" + match.group(1).replace("_", "-"), match.group(2)
+        name, value = FLAGS.get(match.group(1), "--" + match.group(1).replace("_", "-")), match.group(2)
         return name if value in (None, "True") else f"{name} {value.strip(QUOTE)}"
 
     return PYTHON_NAME.sub(flag, message)

@@ -139,8 +139,8 @@ def sample_genotypes(space: DecisionSpace, n: int, seed: int) -> list[Genotype]:
 def enumerate_genotypes(space: DecisionSpace) -> list[Genotype]:
     """Every architecture the decisions span (one option per decision), distinct."""
     if space.size() > ENUMERATION_LIMIT:
-        raise ConfigError(f"the {space.name} space has {space.size():.3g} architectures; --all enumerates at most "
-                          f"{ENUMERATION_LIMIT} (sample with --n instead)")
+        raise ConfigError(f"the {space.name} space has {space.size():.3g} architectures; `enumerate_all=True` "
+                          f"enumerates at most {ENUMERATION_LIMIT} (sample `n` instead)")
     chosen: dict[str, Genotype] = {}
     for indices in itertools.product(*(range(k) for k in space.num_options())):
         genotype = space.genotype_from_indices(indices)
@@ -258,7 +258,7 @@ def build_population(spec: PopulationSpec, out: str | Path, *, n: int | None = N
     """Build (or continue) a population of ``n`` sampled genotypes (or all, ``enumerate_all``), each trained with
     ``seeds`` training seeds, into ``out``; writes ``population.csv``, ``population.md`` and the plots."""
     if enumerate_all == (n is not None):
-        raise ConfigError("give either the number of genotypes (--n) or --all")
+        raise ConfigError("give either the number of genotypes `n` or `enumerate_all=True`")
     if n is not None and n < 1 or seeds < 1:
         raise ConfigError("the population needs n >= 1 genotypes and seeds >= 1")
     folder = Path(out)

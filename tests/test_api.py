@@ -108,6 +108,7 @@ def test_train_uses_the_genotypes_data_set_and_refuses_other_shapes(tmp_path, ca
     ("`device='cuda'` was asked for", "--device cuda was asked for"),
     ("pass `data_dir` pointing at", "pass --data-dir pointing at"),
     ("`drop_path` must lie in [0, 1)", "--drop-path must lie in [0, 1)"),
+    ("`enumerate_all=True` enumerates at most 4096 (sample `n`)", "--all enumerates at most 4096 (sample --n)"),
     ("no names here: a `` pair", "no names here: a `` pair"),
 ])
 def test_the_command_line_names_its_flags(message, expected):

@@ -78,7 +78,7 @@ def test_population_refuses_other_configuration_and_foreign_folders(population, 
     with pytest.raises(ConfigError, match="not empty"):
         build_population(other, tmp_path, n=1, device="cpu", progress=False)
     assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
-    with pytest.raises(ConfigError, match="--n"):
+    with pytest.raises(ConfigError, match="number of genotypes `n` or `enumerate_all=True`"):
         build_population(other, tmp_path / "x", device="cpu", progress=False)
 
 
