@@ -1,4 +1,5 @@
-"""Command line: ``bayesnas search | train | options | diagnose | rank | bench (fashion-mnist | population | compare)``.
+"""Command line: ``bayesnas search | train | options | latency | diagnose | rank | bench`` (``bench`` has
+``fashion-mnist``, ``population`` and ``compare``).
 
 Every error a user can cause (unknown names, missing data, malformed files, a diverged loss, a bad
 checkpoint) ends with one line on stderr and a non-zero exit, and nothing already written is overwritten.
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="GDAS: use the fixed reduction cell (FRC, paper Fig. 3) instead of searching it")
     search.add_argument("--latency-ms", type=float,
                         help="PC-NAS: hard latency limit in ms on this device (sets --option latency_ms)")
+    search.add_argument("--latency-table", metavar="FILE",
+                        help="PC-NAS: a latency.json measured elsewhere, used instead of measuring here "
+                             "(sets --option latency_table)")
+    search.add_argument("--latency-proxy", choices=("time", "flops"),
+                        help="PC-NAS: the limit on measured milliseconds (time) or on millions of multiply-adds "
+                             "(flops: nothing is timed)")
     search.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP + "; default: the preset's, fp32")
     search.add_argument("--channels-last", action="store_true", default=None,
                         help="channels-last memory format for images and convolutions (GPUs)")
@@ -126,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="folder for train_summary.json (default: next to the genotype)")
     train.add_argument("--force", action="store_true", help="replace an earlier train_summary.json in that folder")
     _add_common(train, "the one the genotype was searched on")
+
+    measure = sub.add_parser(
+        "latency", formatter_class=_Formatter, help="measure a chain space's latency table into a file",
+        description="Time every (mixop, op) of the chain space that a PC-NAS search with these settings would search "
+                    "(the minimum of latency_runs passes at latency_batch_size) and write the table to --out, for "
+                    "bayesnas search --latency-table FILE on another machine or run.")
+    measure.add_argument("--out", required=True, help="the table file to write (a new file)")
+    measure.add_argument("--preset", help="named settings to start from (default: pcnas-digits)")
+    measure.add_argument("--config", help="JSON file of options applied over the preset")
+    measure.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="a PC-NAS option, e.g. latency_batch_size=16, latency_runs=20")
+    measure.add_argument("--dataset", help="the data set whose image shape the space takes (default: the preset's)")
+    measure.add_argument("--data-dir", help="folder holding the torchvision files of mnist/fashion-mnist/cifar")
+    measure.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    measure.set_defaults(method="pcnas")
 
     options = sub.add_parser("options", formatter_class=_Formatter, help="list a method's --option keys",
                              description="The keys --option KEY=VALUE accepts for METHOD (its options dataclass): "
@@ -233,8 +255,9 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     options = dict(_parse_option(o) for o in args.option)
     if getattr(args, "sample_per", None):
         options["sample_per"] = args.sample_per
-    if getattr(args, "latency_ms", None) is not None:
-        options["latency_ms"] = args.latency_ms
+    for key in ("latency_ms", "latency_table", "latency_proxy"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
     settings = {key: getattr(args, key, None) for key in
                 ("dataset", "seed", "epochs", "batch_size", "lr", "precision", "channels_last", "compile")}
     if getattr(args, "fixed_reduction", False):
@@ -286,9 +309,10 @@ def cmd_search(args: argparse.Namespace) -> int:
               f"same candidates): test accuracy {summary['baseline_test_accuracy']:.4f}, "
               f"parameters {summary['baseline_params']:,}")
     if "latency_ms" in summary:  # PC-NAS and one-shot on a space with a latency table (the chain)
-        limit = summary.get("latency_limit_ms")
-        print(f"latency {summary['latency_ms']:.3f} ms (limit: {f'{limit:g} ms' if limit else 'none'}; measured on "
-              f"{summary['latency_device']} at batch {summary['latency_batch_size']}), "
+        limit, source = summary.get("latency_limit_ms"), summary.get("latency_source", "measured")
+        unit = "M multiply-adds" if source == "flops proxy" else "ms"
+        print(f"latency {summary['latency_ms']:.3f} {unit} (limit: {f'{limit:g} {unit}' if limit else 'none'}; "
+              f"{source}, {summary['latency_device']}, batch {summary['latency_batch_size']}), "
               f"{summary['flops'] / 1e6:.2f} M multiply-adds")
     if "potentials" in summary:  # PC-NAS and one-shot on any space
         print("partial-model pool potentials per interval (Eq. 11, mean one-batch validation accuracy):")
@@ -331,6 +355,33 @@ def attribute_docs(cls: type) -> dict[str, str]:
                     and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant):
                 docs[field.target.id] = " ".join(str(doc.value.value).split())
     return docs
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    from bayesnas import latency
+    from bayesnas.data import load_dataset
+    from bayesnas.infer import resolve_device
+    from bayesnas.methods import get_method, shaped_space
+
+    config = search_config(args)
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"{out} exists; --out names a new file")
+    if (config.space_name or "chain") != "chain":
+        raise ConfigError(f"the {config.space_name} space has no latency table (only the chain has one)")
+    try:
+        o = get_method(config.method).options_type(**config.options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method {config.method!r}: {err}") from None
+    device = resolve_device(args.device)
+    data = load_dataset(config.dataset, data_dir=args.data_dir, seed=config.split_seed, fraction=config.data_fraction)
+    space = shaped_space("chain", data, config.space)
+    table = latency.measure(space, device, o.latency_batch_size, o.latency_runs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.save(out)
+    print(f"{len(table.ms)} mixops timed on {table.device} at batch {table.batch_size} ({table.source}); fastest "
+          f"architecture {table.fastest():.4g} ms -> {out}")
+    return 0
 
 
 def cmd_options(args: argparse.Namespace) -> int:
@@ -481,8 +532,8 @@ def _bench_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "train": cmd_train, "options": cmd_options, "diagnose": cmd_diagnose,
-            "rank": cmd_rank, "bench": cmd_bench}
+COMMANDS = {"search": cmd_search, "train": cmd_train, "options": cmd_options, "latency": cmd_latency,
+            "diagnose": cmd_diagnose, "rank": cmd_rank, "bench": cmd_bench}
 
 
 PYTHON_NAME = re.compile(r"`(\w+)(?:=([^`]*))?`")

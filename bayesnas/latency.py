@@ -3,17 +3,21 @@
 PC-NAS (Li et al. 2019, Sec. 3.3, 4.1) imposes a hard latency limit measured on the target GPU at batch 16.
 As in ProxylessNAS and FBNet, the latency of an architecture is the sum of a per-(decision, option) lookup
 table (decision ``i`` is mixop ``i`` of :meth:`~bayesnas.spaces.chain.ChainSpace.decisions`, its options the
-mixop's op names) plus the fixed parts (stem, first block, head, classifier): each entry is the median of a few
+mixop's op names) plus the fixed parts (stem, first block, head, classifier): each entry is the minimum of a few
 timed forward passes of that module alone, at its input shape, after warm-up runs, with CUDA synchronised
-around each timing. The table is cached as ``latency.json`` (in the run folder) and reused whenever the device,
-batch size and space configuration match, so a resumed search or a second one sees the same numbers and measures
-nothing. The multiply-accumulate count of every entry (the FLOPs proxy) is stored beside it.
+around each timing (the minimum, not the median: other work on a busy machine only ever adds time, so the
+minimum is the figure an idle machine reproduces; the table records the torch threads used). A table measured
+elsewhere can be reused (:func:`load_table_file`), and :meth:`LatencyTable.flops_proxy` replaces the times by
+millions of multiply-adds, which need no timing at all. The table is cached as ``latency.json`` (in the run
+folder) and reused whenever the device, batch size and space configuration match, so a resumed search or a second
+one sees the same numbers and measures nothing. The multiply-accumulate count of every entry (the FLOPs proxy) is
+stored beside it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -64,7 +68,8 @@ def count_macs(module: nn.Module, input_shape: Sequence[int]) -> int:
 
 
 def time_module(module: nn.Module, x: torch.Tensor, runs: int = 7, warmup: int = 2) -> float:
-    """Median wall time in milliseconds of ``module(x)`` (no grad, eval mode, CUDA synchronised)."""
+    """Minimum wall time in milliseconds of ``runs`` calls of ``module(x)`` after ``warmup`` calls (no grad, eval
+    mode, CUDA synchronised)."""
     cuda = x.device.type == "cuda"
     times = []
     with torch.no_grad():
@@ -77,7 +82,7 @@ def time_module(module: nn.Module, x: torch.Tensor, runs: int = 7, warmup: int =
                 torch.cuda.synchronize(x.device)
             if i >= warmup:
                 times.append((time.perf_counter() - tic) * 1e3)
-    return float(statistics.median(times))
+    return float(min(times))
 
 
 @dataclass
@@ -93,6 +98,8 @@ class LatencyTable:
     ms: list[dict[str, float]]
     macs: list[dict[str, int]]
     format: int = TABLE_FORMAT
+    source: str = "measured"
+    """How the table was obtained (``measured here, minimum of N runs``, ``file PATH``, ``flops proxy``)."""
 
     def latency(self, ops: Sequence[str]) -> float:
         """Latency in ms of one architecture (one op name per mixop): fixed parts plus the table's entries."""
@@ -111,6 +118,12 @@ class LatencyTable:
     def matches(self, space: ChainSpace, device: torch.device, batch_size: int) -> bool:
         return (self.format == TABLE_FORMAT and self.device == device_name(device) and self.batch_size == batch_size
                 and self.space == space.config.to_dict())
+
+    def flops_proxy(self) -> LatencyTable:
+        """This table with millions of multiply-adds in place of milliseconds (a limit is then in M MACs)."""
+        return dataclasses.replace(
+            self, device="flops proxy (millions of multiply-adds)", fixed_ms=self.fixed_macs / 1e6,
+            ms=[{op: m / 1e6 for op, m in row.items()} for row in self.macs], source="flops proxy")
 
     def matches_file(self, path: str | Path) -> bool:
         """Whether ``path`` holds this very table."""
@@ -133,27 +146,32 @@ def device_name(device: torch.device) -> str:
 
 
 def measure(space: ChainSpace, device: torch.device, batch_size: int = 16, runs: int = 7,
-            warmup: int = 2) -> LatencyTable:
-    """Time every (decision, option) of ``space`` and its fixed parts on ``device`` at ``batch_size``."""
+            warmup: int = 2, timed: bool = True) -> LatencyTable:
+    """Time every (decision, option) of ``space`` and its fixed parts on ``device`` at ``batch_size`` (with
+    ``timed=False`` only count their multiply-adds: every time is 0)."""
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # leave the caller's streams
         torch.manual_seed(0)
-        return _measure(space, device, batch_size, runs, warmup)
+        table = _measure(space, device, batch_size, runs if timed else 0, warmup if timed else 0)
+    return dataclasses.replace(table, source=f"measured here, minimum of {runs} runs" if timed else "counted")
 
 
 def _measure(space: ChainSpace, device: torch.device, batch_size: int, runs: int, warmup: int) -> LatencyTable:
+    def time_of(module: nn.Module, x: torch.Tensor) -> float:
+        return time_module(module, x, runs, warmup) if runs else 0.0
+
     net: ChainNet = space.supernet().to(device).eval()
     c = space.config
     _, shapes = layout(c)
     x = torch.randn(batch_size, c.in_channels, c.image_size, c.image_size, device=device)
     h = torch.randn(batch_size, shapes["last"], shapes["last_resolution"], shapes["last_resolution"], device=device)
     stem, head = nn.Sequential(net.stem, net.first), nn.Sequential(net.head, net.classifier)
-    fixed_ms = time_module(stem, x, runs, warmup) + time_module(head, h, runs, warmup)
+    fixed_ms = time_of(stem, x) + time_of(head, h)
     fixed_macs = count_macs(stem, x.shape[1:]) + count_macs(head, h.shape[1:])
     ms, macs = [], []
     for block, spec in zip(net.blocks, space.blocks(), strict=True):
         inputs = torch.randn(batch_size, *spec.input_shape, device=device)
-        times = {op: round(time_module(block.ops[op], inputs, runs, warmup), 5) for op in spec.ops}
+        times = {op: round(time_of(block.ops[op], inputs), 5) for op in spec.ops}
         counts = {op: count_macs(block.ops[op], spec.input_shape) for op in spec.ops}
         if spec.searchable:
             ms.append(times)
@@ -184,3 +202,19 @@ def _read(path: str | Path | None) -> LatencyTable | None:
         return LatencyTable.load(path)
     except (ValueError, TypeError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
         return None
+
+
+def load_table_file(path: str | Path, space: ChainSpace, batch_size: int) -> LatencyTable:
+    """A table measured elsewhere (another run's ``latency.json``, or ``bayesnas latency --out``), for this space
+    and batch size on any device; one-line :class:`~bayesnas.config.ConfigError` when it is not one."""
+    from bayesnas.config import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"latency table {path} not found")
+    table = _read(path)
+    if table is None or table.format != TABLE_FORMAT:
+        raise ConfigError(f"{path} is not a latency table of this version")
+    if table.space != space.config.to_dict() or table.batch_size != batch_size:
+        raise ConfigError(f"latency table {path} was measured for another space or batch size "
+                          f"(batch {table.batch_size}); measure one for this configuration")
+    return dataclasses.replace(table, source=f"file {path} ({table.source} on {table.device})")

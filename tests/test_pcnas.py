@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -324,6 +325,56 @@ def test_interrupted_search_resumes_with_its_pool(tiny_config, tmp_path):
     assert {k: resumed[k] for k in figures} == {k: full[k] for k in figures}
     losses = [r["loss"] for r in read_jsonl(tmp_path / "cut/metrics.jsonl")]
     assert losses == [r["loss"] for r in read_jsonl(tmp_path / "full/metrics.jsonl")]
+
+
+def test_timing_keeps_the_minimum_of_its_runs(monkeypatch):
+    """A busy machine only adds time: the table keeps the fastest of the timed runs, not the median."""
+    clock = iter([0.0, 0.005, 1.0, 1.001, 2.0, 2.003, 3.0, 3.009])  # (tic, toc) pairs: 5, 1, 3, 9 ms
+    monkeypatch.setattr(latency, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    assert latency.time_module(torch.nn.Identity(), torch.zeros(1), runs=4, warmup=0) == pytest.approx(1.0)
+
+
+def test_latency_command_measures_a_table_alone(tmp_path, capsys):
+    out = tmp_path / "tables" / "cpu.json"
+    space = json.dumps({"space": TINY["space"]})
+    (tmp_path / "space.json").write_text(space)
+    argv = ["latency", "--config", str(tmp_path / "space.json"), "--option", "latency_batch_size=4", "--option",
+            "latency_runs=2", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    table = latency.LatencyTable.load(out)
+    assert table.batch_size == 4 and table.source == "measured here, minimum of 2 runs" and len(table.ms) == 3
+    assert f"-> {out}" in capsys.readouterr().out
+    assert main(argv) == EXIT_ERROR and "exists" in capsys.readouterr().err  # a new file only
+    assert latency.LatencyTable.load(out) == table
+    # a search of those settings takes it as its table
+    config = preset("pcnas-digits").merged({**TINY, "options": {**TINY["options"], "latency_table": str(out)}})
+    method = get_method("pcnas")(config, load_dataset("digits", seed=0, fraction=0.4), torch.device("cpu"))
+    method.prepare(tmp_path / "run", resume=False)
+    assert method.table.ms == table.ms and method.table.source.startswith(f"file {out}")
+
+
+def test_a_table_from_elsewhere_and_the_flops_proxy(tiny_config, tmp_path, monkeypatch):
+    table = _seed_table(tiny_config, tmp_path / "elsewhere")
+    source = tmp_path / "elsewhere" / latency.LATENCY_FILE
+    monkeypatch.setattr(latency, "measure", lambda *a, **k: pytest.fail("a table given as a file is not measured"))
+    config = tiny_config.merged({"options": {"latency_ms": 4.5, "latency_table": str(source), "retrain_epochs": 0}})
+    summary = run_search(config, tmp_path / "run", progress=False)
+    assert summary["latency_source"] == f"file {source} (measured here, minimum of 1 runs on {table.device})"
+    assert summary["latency_ms"] == table.latency(summary["pool"][0]["ops"]) <= 4.5
+    assert latency.LatencyTable.load(tmp_path / "run" / latency.LATENCY_FILE).ms == table.ms  # kept with the run
+    wrong = tiny_config.merged({"options": {"latency_table": str(source), "latency_batch_size": 8}})
+    with pytest.raises(ConfigError, match="measured for another space or batch size"):
+        run_search(wrong, tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()
+
+    flops = table.flops_proxy()
+    ops = [row_ops[0] for row_ops in (list(row) for row in table.ms)]
+    assert flops.latency(ops) == pytest.approx(table.flops(ops) / 1e6) and flops.source == "flops proxy"
+    monkeypatch.undo()
+    proxy = tiny_config.merged({"options": {"latency_proxy": "flops", "retrain_epochs": 0}})
+    summary = run_search(proxy, tmp_path / "proxy", progress=False)
+    assert summary["latency_source"] == "flops proxy"
+    assert summary["latency_ms"] == pytest.approx(summary["flops"] / 1e6, abs=1e-5)  # rounded to 5 decimals
 
 
 def test_unreachable_latency_limit_fails_before_writing(tiny_config, tmp_path):

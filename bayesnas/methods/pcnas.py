@@ -80,7 +80,13 @@ class OneShotOptions:
     latency_batch_size: int = 16
     """Batch size of the latency measurement (paper: 16)."""
     latency_runs: int = 7
-    """Timed runs per lookup-table entry (the median is kept)."""
+    """Timed runs per lookup-table entry (the minimum is kept: a busy machine only adds time)."""
+    latency_table: str | None = None
+    """A ``latency.json`` measured elsewhere (another run's, or ``bayesnas latency --out``) for this space and batch
+    size, used instead of measuring here; null: measure."""
+    latency_proxy: str = "time"
+    """``time``: the lookup table's milliseconds; ``flops``: millions of multiply-adds instead (nothing is timed;
+    ``latency_ms`` is then a limit in M MACs)."""
     eval_batch_size: int = 64
     """Size of the one validation batch of a potential evaluation."""
     max_resamples: int = 100
@@ -100,6 +106,8 @@ class OneShotOptions:
                              "max_resamples and accuracy_samples must be >= 1")
         if self.latency_ms is not None and self.latency_ms <= 0:
             raise ValueError("latency_ms must be > 0")
+        if self.latency_proxy not in ("time", "flops"):
+            raise ValueError(f"latency_proxy must be 'time' or 'flops', got {self.latency_proxy!r}")
         if self.retrain_epochs < 0:
             raise ValueError("retrain_epochs must be >= 0")
 
@@ -176,9 +184,16 @@ class PCNAS(SearchMethod):
         self.run_dir = Path(run_dir)
         if not has_latency_table(self.space):
             return
-        path = self.run_dir / latency.LATENCY_FILE
-        table = latency.load_or_measure(self.space, path, self.device, self.options.latency_batch_size,
-                                        self.options.latency_runs, write=False)
+        o, path = self.options, self.run_dir / latency.LATENCY_FILE
+        if o.latency_table is not None:
+            table = latency.load_table_file(o.latency_table, self.space, o.latency_batch_size)
+        elif o.latency_proxy == "flops":
+            table = latency.measure(self.space, self.device, o.latency_batch_size, timed=False)
+        else:
+            table = latency.load_or_measure(self.space, path, self.device, o.latency_batch_size, o.latency_runs,
+                                            write=False)
+        if o.latency_proxy == "flops":
+            table = table.flops_proxy()
         table = self.world.broadcast(table)  # every rank of a distributed search uses rank 0's measurements
         self._set_table(table, fresh=not table.matches_file(path))
 
@@ -345,7 +360,7 @@ class PCNAS(SearchMethod):
         if table is not None:
             extra.update({"latency_ms": round(table.latency(self.ops(best)), 5), "latency_limit_ms": o.latency_ms,
                           "fastest_latency_ms": round(table.fastest(), 5), "latency_device": table.device,
-                          "latency_batch_size": table.batch_size})
+                          "latency_batch_size": table.batch_size, "latency_source": table.source})
             for member in extra["pool"]:
                 member["latency_ms"] = round(table.latency(member["ops"]), 5)
         if effective:
