@@ -50,9 +50,9 @@ class Run:
 
     def posterior(self) -> az.InferenceData:
         """The exported posterior (``posterior.nc``) as ArviZ ``InferenceData``."""
-        from bayesnas.diagnostics import POSTERIOR_FILE, _read_posterior
+        from bayesnas.diagnostics import POSTERIOR_FILE, read_posterior
 
-        return _read_posterior(self.path / POSTERIOR_FILE)
+        return read_posterior(self.path / POSTERIOR_FILE)
 
     def trained(self, *, device: str | torch.device = "cpu", data_dir: str | os.PathLike | None = None,
                 download: bool = False) -> SearchMethod:

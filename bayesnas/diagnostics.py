@@ -114,7 +114,7 @@ def load_runs(run_dirs: Sequence[str | os.PathLike], allow_mixed: bool = False) 
         raise DiagnosticsError(f"the same run is given more than once ({', '.join(repeated)}); each run is one chain")
     datasets, constants, configs = [], [], []
     for run in run_dirs:
-        idata = _read_posterior(Path(run) / POSTERIOR_FILE)
+        idata = read_posterior(Path(run) / POSTERIOR_FILE)
         datasets.append(idata.posterior.load())
         if "constant_data" in idata.groups():
             constants.append(idata.constant_data.load())
@@ -148,7 +148,7 @@ def load_runs(run_dirs: Sequence[str | os.PathLike], allow_mixed: bool = False) 
     return az.InferenceData(**groups)
 
 
-def _read_posterior(path: Path) -> az.InferenceData:
+def read_posterior(path: Path) -> az.InferenceData:
     """A run's ``posterior.nc``: one-line :class:`DiagnosticsError` when it is missing, empty, truncated, not
     NetCDF, or holds no ``posterior`` group."""
     if not path.exists():
