@@ -126,9 +126,10 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
     ``train_summary.json`` content (accuracies, parameters, the per-epoch history).
 
     ``dataset`` defaults to the one the genotype was searched on; ``out`` (default: the genotype file's folder,
-    or nothing written for a :class:`Genotype` object) receives ``train_summary.json``, which an earlier result
-    there is replaced only with ``force=True``."""
+    or nothing written for a :class:`Genotype` object) receives ``train_summary.json`` (an earlier one is replaced
+    only with ``force=True``) and a drawing of the architecture, ``architecture.png``."""
     from bayesnas.data import load_dataset
+    from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
     from bayesnas.infer import resolve_device
     from bayesnas.io import check_writable, write_json
     from bayesnas.precision import resolve_precision
@@ -183,4 +184,5 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
               "history": history}
     if out is not None:
         write_json(out / "train_summary.json", result)
+        draw_genotype(genotype, out / ARCHITECTURE_FILE)
     return result

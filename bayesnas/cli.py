@@ -1,4 +1,4 @@
-"""Command line: ``bayesnas search | train | options | latency | diagnose | rank | bench`` (``bench`` has
+"""Command line: ``bayesnas search | train | draw | options | latency | diagnose | rank | bench`` (``bench`` has
 ``fashion-mnist``, ``population`` and ``compare``).
 
 Every error a user can cause (unknown names, missing data, malformed files, a diverged loss, a bad
@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="folder for train_summary.json (default: next to the genotype)")
     train.add_argument("--force", action="store_true", help="replace an earlier train_summary.json in that folder")
     _add_common(train, "the one the genotype was searched on")
+
+    draw = sub.add_parser("draw", formatter_class=_Formatter, help="draw a genotype's architecture",
+                          description="Draw GENOTYPE.json's architecture into a PNG: cells as graphs (inputs, "
+                                      "states, an op per edge, output), the chain as its layer sequence, branches "
+                                      "as the channels each branch keeps (matplotlib only).")
+    draw.add_argument("genotype", help="genotype JSON file (e.g. a run folder's genotype.json)")
+    draw.add_argument("--out", help="the PNG to write (default: architecture.png beside the genotype)")
 
     measure = sub.add_parser(
         "latency", formatter_class=_Formatter, help="measure a chain space's latency table into a file",
@@ -320,7 +327,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             over = f", {interval['infeasible']} over the limit" if interval["infeasible"] else ""
             print(f"  interval {interval['interval']} (decision {interval['decision']}, {interval['candidates']} "
                   f"candidates{over}): " + "  ".join(f"{p:.3f}" for p in interval["potentials"]))
-    files = ["summary.json", "genotype.json", "posterior.nc", "training.png"]
+    files = ["summary.json", "genotype.json", "architecture.png", "posterior.nc", "training.png"]
     files += [p.name for p in sorted(out.glob("*.png")) if p.name not in files]
     print(f"run folder: {out}  ({', '.join(files)})")
     return 0
@@ -355,6 +362,16 @@ def attribute_docs(cls: type) -> dict[str, str]:
                     and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant):
                 docs[field.target.id] = " ".join(str(doc.value.value).split())
     return docs
+
+
+def cmd_draw(args: argparse.Namespace) -> int:
+    from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
+    from bayesnas.spaces import load_genotype
+
+    genotype = load_genotype(args.genotype)
+    path = draw_genotype(genotype, Path(args.out) if args.out else Path(args.genotype).parent / ARCHITECTURE_FILE)
+    print(f"drew {args.genotype} ({genotype.space}) -> {path}")
+    return 0
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
@@ -532,8 +549,8 @@ def _bench_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "train": cmd_train, "options": cmd_options, "latency": cmd_latency,
-            "diagnose": cmd_diagnose, "rank": cmd_rank, "bench": cmd_bench}
+COMMANDS = {"search": cmd_search, "train": cmd_train, "draw": cmd_draw, "options": cmd_options,
+            "latency": cmd_latency, "diagnose": cmd_diagnose, "rank": cmd_rank, "bench": cmd_bench}
 
 
 PYTHON_NAME = re.compile(r"`(\w+)(?:=([^`]*))?`")

@@ -188,14 +188,20 @@ def summary(idata: az.InferenceData) -> Any:
 
 
 def plot_matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: Path) -> None:
-    fig = Figure(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.45 * len(rows)))
+    """A heatmap with every value written in its cell. The colour scale spans the values' own range (op
+    probabilities near uniform differ in the third decimal), and column names are turned to stay legible."""
+    values = np.asarray(values, dtype=float)
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    high = high if high > low else low + 1e-6
+    fig = Figure(figsize=(1.6 + 0.75 * len(cols), 1.6 + 0.4 * len(rows)))
     ax = fig.subplots()
-    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(float(np.nanmax(values)), 1e-6), aspect="auto")
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_yticks(range(len(rows)), rows)
+    image = ax.imshow(values, cmap="viridis", vmin=low, vmax=high, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    digits = 3 if high - low < 0.05 else 2
     for (i, j), v in np.ndenumerate(values):
-        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < np.nanmax(values) / 2 else "k",
-                fontsize=8)
+        ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", color="w" if v < (low + high) / 2 else "k",
+                fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax)
     save_figure(fig, path)

@@ -29,6 +29,7 @@ from bayesnas import diagnostics
 from bayesnas.config import SearchConfig
 from bayesnas.data import DataBundle, Split, load_dataset
 from bayesnas.distributed import SINGLE, World, synchronise_batchnorm, world_of
+from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
 from bayesnas.io import atomic_write, orphaned_temporaries, read_jsonl, write_json, write_jsonl
 from bayesnas.latency import LATENCY_FILE
 from bayesnas.methods import Phase, SearchMethod, get_method
@@ -451,7 +452,9 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
     selection = method.select(progress)
     select_seconds = time.perf_counter() - tic
     if method.world.is_main:
-        replace(selection.genotype, dataset=method.config.dataset).save(run_dir / "genotype.json")
+        genotype = replace(selection.genotype, dataset=method.config.dataset)
+        genotype.save(run_dir / "genotype.json")
+        draw_genotype(genotype, run_dir / ARCHITECTURE_FILE)
         method.export(run_dir)
         diagnostics.plot_training(run_dir)
     config = method.config

@@ -94,6 +94,7 @@ def test_train_uses_the_genotypes_data_set_and_refuses_other_shapes(tmp_path, ca
     Genotype(genotype.space, genotype.config, genotype.choices, "digits").save(recorded)
     assert main(["train", str(recorded), "--epochs", "1", "--no-progress"]) == 0
     assert json.loads((recorded.parent / "train_summary.json").read_text())["dataset"] == "digits"
+    assert (recorded.parent / "architecture.png").exists()  # a drawing beside the result
     fashion = tmp_path / "fashion.json"
     Genotype(genotype.space, {**genotype.config, "image_size": 28}, genotype.choices,
                    "fashion-mnist").save(fashion)

@@ -228,7 +228,7 @@ def test_search_learns_and_writes_a_complete_run_folder(tiny_config, tmp_path):
                          progress=False)
     run = tmp_path / "run"
     for name in ("config.json", "checkpoint.pt", "metrics.jsonl", "genotype.json", "summary.json",
-                 "posterior.nc", "training.png", "drop_rates.png"):
+                 "posterior.nc", "training.png", "drop_rates.png", "architecture.png"):
         assert (run / name).exists(), name
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [0, 1, 2]
