@@ -40,6 +40,7 @@ def save_posterior(run_dir: Path, draws: dict[str, np.ndarray], coords: dict[str
     constant = constant or {}
     idata = az.from_dict(posterior=draws, constant_data=constant or None, coords=coords,
                          dims={name: dims for name in [*draws, *constant]}, attrs=attrs or {})
+    idata.posterior.attrs.update(attrs or {})  # from_dict puts them on one group only
     path = Path(run_dir) / POSTERIOR_FILE
     tmp = path.with_name(f".{path.name}.tmp")
     idata.to_netcdf(str(tmp))

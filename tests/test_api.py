@@ -60,7 +60,10 @@ def test_search_load_run_and_train_from_python(tmp_path, one_thread):
     assert again.summary == run.summary and again.genotype == run.genotype and again.config == run.config
     metrics = again.metrics()
     assert list(metrics["epoch"]) == [0, 1] and "val_accuracy" in metrics.columns
-    assert "posterior" in again.posterior().groups()
+    posterior = again.posterior()
+    assert "posterior" in posterior.groups()
+    assert {k: posterior.posterior.attrs[k] for k in ("method", "seed", "dataset", "data_seed")} == {
+        "method": "gdas", "seed": 0, "dataset": "digits", "data_seed": 0}
     modules = again.trained(device="cpu").modules()
     saved = torch.load(out / "checkpoint.pt", weights_only=True)["modules"]
     assert set(modules) == set(saved) == {"model", "guide"}

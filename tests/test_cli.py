@@ -1,6 +1,7 @@
 """The command line: help texts, bad inputs (one line, non-zero exit, nothing overwritten), train, diagnose."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -151,6 +152,8 @@ def test_search_train_diagnose_round_trip(tmp_path, capsys):
         runs.append(str(run))
     out = capsys.readouterr().out
     assert "chosen architecture" in out and "test accuracy" in out and "run folder" in out
+    assert "(the selection's own split: optimistic)" in out and "(unbiased)" in out
+    assert re.search(r"^search [\d.]+ s, selection [\d.]+ s$", out, re.MULTILINE)
     before = (tmp_path / "run0/summary.json").read_bytes()
     # a second search into the same folder is refused and leaves it untouched
     assert main(["search", "--config", _tiny_config_file(tmp_path), "--out", runs[0], "--no-progress"]) \
