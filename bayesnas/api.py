@@ -60,16 +60,12 @@ class Run:
         ``checkpoint.pt`` in eval mode, on the run's data split; e.g. ``run.trained().networks()``."""
         import pyro
 
-        from bayesnas.data import load_dataset
-        from bayesnas.infer import load_trained, resolve_device
+        from bayesnas.infer import config_data, load_trained, resolve_device
 
-        c = self.config
         device = resolve_device(device)
-        data = load_dataset(c.dataset, data_dir=data_dir, download=download, seed=c.split_seed,
-                            val_fraction=c.val_fraction, test_fraction=c.test_fraction,
-                            fraction=c.data_fraction).to(device)
+        data = config_data(self.config, device, data_dir, download)
         with pyro.settings.context(module_local_params=True):
-            return load_trained(c, self.path, data, device)
+            return load_trained(self.config, self.path, data, device)
 
 
 def load_run(path: str | os.PathLike) -> Run:

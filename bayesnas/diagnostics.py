@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from bayesnas.io import atomic_write, read_jsonl
+from bayesnas.io import atomic_write, flat_figures, read_jsonl
 
 if TYPE_CHECKING:
     from bayesnas.spaces.decisions import DecisionSpace
@@ -90,16 +90,7 @@ def plot_decision_groups(space: DecisionSpace, values: Mapping[str, np.ndarray],
 def run_configs_differ(configs: Sequence[Mapping[str, Any]]) -> list[str]:
     """The configuration keys (``space.x`` and ``options.x`` for nested ones) on which runs differ, the seed
     aside."""
-    def flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in config.items():
-            if isinstance(value, Mapping):
-                out.update(flat(value, f"{prefix}{key}."))
-            elif f"{prefix}{key}" != "seed":
-                out[f"{prefix}{key}"] = value
-        return out
-
-    flats = [flat(c) for c in configs]
+    flats = [{k: v for k, v in flat_figures(c).items() if k != "seed"} for c in configs]
     keys = sorted({k for f in flats for k in f})
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
 

@@ -30,7 +30,7 @@ from bayesnas.config import SearchConfig
 from bayesnas.data import DataBundle, Split, load_dataset
 from bayesnas.distributed import SINGLE, World, synchronise_batchnorm, world_of
 from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
-from bayesnas.io import atomic_write, orphaned_temporaries, read_jsonl, write_json, write_jsonl
+from bayesnas.io import atomic_write, flat_figures, orphaned_temporaries, read_jsonl, write_json, write_jsonl
 from bayesnas.latency import LATENCY_FILE
 from bayesnas.methods import Phase, SearchMethod, get_method
 from bayesnas.precision import channels_last, precision_context
@@ -217,6 +217,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def config_data(config: SearchConfig, device: torch.device, data_dir: str | os.PathLike | None = None,
+                download: bool = False) -> DataBundle:
+    """The data split ``config`` searches on (its data set, fractions and split seed), on ``device``."""
+    return load_dataset(config.dataset, data_dir=data_dir, download=download, seed=config.split_seed,
+                        val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                        fraction=config.data_fraction).to(device)
+
+
 def load_trained(config: SearchConfig, run_dir: str | Path, data: DataBundle, device: torch.device) -> SearchMethod:
     """The method of a finished search with its trained modules restored from the run's checkpoint, in eval mode
     (``bayesnas rank`` and ``bayesnas bench compare`` evaluate architectures with its super-network)."""
@@ -248,9 +256,7 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
                 data_dir: str | Path | None, download: bool, progress: bool,
                 on_step: Callable[[StepEvent], None] | None) -> dict[str, Any]:
     method_cls = get_method(config.method)  # unknown names fail before anything is written
-    data = load_dataset(config.dataset, data_dir=data_dir, download=download, seed=config.split_seed,
-                        val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                        fraction=config.data_fraction).to(device)
+    data = config_data(config, device, data_dir, download)
     pyro.set_rng_seed(config.seed)
     method = method_cls(config, data, device)  # validates options and space before anything is written
     method.world = world
@@ -361,18 +367,6 @@ def non_finite_tensor(modules: dict[str, nn.Module]) -> str | None:
             if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 return f"{name}.{key}"
     return None
-
-
-def flat_figures(figures: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``figures`` with nested dictionaries spread into ``outer.inner`` keys, so that every ``metrics.jsonl`` row is
-    one flat record (``pandas.read_json(path, lines=True)`` is a table of scalar and list columns)."""
-    flat: dict[str, Any] = {}
-    for key, value in figures.items():
-        if isinstance(value, dict):
-            flat.update(flat_figures(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def non_finite_figure(row: Any, prefix: str = "") -> str | None:

@@ -6,7 +6,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,3 +74,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def flat_figures(figures: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``figures`` with nested dictionaries spread into ``outer.inner`` keys, so that every ``metrics.jsonl`` row is
+    one flat record (``pandas.read_json(path, lines=True)`` is a table of scalar and list columns)."""
+    flat: dict[str, Any] = {}
+    for key, value in figures.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_figures(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -38,10 +38,10 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from bayesnas.config import ConfigError, SearchConfig, on_space, preset
-from bayesnas.data import DataBundle, load_dataset
+from bayesnas.data import DataBundle
 from bayesnas.diagnostics import save_figure
 from bayesnas.distributed import World, world_of
-from bayesnas.infer import resolve_device
+from bayesnas.infer import config_data, resolve_device
 from bayesnas.io import atomic_write_text, read_jsonl, write_json, write_jsonl
 from bayesnas.methods import shaped_space
 from bayesnas.methods.pcnas import search_recipe
@@ -220,10 +220,7 @@ def _pin(folder: Path, spec: PopulationSpec) -> None:
 
 def load_population_data(spec: PopulationSpec, device: torch.device, data_dir: str | Path | None = None,
                          download: bool = False) -> DataBundle:
-    c = spec.config
-    return load_dataset(c.dataset, data_dir=data_dir, download=download, seed=c.split_seed,
-                        val_fraction=c.val_fraction, test_fraction=c.test_fraction,
-                        fraction=c.data_fraction).to(device)
+    return config_data(spec.config, device, data_dir, download)
 
 
 def add_members(folder: Path, spec: PopulationSpec, genotypes: Sequence[Genotype], seeds: int, data: DataBundle,

@@ -24,9 +24,8 @@ import torch
 from tqdm import tqdm
 
 from bayesnas.config import ConfigError, SearchConfig
-from bayesnas.data import load_dataset
 from bayesnas.distributed import World, world_of
-from bayesnas.infer import load_trained, resolve_device, run_search
+from bayesnas.infer import config_data, load_trained, resolve_device, run_search
 from bayesnas.io import write_json
 from bayesnas.methods.pcnas import PCNAS, OneShotOptions, search_recipe
 from bayesnas.training import accuracy, train_network
@@ -116,9 +115,7 @@ def _rank(config: SearchConfig, out: Path, num_archs: int, train_epochs: int, po
             continue
         summaries[name] = run_search(cfg, run_dir, device=device, resume=(run_dir / "config.json").exists(),
                                      data_dir=data_dir, download=download, progress=progress)
-    data = load_dataset(config.dataset, data_dir=data_dir, download=download, seed=config.split_seed,
-                        val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                        fraction=config.data_fraction).to(device)
+    data = config_data(config, device, data_dir, download)
     methods = {name: load_trained(cfg, out / name, data, device) for name, cfg in configs.items()}
     archs = sample_architectures(methods["pcnas"], num_archs, population, config.seed)
     recipe = search_recipe(config, train_epochs)
