@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "search": "bayesnas.api", "load_run": "bayesnas.api", "train": "bayesnas.api", "Run": "bayesnas.api",
+    "predict": "bayesnas.api",
     "SearchConfig": "bayesnas.config", "ConfigError": "bayesnas.config", "build_config": "bayesnas.config",
     "preset": "bayesnas.config", "PRESETS": "bayesnas.config", "METHOD_SPACES": "bayesnas.config",
     "Genotype": "bayesnas.spaces", "GenotypeError": "bayesnas.spaces", "load_genotype": "bayesnas.spaces",

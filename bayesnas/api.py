@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bayesnas.config import ConfigError, SearchConfig, build_config
+from bayesnas.domains import domain_of
 from bayesnas.spaces.genotype import Genotype, load_genotype
 
 if TYPE_CHECKING:
@@ -112,6 +113,59 @@ def search(config: SearchConfig | dict[str, Any] | str | os.PathLike | None = No
     return load_run(out)
 
 
+PREDICT_FILE = "predict_{split}.json"
+
+
+def predict(run: Run | str | os.PathLike, *, samples: int = 32, split: str = "test", seed: int = 0,
+            out: str | os.PathLike | None = None, device: str = "cpu", data_dir: str | os.PathLike | None = None,
+            download: bool = False) -> dict[str, Any]:
+    """Bayesian model averaging over ``samples`` networks drawn from a finished run's trained posterior or
+    proposal (:mod:`bayesnas.predictive`) against the single selected architecture, on the run's ``split``
+    (``val`` or ``test``); returns and writes ``predict_<split>.json``, ``reliability_<split>.png`` and
+    ``samples_<split>.png`` into ``out`` (default: the run folder).
+
+    Scores (:mod:`bayesnas.calibration`: accuracy, NLL, Brier, ECE with 15 bins) of: ``bma``; ``inherited``, the
+    selected genotype with the super-network's weights (VINNAS: its posterior-mean network); ``retrained``, the
+    selected network as the search retrained it (``selected.pt``), where it did. ``curve``: BMA's scores for
+    S = 1, 2, 4, ..., ``samples``. Draws are seeded by ``seed``."""
+    import pyro
+    import torch
+
+    from bayesnas.diagnostics import save_figure
+    from bayesnas.infer import SELECTED_WEIGHTS, config_data, load_trained, resolve_device
+    from bayesnas.io import check_writable, write_json
+    from bayesnas.predictive import SPLITS, plot_reliability, plot_sample_curve, predict_method
+
+    run = run if isinstance(run, Run) else load_run(run)
+    if split not in SPLITS:
+        raise ConfigError(f"`split` must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ConfigError(f"`samples` must be an integer >= 1, got {samples!r}")
+    if not run.finished or run.genotype is None:
+        raise ConfigError(f"{run.path} is not a finished search (no summary.json): nothing to predict with")
+    folder = Path(out) if out is not None else run.path
+    check_writable(folder)
+    device = resolve_device(device)
+    data = config_data(run.config, device, data_dir, download)
+    with pyro.settings.context(module_local_params=True):
+        method = load_trained(run.config, run.path, data, device)
+        single = {"inherited": method.inherited_network(run.genotype), "retrained": None}
+        weights = run.path / SELECTED_WEIGHTS
+        if weights.exists():
+            net = method.space.build(run.genotype, **method.retrain_build_options()).to(device)
+            net.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+            single["retrained"] = net.eval()
+        pyro.set_rng_seed(seed)
+        result = predict_method(method, getattr(data, split), samples, single)
+    result = {"run": str(run.path), "method": run.config.method, "split": split, "samples": samples, "seed": seed,
+              **result}
+    title = f"{run.config.method}, {split}"
+    write_json(folder / PREDICT_FILE.format(split=split), result)
+    save_figure(plot_reliability(result, title), folder / f"reliability_{split}.png")
+    save_figure(plot_sample_curve(result, title), folder / f"samples_{split}.png")
+    return result
+
+
 def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None, out: str | os.PathLike | None = None,
           force: bool = False, epochs: int = 30, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 3e-4,
           cutout: int = 0, auxiliary: float = 0.0, drop_path: float = 0.0, precision: str = "fp32",
@@ -137,8 +191,9 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
         raise ConfigError("`epochs` must be >= 1")
     if not 0 <= drop_path < 1:
         raise ConfigError("`drop_path` must lie in [0, 1)")
-    if not 0 <= seed < 2**32:
-        raise ConfigError("`seed` must lie in [0, 2**32 - 1]")
+    seeds = domain_of(SearchConfig, "seed")
+    if seeds is not None and seed not in seeds:
+        raise ConfigError(f"`seed` must be {seeds.describe()}, got {seed!r}")
     try:
         recipe = TrainRecipe(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, cutout=cutout,
                              aux_weight=auxiliary, precision=precision, channels_last=channels_last)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from bayesnas.api import predict
 from bayesnas.config import ConfigError, SearchConfig
 from bayesnas.data import load_dataset
 from bayesnas.infer import resolve_device, run_search
@@ -38,6 +39,8 @@ from bayesnas.spaces.profile import count_params
 from bayesnas.training import TrainRecipe, retrain
 
 RANDOM = "random"
+BMA_SAMPLES = 16
+"""Networks drawn from each search's posterior for the BMA columns."""
 """The random-search baseline's row name."""
 FIXED_RATE = "pgnas-fixed-rate"
 """The row of PGNAS's fixed-rate baseline: the pick of the super-network trained with one hand-set drop rate
@@ -162,6 +165,10 @@ class JobResult:
     extra: dict[str, Any] = field(default_factory=dict)
     """Figures of the search's own ``summary.json`` (on its fraction of the data: the super-network's accuracy, or
     PGNAS's selected pair's with the weights it inherits, no retraining), for reference."""
+    posterior: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Test scores (accuracy, NLL, Brier, ECE) with the search's super-network weights: ``bma``, the average over
+    :data:`BMA_SAMPLES` networks drawn from its posterior, and ``inherited``, the selected architecture
+    (:func:`bayesnas.api.predict`); empty for random search."""
 
 
 def get_budget(dataset: str, name: str) -> Budget:
@@ -243,7 +250,12 @@ def _run_job(budget: Budget, method: str, seed: int, job: Path, data: Any, devic
             genotype = load_genotype(run_dir / search["genotype"])
         inherited = {k: search[k] for k in ("test_accuracy", "log10_effective_architectures_last", "params",
                                             "pruned_fraction") if k in search}
-        done = _retrain(method, seed, genotype, data, budget, search, inherited, job / "retrain.json", progress)
+        posterior = {}
+        if method != RANDOM:
+            scores = predict(run_dir, samples=BMA_SAMPLES, split="test", device=device, data_dir=data_dir)
+            posterior = {k: scores[k] for k in ("bma", "inherited")}
+        done = _retrain(method, seed, genotype, data, budget, search, inherited, job / "retrain.json", progress,
+                        posterior)
     results = [JobResult(**done)]
     if method == "pgnas":
         fixed = _read_json(job / "retrain-fixed-rate.json")
@@ -260,7 +272,8 @@ def _run_job(budget: Budget, method: str, seed: int, job: Path, data: Any, devic
 
 
 def _retrain(row: str, seed: int, genotype: Genotype, data: Any, budget: Budget, search: dict[str, Any],
-             inherited: dict[str, Any], path: Path, progress: bool) -> dict[str, Any]:
+             inherited: dict[str, Any], path: Path, progress: bool,
+             posterior: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """Retrain ``genotype`` from scratch under the budget's recipe; write and return the job result."""
     space = get_space(genotype.space, genotype.config)
     tic = time.perf_counter()
@@ -270,7 +283,7 @@ def _retrain(row: str, seed: int, genotype: Genotype, data: Any, budget: Budget,
         retrain_seconds=round(time.perf_counter() - tic, 2),
         search_seconds=round(search.get("search_seconds", 0.0) + search.get("select_seconds", 0.0), 2),
         supernet_params=search.get("supernet_params"), pruned_params=search.get("pruned_params"),
-        genotype=_summarise(genotype), extra=inherited)
+        genotype=_summarise(genotype), extra=inherited, posterior=posterior or {})
     write_json(path, asdict(result))
     return asdict(result)
 
@@ -291,7 +304,11 @@ def _summarise(genotype: Genotype) -> str:
 # --------------------------------------------------------------------------------------------- tables
 
 COLUMNS = ("method", "space", "seeds", "search_epochs", "test_acc_mean", "test_acc_sd", "test_acc_best", "params",
-           "supernet_params", "pruned_params", "search_min", "retrain_min", "device")
+           "supernet_params", "pruned_params", "search_min", "retrain_min", "bma_acc", "bma_nll", "bma_ece",
+           "inherited_acc", "inherited_nll", "inherited_ece", "device")
+POSTERIOR_COLUMNS = {f"{who}_{short}": (who, key) for who in ("bma", "inherited")
+                     for short, key in (("acc", "accuracy"), ("nll", "nll"), ("ece", "ece"))}
+"""Table columns of :attr:`JobResult.posterior`: means over the seeds that have them."""
 
 
 def table_rows(results: list[JobResult], budget: Budget, device: str) -> list[dict[str, Any]]:
@@ -312,7 +329,10 @@ def table_rows(results: list[JobResult], budget: Budget, device: str) -> list[di
             "pruned_params": (round(statistics.fmean(r.pruned_params for r in runs))
                               if all(r.pruned_params is not None for r in runs) else None),
             "search_min": statistics.fmean(r.search_seconds for r in runs) / 60,
-            "retrain_min": statistics.fmean(r.retrain_seconds for r in runs) / 60, "device": device,
+            "retrain_min": statistics.fmean(r.retrain_seconds for r in runs) / 60,
+            **{column: (statistics.fmean(r.posterior[who][key] for r in runs) if all(r.posterior for r in runs)
+                        else None) for column, (who, key) in POSTERIOR_COLUMNS.items()},
+            "device": device,
         })
     return rows
 
@@ -355,6 +375,12 @@ def plot_accuracy_vs_params(results: list[JobResult], budget: Budget, path: Path
     save_figure(fig, path)
 
 
+def _posterior_cell(row: dict[str, Any], who: str) -> str:
+    if row[f"{who}_acc"] is None:
+        return "-"
+    return f"{100 * row[f'{who}_acc']:.2f} / {row[f'{who}_nll']:.3f} / {row[f'{who}_ece']:.3f}"
+
+
 def render_markdown(rows: list[dict[str, Any]], budget: Budget, results: list[JobResult]) -> str:
     r = budget.recipe
     lines = [
@@ -368,8 +394,9 @@ def render_markdown(rows: list[dict[str, Any]], budget: Budget, results: list[Jo
         f"flip {r.flip}, cell networks with C = {budget.cells['eval_channels']}. Test set: the official one.",
         "",
         "| method | space | search epochs | test acc. mean +- sd (%) | best (%) | params "
-        "| pruned params (super-network) | search min/seed | retrain min/seed | device |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| pruned params (super-network) | search min/seed | retrain min/seed "
+        "| BMA acc. (%) / NLL / ECE | inherited acc. (%) / NLL / ECE | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         pruned = "" if row["supernet_params"] is None else (
@@ -379,7 +406,8 @@ def render_markdown(rows: list[dict[str, Any]], budget: Budget, results: list[Jo
             f"| {row['method']} | {row['space']} | {row['search_epochs'] or '-'} "
             f"| {100 * row['test_acc_mean']:.2f} +- {100 * row['test_acc_sd']:.2f} "
             f"| {100 * row['test_acc_best']:.2f} | {row['params']:,} | {pruned} | {row['search_min']:.1f} "
-            f"| {row['retrain_min']:.1f} | {row['device']} |")
+            f"| {row['retrain_min']:.1f} | {_posterior_cell(row, 'bma')} | {_posterior_cell(row, 'inherited')} "
+            f"| {row['device']} |")
     pgnas = [res for res in results if res.method in ("pgnas", FIXED_RATE)]
     if any(res.method == FIXED_RATE for res in pgnas):
         lines += ["", f"`{FIXED_RATE}`: PGNAS's \"Random\" baseline (Table 3): a second super-network of the same "
@@ -390,6 +418,11 @@ def render_markdown(rows: list[dict[str, Any]], budget: Budget, results: list[Jo
                   "retraining, the search's data):", ""]
         lines += [f"- {res.method} seed {res.seed}: {100 * res.extra['test_accuracy']:.2f} %, "
                   f"{res.extra['params']:,} parameters" for res in pgnas if "test_accuracy" in res.extra]
+    if any(row["bma_acc"] is not None for row in rows):
+        lines += ["", f"BMA: predictions averaged over {BMA_SAMPLES} networks drawn from each search's posterior "
+                  "(or proposal) with its super-network's weights; inherited: the selected architecture with the same "
+                  "weights (VINNAS: its posterior-mean network); both on the official test set, means over seeds "
+                  "(`bayesnas predict`)."]
     lines += ["", "Architectures found (per seed):", ""]
     lines += [f"- {res.method} seed {res.seed} ({100 * res.test_accuracy:.2f} %): {res.genotype}" for res in results]
     return "\n".join(lines) + "\n"

@@ -29,6 +29,7 @@ from bayesnas.config import (
     build_config,
     load_config_file,
 )
+from bayesnas.domains import domain_text
 
 EXIT_ERROR = 2
 PRECISION_HELP = ("bf16: autocast the network to bfloat16 (KL terms and loss stay fp32); auto: bf16 where the device "
@@ -47,13 +48,18 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return super()._get_help_string(action)
 
 
+def _domain(name: str) -> str:
+    """The declared domain of :class:`SearchConfig` field ``name`` (``>= 1``), for help texts."""
+    return str(domain_text(SearchConfig, name))
+
+
 def _add_common(p: argparse.ArgumentParser, dataset_default: str = "the preset's") -> None:
     p.add_argument("--dataset", help="digits (embedded), mnist, fashion-mnist, cifar10 or cifar100 "
                    f"(default: {dataset_default})")
     p.add_argument("--data-dir", help="folder holding the torchvision files of mnist/fashion-mnist/cifar")
     p.add_argument("--download", action="store_true", help="let torchvision download missing files")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, help="random seed of splits, initialisation and sampling "
+    p.add_argument("--seed", type=int, help=f"random seed of splits, initialisation and sampling, {_domain('seed')} "
                    "(default: the preset's, 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -86,11 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"named settings to start from (default: {DEFAULT_PRESET}, or <method>-digits)")
     search.add_argument("--config", help="JSON file of options applied over the preset "
                         "(keys of SearchConfig; 'space' and 'options' objects merge key by key)")
-    search.add_argument("--epochs", type=int, help="search epochs (default: the preset's)")
-    search.add_argument("--batch-size", type=int, help="mini-batch size (default: the preset's)")
-    search.add_argument("--lr", type=float, help="learning rate of the weights (SGD with momentum; VINNAS: Adam, as "
-                        "in its paper); architecture parameters have their own option (bayesnas options METHOD) "
-                        "(default: the preset's)")
+    search.add_argument("--epochs", type=int, help=f"search epochs, {_domain('epochs')} (default: the preset's)")
+    search.add_argument("--batch-size", type=int,
+                        help=f"mini-batch size, {_domain('batch_size')} (default: the preset's)")
+    search.add_argument("--lr", type=float, help=f"learning rate of the weights, {_domain('lr')} (SGD with momentum; "
+                        "VINNAS: Adam, as in its paper); architecture parameters have their own option (bayesnas "
+                        "options METHOD) (default: the preset's)")
     search.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a method option, VALUE in JSON (e.g. --option num_candidates=200)")
     search.add_argument("--out", help="run folder (default: runs/<preset>-seed<seed>-<time>)")
@@ -171,6 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: runs/diagnose-<time>)")
     diagnose.add_argument("--allow-mixed", action="store_true",
                           help="compare runs whose configurations differ in more than the seed")
+    diagnose.add_argument("--compare", action="store_true",
+                          help="instead of chains: az.compare the runs (any methods or settings on one data split) by "
+                               "PSIS-LOO over their stored validation log-likelihoods; writes compare.csv/.png")
+
+    predict = sub.add_parser(
+        "predict", formatter_class=_Formatter, help="average predictions over a run's posterior",
+        description="Bayesian model averaging: draw --samples networks from a finished run's trained posterior or "
+                    "proposal (with the super-network's weights), average their predictive probabilities and score "
+                    "them against the single selected architecture (inherited weights; retrained, where the search "
+                    "retrained it): accuracy, NLL, Brier score, ECE (15 bins), and BMA's scores as a function of "
+                    "the number of draws. Writes predict_<split>.json, reliability_<split>.png and "
+                    "samples_<split>.png.")
+    predict.add_argument("run", help="a finished run folder")
+    predict.add_argument("--samples", type=int, default=32, help="networks drawn and averaged, >= 1")
+    predict.add_argument("--split", choices=("val", "test"), default="test", help="the run's split to score on")
+    predict.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    predict.add_argument("--out", help="folder for the files (default: the run folder)")
+    predict.add_argument("--data-dir", help="folder holding the torchvision files of mnist/fashion-mnist/cifar")
+    predict.add_argument("--download", action="store_true", help="let torchvision download missing files")
+    predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     rank = sub.add_parser(
         "rank", formatter_class=_Formatter, help="ranking correlation of one-shot and PC-NAS super-networks",
         description="Train a uniform one-shot and a PC-NAS super-network on the same data and budget (into "
@@ -414,9 +441,47 @@ def cmd_options(args: argparse.Namespace) -> int:
     for field in dataclasses.fields(options_type):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         in_preset = f"; {name}: {json.dumps(preset_values[field.name])}" if field.name in preset_values else ""
-        print(f"  {field.name} ({field.type}, default {json.dumps(default)}{in_preset})")
+        domain = f", {domain_text(options_type, field.name)}" if "domain" in field.metadata else ""
+        print(f"  {field.name} ({field.type}{domain}, default {json.dumps(default)}{in_preset})")
         if field.name in docs:
             print(f"      {docs[field.name]}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from bayesnas.api import predict
+
+    result = predict(args.run, samples=args.samples, split=args.split, seed=args.seed, out=args.out,
+                     device=args.device, data_dir=args.data_dir, download=args.download)
+    print(f"{result['method']} on {args.split}, {args.samples} draws (seed {args.seed}):")
+    for name in ("bma", "inherited", "retrained"):
+        if name in result:
+            r = result[name]
+            print(f"  {name:<10} accuracy {r['accuracy']:.4f}  NLL {r['nll']:.4f}  Brier {r['brier']:.4f}  "
+                  f"ECE {r['ece']:.4f}")
+    print(f"written to {args.out or args.run}: predict_{args.split}.json, reliability_{args.split}.png, "
+          f"samples_{args.split}.png")
+    return 0
+
+
+def _compare(args: argparse.Namespace, out: Path) -> int:
+    import arviz as az
+    import pandas as pd
+
+    from bayesnas import diagnostics
+    from bayesnas.io import write_json
+
+    table, labels = diagnostics.compare_runs(args.runs)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "compare.csv")
+    write_json(out / "runs.json", labels)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table)
+    print("elpd_loo: PSIS-LOO expected log predictive density of the validation examples under each run's "
+          "posterior (higher is better)" + ("; warning=True: some examples' Pareto k exceeds 0.7, so their "
+                                           "LOO estimate is unreliable" if table["warning"].any() else ""))
+    diagnostics.save_figure(az.plot_compare(table).figure, out / "compare.png")
+    print(f"written to {out}: compare.csv, compare.png, runs.json")
     return 0
 
 
@@ -426,7 +491,6 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from bayesnas import diagnostics
     from bayesnas.io import write_json
 
-    idata = diagnostics.load_runs(args.runs, allow_mixed=args.allow_mixed)
     out = Path(args.out or f"runs/diagnose-{time.strftime('%Y%m%d-%H%M%S')}")
     inside = [run for run in args.runs if out.resolve().is_relative_to(Path(run).resolve())]
     if inside:
@@ -434,6 +498,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                           "outside them")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty; choose a new --out")
+    if args.compare:
+        return _compare(args, out)
+    idata = diagnostics.load_runs(args.runs, allow_mixed=args.allow_mixed)
     out.mkdir(parents=True, exist_ok=True)
     labels = [str(c) for c in idata.posterior.coords["chain"].values]
     chains = [{"chain": label, "run": str(run)} for label, run in zip(labels, args.runs, strict=True)]
@@ -550,7 +617,8 @@ def _bench_compare(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"search": cmd_search, "train": cmd_train, "draw": cmd_draw, "options": cmd_options,
-            "latency": cmd_latency, "diagnose": cmd_diagnose, "rank": cmd_rank, "bench": cmd_bench}
+            "latency": cmd_latency, "diagnose": cmd_diagnose, "predict": cmd_predict, "rank": cmd_rank,
+            "bench": cmd_bench}
 
 
 PYTHON_NAME = re.compile(r"`(\w+)(?:=([^`]*))?`")

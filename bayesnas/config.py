@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from bayesnas.domains import check_domains, setting
+
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
@@ -28,26 +30,27 @@ class SearchConfig:
     """Options of the search space (e.g. widths, depths, kernel_sizes for ``branches``)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Method-specific options (validated by the method, see ``bayesnas search --help``)."""
-    seed: int = 0
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 0.05
-    lr_min: float = 0.0
-    momentum: float = 0.9
+    seed: int = setting(0, "[0, 4294967295]")
+    epochs: int = setting(40, ">= 1")
+    batch_size: int = setting(64, ">= 1")
+    lr: float = setting(0.05, "> 0")
+    lr_min: float = setting(0.0, ">= 0")
+    momentum: float = setting(0.9, "[0, 1)")
     nesterov: bool = True
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0
-    shift: int = 1
+    weight_decay: float = setting(0.0, ">= 0")
+    grad_clip: float = setting(5.0, ">= 0")
+    """Largest gradient norm (0: no clipping)."""
+    shift: int = setting(1, ">= 0")
     """Training augmentation: random translation by up to this many pixels (0: off)."""
     flip: bool = False
     """Training augmentation: random horizontal flips (for CIFAR, not digits)."""
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    data_fraction: float = 1.0
-    data_seed: int | None = None
+    val_fraction: float = setting(0.1, "(0, 1)")
+    test_fraction: float = setting(0.2, "[0, 1)")
+    data_fraction: float = setting(1.0, "(0, 1]")
+    data_seed: int | None = setting(None, "[0, 4294967295] or null")
     """Seed of the train/val/test split (null: ``seed``). ``bayesnas bench compare`` fixes it to the population's,
     so that searches of every seed see the split the population was trained and tested on."""
-    precision: str = "fp32"
+    precision: str = setting("fp32", "{" + ", ".join(PRECISIONS) + "}")
     """``fp32``, ``bf16`` (autocast of the network; KL terms and the loss reduction stay in fp32) or ``auto``
     (``bf16`` where the device computes it natively, else ``fp32``; resolved once per run, see
     :func:`bayesnas.precision.resolve_precision`, and recorded in ``summary.json``)."""
@@ -57,26 +60,14 @@ class SearchConfig:
     """``torch.compile`` the super-network's forward (falls back to eager with a warning where it fails)."""
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (0 <= self.lr_min <= self.lr, "lr_min must lie in [0, lr]"),
-            (0 <= self.momentum < 1, "momentum must lie in [0, 1)"),
-            (0 <= self.seed < 2**32, "seed must lie in [0, 2**32 - 1]"),
-            (self.data_seed is None or 0 <= self.data_seed < 2**32, "data_seed must lie in [0, 2**32 - 1] or be null"),
-            (0 < self.val_fraction < 1, "val_fraction must lie in (0, 1)"),
-            (0 <= self.test_fraction < 1, "test_fraction must lie in [0, 1)"),
-            (self.val_fraction + self.test_fraction < 1, "val_fraction + test_fraction must be < 1"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.shift >= 0, "shift must be >= 0"),
-            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 turns clipping off)"),
-            (0 < self.data_fraction <= 1, "data_fraction must lie in (0, 1]"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        try:
+            check_domains(self)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if self.lr_min > self.lr:
+            raise ConfigError(f"lr_min must lie in [0, lr], got {self.lr_min!r} > {self.lr!r}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError("val_fraction + test_fraction must be < 1")
 
     @property
     def split_seed(self) -> int:

@@ -15,10 +15,12 @@ How the splits are made
     stratified random ``val_fraction`` of the official training set is *val*, the rest *train*
     (``test_fraction`` is not used). CIFAR-100 uses the 100 fine labels.
 
-``fraction < 1`` first keeps a stratified random ``fraction`` of the images (of the official training and test
-sets for the torchvision data sets) for quick runs. All randomness comes from one ``torch.Generator`` seeded
-with ``seed``: the same seed gives identical splits, a different seed different ones. Within a split, images
-keep the order they have in the source, so training code should shuffle its mini-batches.
+``fraction < 1`` first keeps a stratified random ``fraction`` of the images for quick runs: of all images for
+``digits``, of the official training set for the torchvision data sets, whose official test set always stays
+whole (test figures of runs on different fractions are then measured on the same images). All randomness comes
+from one ``torch.Generator`` seeded with ``seed``: the same seed gives identical splits, a different seed
+different ones. Within a split, images keep the order they have in the source, so training code should shuffle
+its mini-batches.
 
 Images are normalised per channel with the mean and standard deviation of the *train* split only; val and test
 use the same statistics. :meth:`DataBundle.halves` splits the train part again, stratified and from its own
@@ -218,8 +220,6 @@ def load_dataset(
         if fraction < 1.0:
             keep = _take_fraction(y_tr, fraction, gen, key, "training images")
             x_tr, y_tr = x_tr[keep], y_tr[keep]
-            keep = _take_fraction(y_te, fraction, gen, key, "test images")
-            x_te, y_te = x_te[keep], y_te[keep]
         val_idx, train_idx = _stratified_take(y_tr, _count(val_fraction, len(y_tr), key, "val"), gen)
         if len(train_idx) == 0:
             raise ValueError(f"{key}: no training images left with val_fraction={val_fraction}")

@@ -140,6 +140,44 @@ def load_runs(run_dirs: Sequence[str | os.PathLike], allow_mixed: bool = False) 
     return az.InferenceData(**groups)
 
 
+SPLIT_KEYS = ("dataset", "data_seed", "val_fraction", "test_fraction", "data_fraction")
+"""The configuration keys that fix a run's data split (``data_seed`` null means ``seed``)."""
+
+
+def compare_runs(run_dirs: Sequence[str | os.PathLike], ic: str = "loo") -> tuple[Any, dict[str, str]]:
+    """``az.compare`` of runs of any methods or settings by their ``log_likelihood`` of the same validation
+    examples (PSIS-LOO by default; Vehtari, Gelman & Gabry 2017): the table, and each row's label with its run.
+    Runs on different splits, runs without a ``log_likelihood`` group, and repeated runs are refused."""
+    resolved = [Path(run).resolve() for run in run_dirs]
+    if len(set(resolved)) < len(resolved):
+        raise DiagnosticsError("the same run is given more than once: compare different runs")
+    if len(run_dirs) < 2:
+        raise DiagnosticsError("--compare needs two or more runs")
+    models, splits, labels = {}, {}, {}
+    for run in run_dirs:
+        path = Path(run)
+        idata = read_posterior(path / POSTERIOR_FILE)
+        if "log_likelihood" not in idata.groups():
+            raise DiagnosticsError(f"{path} has no log_likelihood group (a random search, or a run exported "
+                                   "before bayesnas stored one): it cannot be compared")
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+        split = tuple(config.get(k) if not (k == "data_seed" and config.get(k) is None) else config.get("seed")
+                      for k in SPLIT_KEYS)
+        label = f"{path.name}:{config.get('method', idata.posterior.attrs.get('method', '?'))}"
+        if label in models:
+            label = f"{path}:{config.get('method', '?')}"
+        models[label], splits[label], labels[label] = idata, split, str(path)
+    if len(set(splits.values())) > 1:
+        detail = "; ".join(f"{label}: " + ", ".join(f"{k}={v}" for k, v in zip(SPLIT_KEYS, split, strict=True))
+                           for label, split in splits.items())
+        raise DiagnosticsError(f"the runs were validated on different data splits, so their log-likelihoods are "
+                               f"not comparable ({detail})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pareto k warnings: the table's ``warning`` column keeps them
+        table = az.compare(models, ic=ic)
+    return table, labels
+
+
 def read_posterior(path: Path) -> az.InferenceData:
     """A run's ``posterior.nc``: one-line :class:`DiagnosticsError` when it is missing, empty, truncated, not
     NetCDF, or holds no ``posterior`` group."""

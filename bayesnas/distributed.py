@@ -197,12 +197,14 @@ class SyncedBatchNorm2d(nn.BatchNorm2d):
 
     ``torch.nn.SyncBatchNorm`` refuses CPU tensors; this one all-reduces the per-channel sums of ``x`` and
     ``x^2`` and the count with a differentiable all-reduce, so it works with gloo and NCCL alike and its
-    backward is the one-process backward. Outside training, or in a
-    plain process, it is ``BatchNorm2d``.
+    backward is the one-process backward. Only a training step (training mode with gradients on) is global:
+    outside training, in a plain process, or when a rank scores an architecture of its own on batch statistics
+    under ``torch.no_grad`` (PC-NAS's candidates, one-shot rankings), it is ``BatchNorm2d``, so ranks that
+    evaluate different architectures never enter a collective.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and torch.is_grad_enabled() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         dims = (0, 2, 3)
         count = torch.full((1,), float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device)

@@ -34,6 +34,7 @@ from bayesnas.io import atomic_write, flat_figures, orphaned_temporaries, read_j
 from bayesnas.latency import LATENCY_FILE
 from bayesnas.methods import Phase, SearchMethod, get_method
 from bayesnas.precision import channels_last, precision_context
+from bayesnas.predictive import add_predictive_groups
 from bayesnas.spaces.branches import count_params
 from bayesnas.training import augment, epoch_batches
 
@@ -80,6 +81,17 @@ class StepEvent:
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+SELECTED_WEIGHTS = "selected.pt"
+"""The retrained selected network's state dict (weights only), where the search retrained it."""
+
+
+def save_weights(path: Path, net: nn.Module) -> None:
+    """Write ``net``'s state dict atomically (tensors only: ``torch.load(..., weights_only=True)`` reads it)."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buffer)
+    atomic_write(path, lambda fh: fh.write(buffer.getvalue()))
 
 
 class Checkpoint:
@@ -449,7 +461,10 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
         genotype = replace(selection.genotype, dataset=method.config.dataset)
         genotype.save(run_dir / "genotype.json")
         draw_genotype(genotype, run_dir / ARCHITECTURE_FILE)
+        if selection.retrained:
+            save_weights(run_dir / SELECTED_WEIGHTS, selection.network)
         method.export(run_dir)
+        add_predictive_groups(method, run_dir)
         diagnostics.plot_training(run_dir)
     config = method.config
     summary = {

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from bayesnas.config import PRECISIONS
 from bayesnas.data import Split
+from bayesnas.domains import check_domains, setting
 from bayesnas.precision import channels_last as to_channels_last
 from bayesnas.precision import precision_context, resolve_precision
 
@@ -89,38 +91,31 @@ def augment(x: torch.Tensor, shift: int = 0, flip: bool = False, cutout_size: in
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.05
-    lr_min: float = 0.0
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    shift: int = 0
+    epochs: int = setting(30, ">= 0")
+    batch_size: int = setting(64, ">= 1")
+    lr: float = setting(0.05, "> 0")
+    lr_min: float = setting(0.0, ">= 0")
+    momentum: float = setting(0.9, "[0, 1)")
+    weight_decay: float = setting(3e-4, ">= 0")
+    grad_clip: float = setting(5.0, ">= 0")
+    shift: int = setting(0, ">= 0")
     """Random translation in pixels (0: off; 1 for digits, 4 for CIFAR)."""
     flip: bool = False
     """Random horizontal flips (CIFAR; never for digits)."""
-    cutout: int = 0
+    cutout: int = setting(0, ">= 0")
     """Side of the cutout square (0: off; 16 is the CIFAR recipe)."""
-    aux_weight: float = 0.4
+    aux_weight: float = setting(0.4, ">= 0")
     """Weight of the auxiliary head's loss, used when the network has one."""
-    precision: str = "fp32"
+    precision: str = setting("fp32", "{" + ", ".join(PRECISIONS) + "}")
     """``fp32``, ``bf16`` (autocast of the network's forward; the loss stays fp32) or ``auto`` (see
     :func:`bayesnas.precision.resolve_precision`); training and evaluation."""
     channels_last: bool = False
     """Network weights and images in channels-last memory format; training and evaluation."""
 
     def __post_init__(self) -> None:
-        checks = [(self.epochs >= 0, "epochs must be >= 0"), (self.batch_size >= 1, "batch_size must be >= 1"),
-                  (self.lr > 0, "lr must be > 0"), (0 <= self.lr_min <= self.lr, "lr_min must lie in [0, lr]"),
-                  (0 <= self.momentum < 1, "momentum must lie in [0, 1)"),
-                  (self.weight_decay >= 0, "weight_decay must be >= 0"),
-                  (self.grad_clip >= 0, "grad_clip must be >= 0"),
-                  (self.shift >= 0 and self.cutout >= 0, "shift and cutout must be >= 0"),
-                  (self.aux_weight >= 0, "aux_weight must be >= 0")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        check_domains(self)
+        if self.lr_min > self.lr:
+            raise ValueError(f"lr_min must lie in [0, lr], got {self.lr_min!r} > {self.lr!r}")
 
     def evaluation(self) -> dict[str, Any]:
         """The keyword arguments of :func:`accuracy` that evaluate a network as this recipe trains it."""

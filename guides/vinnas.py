@@ -120,6 +120,18 @@ class VINNASGuide(nn.Module):
             out[site] = mu
         return out
 
+    def sample_weights(self, prune_threshold: float | None = None) -> dict[str, torch.Tensor]:
+        """One draw ``w ~ q(w)`` by site; with a threshold, weights with ``log lambda >= threshold`` set to 0 (as
+        :meth:`weight_means` prunes the means)."""
+        out = {}
+        for site in self.weight_sites:
+            mu, log_var = self.mu_w[_key(site)], self.log_var_w[_key(site)]
+            w = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+            if prune_threshold is not None:
+                w = torch.where(log_lambda(mu, log_var) < prune_threshold, w, 0.0)
+            out[site] = w
+        return out
+
     def log_lambdas(self) -> dict[str, torch.Tensor]:
         return {s: log_lambda(self.mu_w[_key(s)], self.log_var_w[_key(s)]) for s in self.weight_sites}
 

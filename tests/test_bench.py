@@ -118,6 +118,11 @@ def test_bench_resumes_where_it_stopped(tiny_budget: bench.Budget, tmp_path: Pat
     assert all(0.0 <= r.test_accuracy <= 1.0 and r.params > 0 and r.retrain_seconds > 0 for r in results)
     assert results[0].supernet_params > results[0].params  # PGNAS's selected network is pruned
     assert results[4].genotype != results[5].genotype  # one random architecture per seed
+    # BMA over the PGNAS posterior and its selected pair, scored with the super-network's weights; the selected
+    # pair's accuracy is the one the search reported
+    summary = json.loads((out / "pgnas/seed0/search/summary.json").read_text())
+    assert set(results[0].posterior) == {"bma", "inherited"} and results[1].posterior == results[4].posterior == {}
+    assert results[0].posterior["inherited"]["accuracy"] == pytest.approx(summary["test_accuracy"])
 
     # The fixed-rate row is the pick of the search's baseline super-network, retrained under the same recipe.
     for fixed, seed in ((results[1], 0), (results[3], 1)):
@@ -138,6 +143,8 @@ def test_bench_resumes_where_it_stopped(tiny_budget: bench.Budget, tmp_path: Pat
         assert float(row["test_acc_best"]) == pytest.approx(max(accuracies), abs=1e-4)
         assert row["seeds"] == "2" and row["device"] == "cpu" and row["space"] == "branches"
         assert row["search_epochs"] == str(tiny_budget.search_epochs)
+    bma = [r.posterior["bma"]["nll"] for r in results[0:3:2]]
+    assert float(table[0]["bma_nll"]) == pytest.approx(sum(bma) / 2, abs=1e-4) and table[1]["bma_nll"] == ""
     markdown = (out / "table.md").read_text()
     assert "| pgnas | branches | 2 |" in markdown and "random seed 1" in markdown
     assert f"| {bench.FIXED_RATE} | branches | 2 |" in markdown

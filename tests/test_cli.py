@@ -44,7 +44,7 @@ def test_each_default_shows_once_and_truly():
         assert "(default: None)" not in flat and "(default: [])" not in flat and "(default: False)" not in flat
         assert "(default: the preset's) (default:" not in flat
     search = " ".join(sub["search"].format_help().split())
-    assert "learning rate of the weights (SGD with momentum; VINNAS: Adam" in search
+    assert "learning rate of the weights, > 0 (SGD with momentum; VINNAS: Adam" in search
     for method in ("pgnas", "vinnas", "gdas", "pcnas", "oneshot", "random"):
         assert method in search
 
@@ -58,10 +58,10 @@ def test_options_lists_a_methods_keys_from_its_dataclass(capsys):
     out = capsys.readouterr().out
     for field in dataclasses.fields(get_method("gdas").options_type):
         assert f"  {field.name} (" in out
-    assert "  tau_min (float, default 1.0" in out
+    assert "  tau_min (float, > 0, default 1.0" in out
     assert "Final temperature: 1 in the paper, 0.1 in the authors' code." in out
     assert main(["options", "pcnas"]) == 0
-    assert "num_evaluations (int, default 900; pcnas-digits: 20)" in capsys.readouterr().out
+    assert "num_evaluations (int, >= 1, default 900; pcnas-digits: 20)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["options", "foo"])
     assert "invalid choice: 'foo'" in capsys.readouterr().err

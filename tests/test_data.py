@@ -270,7 +270,7 @@ def test_mnist_corrupt_gz(tmp_path: Path) -> None:
 def test_mnist_fraction(tmp_path: Path) -> None:
     _mnist_files(tmp_path, "MNIST", n_train=100, n_test=40)
     bundle = load_dataset("mnist", data_dir=tmp_path, fraction=0.5, val_fraction=0.2)
-    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (40, 10, 20)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (40, 10, 40)  # the test set stays whole
 
 
 def test_mnist_missing_folder(tmp_path: Path) -> None:
@@ -441,9 +441,9 @@ def test_fashion_mnist_real_debian_files(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("BAYESNAS_CACHE", str(tmp_path / "cache"))
     bundle = load_dataset("fashion-mnist", fraction=0.05, val_fraction=0.1)
     assert str(DEBIAN_FASHION) in bundle.source
-    assert (len(bundle.train) + len(bundle.val), len(bundle.test)) == (3000, 500)
+    assert (len(bundle.train) + len(bundle.val), len(bundle.test)) == (3000, 10000)  # the official test set, whole
     assert bundle.train.x.shape[1:] == (1, 28, 28) and bundle.num_classes == 10
-    assert torch.bincount(bundle.test.y, minlength=10).tolist() == [50] * 10  # the test set is balanced
+    assert torch.bincount(bundle.test.y, minlength=10).tolist() == [1000] * 10
 
 
 def test_fashion_mnist_debian_cache_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

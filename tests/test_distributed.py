@@ -66,6 +66,14 @@ def _batchnorm_worker(rank: int, size: int, port: int) -> None:
     torch.testing.assert_close(mine.grad, whole.grad[rank::size], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(synced.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(synced.running_var, reference.running_var, rtol=1e-5, atol=1e-6)
+    # Scoring without gradients is local: each rank normalises its own batch (of its own size), no collective.
+    own = x[: 3 + rank]
+    with torch.no_grad():
+        local = synced(own)
+    mean, var = own.mean((0, 2, 3), keepdim=True), own.var((0, 2, 3), unbiased=False, keepdim=True)
+    expected_local = (own - mean) / torch.sqrt(var + synced.eps) * synced.weight.view(1, 3, 1, 1) \
+        + synced.bias.view(1, 3, 1, 1)
+    torch.testing.assert_close(local, expected_local, rtol=1e-5, atol=1e-5)
     dist.destroy_process_group()
 
 
@@ -229,6 +237,13 @@ UNEVEN = {  # augmentation on, and 33 examples per step: shards of 17 and 16
     "vinnas": {"method": "vinnas", "epochs": 2, "batch_size": 33, "data_fraction": 0.3, "shift": 1,
                "space": {"channels": 4, "layout": "RN", "states": 1},
                "options": {"warmup_epochs": 0, "retrain_epochs": 0, "posterior_draws": 4}},
+    "pgnas": {"method": "pgnas", "epochs": 2, "batch_size": 33, "data_fraction": 0.3, "shift": 1,
+              "space": {"stem_channels": 8, "widths": [8, 16], "depths": [1, 1], "kernel_sizes": [1, 3]},
+              "options": {"num_candidates": 4, "posterior_draws": 4}},
+    "pcnas": {"method": "pcnas", "epochs": 2, "batch_size": 33, "data_fraction": 0.3, "shift": 1,
+              "space": {"stem_channels": 4, "widths": [4, 8, 8], "depths": [1, 1, 1]},
+              "options": {"warmup_epochs": 1, "interval_epochs": 1, "pool_size": 2, "num_evaluations": 3,
+                          "retrain_epochs": 0}},
 }
 
 

@@ -326,7 +326,7 @@ def test_bad_options_and_spaces_fail_with_one_line(config, data):
         get_method("vinnas")(config.merged({"options": {"warmup_epochs": 5}}), data, cpu)
     with pytest.raises(ConfigError, match="unknown option"):
         get_method("vinnas")(config.merged({"options": {"gamma": 1.0}}), data, cpu)
-    with pytest.raises(ConfigError, match="gammas must be >= 0"):
+    with pytest.raises(ConfigError, match="gamma_w must be >= 0, got -1.0"):
         get_method("vinnas")(config.merged({"options": {"gamma_w": -1.0}}), data, cpu)
     with pytest.raises(ConfigError, match="unknown operation"):
         get_method("vinnas")(config.merged({"space": {"ops": "sep_conv_3x3,warp_9x9"}}), data, cpu)
@@ -560,3 +560,18 @@ def test_tiny_search_on_the_chain_writes_a_chain_genotype_and_the_posterior(conf
     assert list(idata.posterior.coords["op"].values) == CHAIN["ops"]
     assert np.isnan(idata.posterior["alpha"].sel(decision="s0.l0", op="Identity").values).all()  # not an option
     assert np.nansum(idata.posterior["op_weight"].values, -1) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_posterior_weight_draws_follow_the_guide_and_pruning(method):
+    """``sample_weights`` (BMA's weight draws) are N(mu, sigma^2) per weight, with pruned weights at 0."""
+    site = method.guide.weight_sites[0]
+    mu, log_var = method.guide.weight_distribution(site).loc, method.guide.weight_distribution(site).log_var
+    with torch.no_grad():
+        log_var.copy_(torch.full_like(log_var, math.log(0.04)))  # sigma = 0.2
+        mu.copy_(torch.linspace(-1, 1, mu.numel()).view_as(mu))  # |mu| small: log lambda = log(0.04 / mu^2) large
+    torch.manual_seed(0)
+    draws = torch.stack([method.guide.sample_weights()[site] for _ in range(2000)])
+    torch.testing.assert_close(draws.mean(0), mu, atol=0.03, rtol=0)
+    torch.testing.assert_close(draws.std(0), torch.full_like(mu, 0.2), atol=0.02, rtol=0)
+    pruned = method.guide.sample_weights(prune_threshold=0.0)[site]  # log lambda >= 0 where |mu| <= 0.2
+    assert torch.all(pruned[mu.abs() <= 0.19] == 0) and torch.all(pruned[mu.abs() > 0.21] != 0)

@@ -109,6 +109,9 @@ class Selection:
     val_accuracy: float
     test_accuracy: float
     extra: dict[str, Any] = field(default_factory=dict)
+    retrained: bool = False
+    """Whether ``network`` was trained from scratch for the reported accuracies (its weights are then saved as
+    ``selected.pt``)."""
 
 
 def parse_options(options_type: type, options: dict[str, Any], method: str) -> Any:
@@ -205,21 +208,43 @@ class SearchMethod(ABC):
         nothing; VINNAS's weights are Gaussian and its super-network has no BatchNorm to inherit)."""
         return None
 
-    @torch.no_grad()
-    def inherited_accuracy(self, genotype: Any, split: Split, batch_size: int = 512) -> float | None:
-        """Accuracy on ``split`` of ``genotype`` built with the super-network's weights, BatchNorm on batch
-        statistics (a single-path super-network's running averages mix every path; Guo et al., ECCV 2020); None
-        without a super-network state."""
+    def inherited_network(self, genotype: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``genotype`` built with the super-network's weights, as a function from images to logits with BatchNorm
+        on batch statistics (a single-path super-network's running averages mix every path; Guo et al., ECCV
+        2020); None without a super-network state."""
         from bayesnas.spaces.decisions import batch_statistics
 
         state = self.supernet_state()
         if state is None:
             return None
-        net = self.space.build(genotype, inherit=state).to(self.device)
-        with batch_statistics(net):
-            right = sum(int((net(split.x[i:i + batch_size]).argmax(-1) == split.y[i:i + batch_size]).sum())
-                        for i in range(0, len(split), batch_size))
+        net = self.space.build(genotype, inherit=state).to(self.device).eval()
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            with batch_statistics(net):
+                return net(x)
+
+        return predict
+
+    @torch.no_grad()
+    def inherited_accuracy(self, genotype: Any, split: Split, batch_size: int = 512) -> float | None:
+        """Accuracy on ``split`` of :meth:`inherited_network`; None without a super-network state."""
+        predict = self.inherited_network(genotype)
+        if predict is None:
+            return None
+        right = sum(int((predict(split.x[i:i + batch_size]).argmax(-1) == split.y[i:i + batch_size]).sum())
+                    for i in range(0, len(split), batch_size))
         return right / max(len(split), 1)
+
+    def posterior_network(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """One network drawn from the trained posterior (or proposal) with the super-network's weights, as a
+        function from images to logits (:mod:`bayesnas.predictive` averages them); None for a method without a
+        posterior over networks. Draws use torch's global random state."""
+        return None
+
+    def retrain_build_options(self) -> dict[str, Any]:
+        """Options of ``space.build`` for the retrained network (GDAS: auxiliary head, drop-path), so that its
+        saved weights (``selected.pt``) load into the same structure."""
+        return {}
 
     def networks(self) -> dict[str, nn.Module]:
         """The plain super-network(s) inside :meth:`modules` whose forward ``--compile`` compiles. Default: the

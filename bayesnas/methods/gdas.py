@@ -14,6 +14,7 @@ from pyro import poutine
 
 from bayesnas import diagnostics
 from bayesnas.config import ConfigError
+from bayesnas.domains import check_domains, setting
 from bayesnas.elbo import AnalyticKLELBO
 from bayesnas.guides.gdas import GumbelSoftmaxProposal
 from bayesnas.methods import Phase, SearchMethod, Selection, register
@@ -24,36 +25,33 @@ from bayesnas.training import TrainRecipe, accuracy
 
 @dataclass(frozen=True)
 class GDASOptions:
-    tau_max: float = 10.0
+    tau_max: float = setting(10.0, "> 0")
     """Initial Gumbel-softmax temperature (Algorithm 1)."""
-    tau_min: float = 1.0
+    tau_min: float = setting(1.0, "> 0")
     """Final temperature: 1 in the paper, 0.1 in the authors' code."""
-    sample_per: str = "batch"
+    sample_per: str = setting("batch", "{batch, example}")
     """``batch``: one architecture per mini-batch (authors' code); ``example``: one per example (paper)."""
-    beta: float = 0.0
+    beta: float = setting(0.0, ">= 0")
     """Weight of KL(q(f) || uniform prior): 0 = GDAS as published (the term is left out), 1 = full ELBO."""
-    arch_lr: float = 3e-4
-    arch_weight_decay: float = 1e-3
-    warmup_epochs: int = 0
+    arch_lr: float = setting(3e-4, "> 0")
+    arch_weight_decay: float = setting(1e-3, ">= 0")
+    warmup_epochs: int = setting(0, ">= 0")
     """Epochs of weight training before the logits A start to learn (0 in the paper and the authors' code)."""
-    retrain_epochs: int = 40
+    retrain_epochs: int = setting(40, ">= 0")
     """Epochs of the from-scratch retraining (0: report the super-network's accuracy; ``bayesnas bench``)."""
-    retrain_lr: float = 0.05
-    retrain_weight_decay: float = 3e-4
-    retrain_auxiliary: float = 0.0
+    retrain_lr: float = setting(0.05, "> 0")
+    retrain_weight_decay: float = setting(3e-4, ">= 0")
+    retrain_auxiliary: float = setting(0.0, ">= 0")
     """Weight of the DARTS auxiliary head's loss in the retraining (cells only: the chain has no such head)."""
-    retrain_drop_path: float = 0.0
+    retrain_drop_path: float = setting(0.0, "[0, 1)")
     """Drop-path rate of the retraining (cells only)."""
-    posterior_draws: int = 100
+    posterior_draws: int = setting(100, "[1, 100000]")
     """Architecture draws exported to ArviZ."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.tau_min <= self.tau_max:
-            raise ValueError("temperatures must satisfy 0 < tau_min <= tau_max")
-        if self.sample_per not in ("batch", "example"):
-            raise ValueError(f"sample_per must be 'batch' or 'example', got {self.sample_per!r}")
-        if self.beta < 0 or self.retrain_epochs < 0 or self.warmup_epochs < 0:
-            raise ValueError("beta, warmup_epochs and retrain_epochs must be >= 0")
+        check_domains(self)
+        if self.tau_min > self.tau_max:
+            raise ValueError(f"tau_min must be <= tau_max, got {self.tau_min!r} > {self.tau_max!r}")
 
 
 def annealed_temperature(epoch: int, epochs: int, tau_max: float, tau_min: float) -> float:
@@ -147,14 +145,29 @@ class GDAS(SearchMethod):
                              weight_decay=o.retrain_weight_decay, shift=self.config.shift, flip=self.config.flip,
                              aux_weight=o.retrain_auxiliary)
         net, val_acc, test_acc = self.retrain_selected(self.space, genotype, recipe, progress,
-                                                       auxiliary=o.retrain_auxiliary > 0,
-                                                       drop_path=o.retrain_drop_path)
+                                                       **self.retrain_build_options())
         extra = {
             "supernet_params": count_params(self.model.net),
             self.space.name: genotype.choices,
             "retrain_epochs": o.retrain_epochs,
         }
-        return Selection(genotype, net, val_acc, test_acc, extra)
+        return Selection(genotype, net, val_acc, test_acc, extra, retrained=o.retrain_epochs > 0)
+
+    def retrain_build_options(self) -> dict[str, Any]:
+        return {"auxiliary": self.options.retrain_auxiliary > 0, "drop_path": self.options.retrain_drop_path}
+
+    @torch.no_grad()
+    def draw_architecture(self) -> dict[str, torch.Tensor]:
+        """One architecture from q(f) = softmax(A): one op per decision (Eq. 3's categorical), one-hot
+        ``(n_g, K_g)`` per group."""
+        return {g: torch.nn.functional.one_hot(torch.multinomial(p, 1).squeeze(-1), p.shape[-1]).to(p.dtype)
+                for g, p in self.guide.probabilities().items()}
+
+    def posterior_network(self):
+        """:meth:`draw_architecture` in the super-network, evaluated as during the search (BatchNorm running
+        statistics)."""
+        arch = self.draw_architecture()
+        return lambda x: self.model.net(x, arch)
 
     @torch.no_grad()
     def export(self, run_dir: Path) -> None:

@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from bayesnas import diagnostics, latency
 from bayesnas.config import ConfigError, SearchConfig
 from bayesnas.data import Split
+from bayesnas.domains import check_domains, setting
 from bayesnas.guides.pcnas import Completion, LatencyLimitError, PartialModelPool, UniformProposal
 from bayesnas.io import atomic_write, read_jsonl
 from bayesnas.methods import Phase, SearchMethod, Selection, register
@@ -70,65 +71,47 @@ def search_recipe(config: SearchConfig, epochs: int, lr: float | None = None) ->
 class OneShotOptions:
     """Options of the pool search, the latency limit and the retraining (the ``oneshot`` method's options)."""
 
-    pool_size: int = 5
+    pool_size: int = setting(5, ">= 1")
     """P, the partial models kept after each interval (paper: 5)."""
-    num_evaluations: int = 900
+    num_evaluations: int = setting(900, ">= 1")
     """S, the random completions averaged in one candidate's potential (Algorithm 1; paper: 900)."""
-    latency_ms: float | None = None
+    latency_ms: float | None = setting(None, "> 0 or null")
     """Hard latency limit of the architectures (paper: 10 ms on a GTX 1080Ti at batch 16); null: none. Only on a
     space with a latency table (the chain)."""
-    latency_batch_size: int = 16
+    latency_batch_size: int = setting(16, ">= 1")
     """Batch size of the latency measurement (paper: 16)."""
-    latency_runs: int = 7
+    latency_runs: int = setting(7, ">= 1")
     """Timed runs per lookup-table entry (the minimum is kept: a busy machine only adds time)."""
     latency_table: str | None = None
     """A ``latency.json`` measured elsewhere (another run's, or ``bayesnas latency --out``) for this space and batch
     size, used instead of measuring here; null: measure."""
-    latency_proxy: str = "time"
+    latency_proxy: str = setting("time", "{time, flops}")
     """``time``: the lookup table's milliseconds; ``flops``: millions of multiply-adds instead (nothing is timed;
     ``latency_ms`` is then a limit in M MACs)."""
-    eval_batch_size: int = 64
+    eval_batch_size: int = setting(64, ">= 1")
     """Size of the one validation batch of a potential evaluation."""
-    max_resamples: int = 100
+    max_resamples: int = setting(100, ">= 1")
     """Uniform redraws of a completion before the exact sampler of :class:`Completion` takes over (both draw
     uniformly among the completions that meet the latency limit; this only trades speed)."""
-    accuracy_samples: int = 4
+    accuracy_samples: int = setting(4, ">= 1")
     """Architectures drawn from the current proposal for the per-epoch validation accuracy."""
-    retrain_epochs: int = 40
+    retrain_epochs: int = setting(40, ">= 0")
     """Epochs of the from-scratch retraining of the selected architecture (0: report the super-network's)."""
-    retrain_lr: float | None = None
+    retrain_lr: float | None = setting(None, "> 0 or null")
     """Learning rate of the retraining (null: the search's; the paper retrains with the search settings)."""
 
     def __post_init__(self) -> None:
-        if min(self.pool_size, self.num_evaluations, self.latency_batch_size, self.latency_runs,
-               self.eval_batch_size, self.max_resamples, self.accuracy_samples) < 1:
-            raise ValueError("pool_size, num_evaluations, latency_batch_size, latency_runs, eval_batch_size, "
-                             "max_resamples and accuracy_samples must be >= 1")
-        if self.latency_ms is not None and self.latency_ms <= 0:
-            raise ValueError("latency_ms must be > 0")
-        if self.latency_proxy not in ("time", "flops"):
-            raise ValueError(f"latency_proxy must be 'time' or 'flops', got {self.latency_proxy!r}")
-        if self.retrain_epochs < 0:
-            raise ValueError("retrain_epochs must be >= 0")
+        check_domains(self)
 
 
 @dataclass(frozen=True)
 class PCNASOptions(OneShotOptions):
-    proposal: str = "pool"
+    proposal: str = setting("pool", "{pool, uniform}")
     """``pool`` (PC-NAS, Algorithm 2) or ``uniform`` (One-Shot, the same as method ``oneshot``)."""
-    warmup_epochs: int | None = None
+    warmup_epochs: int | None = setting(None, ">= 0 or null")
     """T_w (paper: 100); null: ``epochs - L * interval_epochs``."""
-    interval_epochs: int = 5
+    interval_epochs: int = setting(5, ">= 1")
     """T_i, epochs between pool updates (paper: 5)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.proposal not in ("pool", "uniform"):
-            raise ValueError(f"proposal must be 'pool' or 'uniform', got {self.proposal!r}")
-        if self.interval_epochs < 1:
-            raise ValueError("interval_epochs must be >= 1")
-        if self.warmup_epochs is not None and self.warmup_epochs < 0:
-            raise ValueError("warmup_epochs must be >= 0")
 
 
 @register
@@ -366,7 +349,19 @@ class PCNAS(SearchMethod):
         if effective:
             extra["effective_architectures_first"] = effective[0]
             extra["effective_architectures_last"] = effective[-1]
-        return Selection(genotype, net, val_acc, test_acc, extra)
+        return Selection(genotype, net, val_acc, test_acc, extra, retrained=o.retrain_epochs > 0)
+
+    def posterior_network(self):
+        """A member of the final pool (a completion of it while partial), uniformly under the latency limit
+        (Sec. 3.3); One-Shot: a uniform architecture. BatchNorm on batch statistics, as the potentials use."""
+        net = self.model.net
+        arch = self.architecture((self.pool if self.proposal_kind == "pool" else self.uniform).sample())
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            with batch_statistics(net):
+                return net(x, arch)
+
+        return predict
 
     # --- export ----------------------------------------------------------------------------------------------
     def option_names(self) -> list[str]:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from pyro import poutine
 
 from bayesnas import diagnostics
+from bayesnas.domains import check_domains, setting
 from bayesnas.elbo import AnalyticKLELBO
 from bayesnas.guides.pgnas import ConcreteDropoutGuide
 from bayesnas.methods import Phase, SearchMethod, Selection, register
@@ -25,51 +26,38 @@ from bayesnas.training import TrainRecipe, accuracy, train_network
 
 @dataclass(frozen=True)
 class PGNASOptions:
-    temperature: float = 0.2
+    temperature: float = setting(0.2, "> 0")
     """tau of the relaxed Bernoulli, Eq. 16 (the paper finds 1/5 better than 2/3, Table 5)."""
-    init_drop_rate: float = 0.1
+    init_drop_rate: float = setting(0.1, "(0, 1)")
     """Initial drop rate p of every kernel (authors' code)."""
-    prior_precision: float = 150.0
+    prior_precision: float = setting(150.0, "> 0")
     """d^2 = l^2 of the slab N(0, 1/d^2) (Table 4: 150 best of {50, 150, 250, 500})."""
-    spike_prob: float = 0.0
+    spike_prob: float = setting(0.0, "[0, 1)")
     """u of the spike-and-slab prior; Eq. 15 needs u = 0 (the paper's choice)."""
-    kl_dataset_size: int | None = None
+    kl_dataset_size: int | None = setting(None, ">= 1 or null")
     """N used to weight the KL against the likelihood (authors: 5e5 on CIFAR); null: the real N."""
     rescale: bool = False
     """Divide kept activations by 1 - p (Gal's concrete dropout); off in the authors' code. The KL and the
     networks built from masks then use the kept kernel m / (1 - p) too."""
-    drop_rate_lr: float | None = None
+    drop_rate_lr: float | None = setting(None, "> 0 or null")
     """Learning rate of the drop-rate logits (null: the search lr)."""
-    num_candidates: int = 100
+    num_candidates: int = setting(100, ">= 1")
     """C, the number of architecture-weight pairs drawn and ranked (Algorithm 1, line 7)."""
     baseline: bool = True
     """Train the "Random" baseline of Table 3 beside the search: a second super-network, same space, epochs and
     batches, trained with one fixed drop rate (no learned rates, as in Bender et al., ICML 2018), then sampled
     and scored like PGNAS (C candidates, best on validation, no fine-tuning). Doubles the search's cost."""
-    baseline_drop_rate: float = 0.3
+    baseline_drop_rate: float = setting(0.3, "(0, 1)")
     """The baseline's fixed drop rate. The paper does not give it (Table 3: its sampled networks are about as
     large as PGNAS's); 0.3 keeps about 60 % of the branch weights, more than PGNAS keeps on the presets, so the
     baseline is not handicapped by size."""
-    finetune_epochs: int = 0
+    finetune_epochs: int = setting(0, ">= 0")
     """Optional fine-tuning of the selected pair (0: none, as in the paper)."""
-    posterior_draws: int = 200
+    posterior_draws: int = setting(200, "[1, 100000]")
     """Architecture draws exported to ArviZ."""
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
-        if not 0 < self.init_drop_rate < 1 or not 0 < self.baseline_drop_rate < 1:
-            raise ValueError("drop rates must lie in (0, 1)")
-        if self.prior_precision <= 0:
-            raise ValueError("prior_precision must be > 0")
-        if self.num_candidates < 1 or self.posterior_draws < 1 or self.finetune_epochs < 0:
-            raise ValueError("num_candidates and posterior_draws must be >= 1, finetune_epochs >= 0")
-        if not 0 <= self.spike_prob < 1:
-            raise ValueError("spike_prob must lie in [0, 1)")
-        if self.kl_dataset_size is not None and self.kl_dataset_size < 1:
-            raise ValueError("kl_dataset_size must be >= 1 (or null: the training set's size)")
-        if self.drop_rate_lr is not None and self.drop_rate_lr <= 0:
-            raise ValueError("drop_rate_lr must be > 0 (or null: the search's lr)")
+        check_domains(self)
 
 
 BASELINE_GENOTYPE = "baseline_genotype.json"
@@ -270,7 +258,19 @@ class PGNAS(SearchMethod):
             extra["finetuned_test_accuracy"] = self._finetune(net, progress)
             if base_net is not None:
                 extra["baseline_finetuned_test_accuracy"] = self._finetune(base_net, progress)
-        return Selection(genotype, net, result.best_score, accuracy(net, self.data.test), extra)
+        return Selection(genotype, net, result.best_score, accuracy(net, self.data.test), extra,
+                         retrained=self.options.finetune_epochs > 0)
+
+    @torch.no_grad()
+    def posterior_network(self):
+        """Exact Bernoulli keep masks drawn with the learned drop rates (the concrete-dropout posterior at zero
+        temperature; Sec. 3, Algorithm 1 line 7) applied to the super-network's kernels."""
+        return self.masked_supernet(self.guide.sample_architecture())
+
+    def inherited_network(self, genotype):
+        """The selected genotype built with the super-network's kept kernels and BatchNorm running statistics, as
+        PGNAS scores its candidates."""
+        return self.space.build(genotype, inherit=self.supernet_state()).to(self.device).eval()
 
     @torch.no_grad()
     def export(self, run_dir: Path) -> None:

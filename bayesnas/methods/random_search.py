@@ -27,6 +27,7 @@ from torch import nn
 
 from bayesnas import diagnostics
 from bayesnas.data import Split
+from bayesnas.domains import check_domains, setting
 from bayesnas.methods import Phase, SearchMethod, Selection, register
 from bayesnas.methods.pcnas import search_recipe
 from bayesnas.training import accuracy
@@ -34,16 +35,15 @@ from bayesnas.training import accuracy
 
 @dataclass(frozen=True)
 class RandomSearchOptions:
-    num_samples: int = 8
+    num_samples: int = setting(8, ">= 1")
     """Genotypes sampled uniformly and trained alone (DARTS's random baseline: 24)."""
-    retrain_epochs: int = 40
+    retrain_epochs: int = setting(40, ">= 0")
     """Epochs of the from-scratch retraining of the best candidate (0: report the candidate as trained)."""
-    retrain_lr: float | None = None
+    retrain_lr: float | None = setting(None, "> 0 or null")
     """Learning rate of the retraining (null: the search's)."""
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.retrain_epochs < 0:
-            raise ValueError("num_samples must be >= 1 and retrain_epochs >= 0")
+        check_domains(self)
 
 
 @register
@@ -115,7 +115,7 @@ class RandomSearch(SearchMethod):
             "candidates": [{"val_accuracy": v, "genotype": g.choices}
                            for v, g in zip(self.candidate_accuracies(), self.genotypes, strict=True)],
         }
-        return Selection(genotype, net, val_acc, test_acc, extra)
+        return Selection(genotype, net, val_acc, test_acc, extra, retrained=o.retrain_epochs > 0)
 
     def export(self, run_dir: Path) -> None:
         """The candidates' validation accuracies as one chain of draws (``val_accuracy``) in ``posterior.nc``."""

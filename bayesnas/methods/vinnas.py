@@ -28,6 +28,7 @@ from bayesnas import diagnostics
 from bayesnas.config import ConfigError
 from bayesnas.data import Split
 from bayesnas.distributions import kl_normal_log_uniform_elementwise
+from bayesnas.domains import check_domains, setting
 from bayesnas.elbo import AnalyticKLELBO
 from bayesnas.guides.vinnas import VINNASGuide
 from bayesnas.methods import Phase, SearchMethod, Selection, register
@@ -40,54 +41,44 @@ from bayesnas.training import TrainRecipe, accuracy
 
 @dataclass(frozen=True)
 class VINNASOptions:
-    arch_lr: float = 3e-3
+    arch_lr: float = setting(3e-3, "> 0")
     """Adam learning rate of theta_alpha, constant over the search (Sec. V-A; the weights use the search lr
     with a cosine schedule)."""
-    warmup_epochs: int = 5
+    warmup_epochs: int = setting(5, ">= 0")
     """"Weight epochs" of Algorithm 1: stage 2 starts at this epoch."""
-    gamma_w: float = 1.0
+    gamma_w: float = setting(1.0, ">= 0")
     """Final gamma_1 (weight on KL_w; 1 is the ELBO's own weight)."""
-    gamma_alpha: float = 1.0
+    gamma_alpha: float = setting(1.0, ">= 0")
     """Final gamma_2 (weight on KL_alpha)."""
-    gamma_entropy: float = 0.1
+    gamma_entropy: float = setting(0.1, ">= 0")
     """Final gamma_3 (weight on sum_{i,j} H(E_q[z^{i,j}]) in Eq. 8), in the paper's units: the entropy counts
     once against the NLL summed over the N examples of the stage's half and against the KLs, so its pull on
     alpha per example is gamma_3 / N. (Earlier versions scaled this option by N, i.e. it meant gamma_3 / N:
     multiply an old value by the size of the architecture half to convert.)"""
-    gamma_start: int | None = None
+    gamma_start: int | None = setting(None, ">= 0 or null")
     """Epoch at which the gammas leave 0 and start rising linearly to their final values at the last epoch
     (null: ``warmup_epochs``)."""
-    label_smoothing: float = 0.1
-    init_log_var: float = -10.0
+    label_smoothing: float = setting(0.1, "[0, 1)")
+    init_log_var: float = setting(-10.0, "finite")
     """Initial log sigma^2 of every weight and strength (Sec. V-A)."""
-    alpha_init_std: float = 1e-3
+    alpha_init_std: float = setting(1e-3, ">= 0")
     """mu_alpha ~ N(0, std^2): the paper's N(0, 0.001) read as a standard deviation (DARTS's 1e-3 * randn)."""
-    zero_alpha_max: float | None = 0.0
+    zero_alpha_max: float | None = setting(0.0, ">= 0 or null")
     """Clip of the zero op's sampled strength (Sec. V-A "we clip the strength of the zero operation"; null: off)."""
-    entropy_samples: int = 16
+    entropy_samples: int = setting(16, ">= 1")
     """Draws of alpha that estimate E_q[z] in the entropy term."""
-    prune_threshold: float = 3.0
+    prune_threshold: float = setting(3.0, "> 0")
     """Weights with log(sigma^2 / mu^2) >= this are pruned (Molchanov et al.; Sec. V-B)."""
-    retrain_epochs: int = 40
+    retrain_epochs: int = setting(40, ">= 0")
     """Epochs of the from-scratch retraining (0: report the super-network's accuracy; ``bayesnas bench``)."""
-    retrain_lr: float = 0.05
-    retrain_batch_size: int = 64
-    retrain_weight_decay: float = 3e-4
-    posterior_draws: int = 200
+    retrain_lr: float = setting(0.05, "> 0")
+    retrain_batch_size: int = setting(64, ">= 1")
+    retrain_weight_decay: float = setting(3e-4, ">= 0")
+    posterior_draws: int = setting(200, "[1, 100000]")
     """Draws of alpha exported to ArviZ."""
 
     def __post_init__(self) -> None:
-        if self.arch_lr <= 0 or self.retrain_lr <= 0:
-            raise ValueError("learning rates must be > 0")
-        if min(self.gamma_w, self.gamma_alpha, self.gamma_entropy) < 0:
-            raise ValueError("gammas must be >= 0")
-        if self.warmup_epochs < 0 or (self.gamma_start is not None and self.gamma_start < 0):
-            raise ValueError("warmup_epochs and gamma_start must be >= 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError("label_smoothing must lie in [0, 1)")
-        if min(self.entropy_samples, self.posterior_draws, self.retrain_batch_size) < 1 or self.retrain_epochs < 0:
-            raise ValueError("entropy_samples, posterior_draws, retrain_batch_size must be >= 1, "
-                             "retrain_epochs >= 0")
+        check_domains(self)
 
 
 @register
@@ -250,7 +241,23 @@ class VINNAS(SearchMethod):
             "retrain_epochs": o.retrain_epochs,
             "snr": {k: v.detach().cpu().tolist() for k, v in self.guide.snr().items()},
         }
-        return Selection(genotype, net, val_acc, test_acc, extra)
+        return Selection(genotype, net, val_acc, test_acc, extra, retrained=o.retrain_epochs > 0)
+
+    @torch.no_grad()
+    def posterior_network(self):
+        """Weights and alpha drawn from the Gaussian guide q (Eq. 5; no local reparameterisation: one weight draw
+        for every example), weights the method prunes (log lambda >= ``prune_threshold``) at 0 as in its
+        evaluation."""
+        weights = self.guide.sample_weights(self.options.prune_threshold)
+        alphas = {g: self.guide.alpha_distribution(g).sample() for g in self.guide.groups}
+        return lambda x: self.model.predict(x, weights, alphas)
+
+    def inherited_network(self, genotype):
+        """VINNAS's point estimate, the posterior-mean network it evaluates while searching (mean weights, pruned;
+        mean alpha): its weights are Gaussian and its super-network has no BatchNorm to build a genotype from."""
+        weights = self.guide.weight_means(self.options.prune_threshold)
+        alphas = self.guide.alpha_means()
+        return lambda x: self.model.predict(x, weights, alphas)
 
     @torch.no_grad()
     def export(self, run_dir: Path) -> None:

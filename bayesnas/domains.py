@@ -1,0 +1,106 @@
+"""Declared domains of settings: each option states its allowed values once, next to its default.
+
+``epochs: int = setting(40, ">= 1")`` declares a dataclass field whose value must be at least 1. The dataclass
+checks its fields with :func:`check_domains` (in ``__post_init__``), so the CLI, config files and the Python API
+refuse the same values with the same one-line message, and help texts print the same domain text
+(:func:`domain_text`). Domains are written as
+
+- a bound: ``"> 0"``, ``">= 1"``, ``"< 1"``, ``"<= 1"``;
+- an interval: ``"(0, 1)"``, ``"[0, 1)"``, ``"(0, 1]"``, ``"[0, 1]"``;
+- choices: ``"{batch, example}"``;
+- any finite number: ``"finite"``;
+
+optionally followed by ``" or null"``. Numeric domains also refuse NaN and infinities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_BOUND = re.compile(r"^(>=|>|<=|<)\s*(\S+)$")
+_INTERVAL = re.compile(r"^([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])$")
+_CHOICES = re.compile(r"^\{(.+)\}$")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Allowed values of one setting; ``text`` is how messages and help show it."""
+
+    text: str
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = True
+    high_open: bool = True
+    choices: tuple[str, ...] = ()
+    nullable: bool = False
+
+    def describe(self) -> str:
+        """How help texts and messages show the domain (``> 0``, ``one of batch, example``)."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices) + (" or null" if self.nullable else "")
+        return self.text
+
+    def __contains__(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if self.choices:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+
+def parse_domain(text: str) -> Domain:
+    """The :class:`Domain` written as ``text`` (grammar in the module docstring)."""
+    body, nullable = (text[: -len(" or null")], True) if text.endswith(" or null") else (text, False)
+    body = body.strip()
+    if body == "finite":
+        return Domain(text, nullable=nullable)
+    if match := _CHOICES.match(body):
+        choices = tuple(c.strip() for c in match.group(1).split(","))
+        return Domain(text, choices=choices, nullable=nullable)
+    if match := _BOUND.match(body):
+        op, value = match.group(1), float(match.group(2))
+        if op.startswith(">"):
+            return Domain(text, low=value, low_open=op == ">", nullable=nullable)
+        return Domain(text, high=value, high_open=op == "<", nullable=nullable)
+    if match := _INTERVAL.match(body):
+        left, low, high, right = match.groups()
+        return Domain(text, low=float(low), high=float(high), low_open=left == "(", high_open=right == ")",
+                      nullable=nullable)
+    raise ValueError(f"cannot read the domain {text!r}")
+
+
+def setting(default: Any, domain: str) -> Any:
+    """A dataclass field with ``default`` whose values must lie in ``domain``."""
+    return dataclasses.field(default=default, metadata={"domain": parse_domain(domain)})
+
+
+def domain_of(cls: type, name: str) -> Domain | None:
+    """The declared domain of field ``name`` of dataclass ``cls``, or None where it declares none."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("domain")
+    return None
+
+
+def domain_text(cls: type, name: str) -> str | None:
+    """The declared domain of field ``name`` of dataclass ``cls`` as help shows it, or None where it declares
+    none."""
+    domain = domain_of(cls, name)
+    return None if domain is None else domain.describe()
+
+
+def check_domains(obj: Any) -> None:
+    """Raise ``ValueError`` naming the first field of dataclass instance ``obj`` outside its declared domain."""
+    for f in dataclasses.fields(obj):
+        domain = f.metadata.get("domain")
+        value = getattr(obj, f.name)
+        if domain is not None and value not in domain:
+            raise ValueError(f"{f.name} must be {domain.describe()}, got {value!r}")

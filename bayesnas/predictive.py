@@ -1,0 +1,169 @@
+"""Use the posterior: predictions averaged over networks drawn from a trained search, and their log-likelihoods.
+
+Each method draws one network from what it learned with :meth:`~bayesnas.methods.SearchMethod.posterior_network`
+(PGNAS: Bernoulli keep masks with the learned drop rates; VINNAS: alpha and the weights from the Gaussian guide,
+without local reparameterisation; GDAS: ops drawn from softmax(A); PC-NAS: a member of the final pool, or a
+completion of a partial pool, uniformly under the latency limit; One-Shot: a uniform architecture), always with
+the super-network's trained weights. Bayesian model averaging (BMA) over S such draws predicts
+
+    p(y | x, D) ~= 1/S sum_s p(y | x, network_s)
+
+(the posterior predictive of the variational posterior q, e.g. Wilson & Izmailov, "Bayesian deep learning and a
+probabilistic perspective of generalization", NeurIPS 2020, Eq. 1, with q for the posterior). :func:`predict_run`
+scores it against the one selected architecture (with inherited weights, and retrained where the search retrained
+it) with :mod:`bayesnas.calibration`; :func:`add_predictive_groups` stores ``log p(y_n | network_s)`` of the
+validation examples in ``posterior.nc`` (groups ``log_likelihood``, ``posterior_predictive``, ``observed_data``) so
+that ``az.loo`` and ``az.waic`` run on a search (Vehtari, Gelman & Gabry, "Practical Bayesian model evaluation
+using leave-one-out cross-validation and WAIC", Statistics and Computing 2017).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from bayesnas import calibration
+from bayesnas.data import Split
+from bayesnas.precision import precision_context
+
+if TYPE_CHECKING:
+    from bayesnas.methods import SearchMethod
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+"""A network as a function from images to logits."""
+
+PREDICTIVE_DRAWS = 100
+"""Draws of ``log_likelihood`` for methods without a ``posterior_draws`` option (PC-NAS, One-Shot)."""
+
+SPLITS = ("val", "test")
+
+
+class NoPosteriorError(ValueError):
+    """The run's method holds no posterior over networks to draw from (random search)."""
+
+
+@torch.no_grad()
+def probabilities(predict: Predictor, split: Split, batch_size: int = 512, precision: str = "fp32") -> torch.Tensor:
+    """``(N, C)`` class probabilities of ``predict`` on ``split`` (softmax in fp32, forward in ``precision``)."""
+    out = []
+    for start in range(0, len(split), batch_size):
+        x = split.x[start:start + batch_size]
+        with precision_context(precision, x.device):
+            logits = predict(x)
+        out.append(torch.softmax(logits.float(), -1))
+    return torch.cat(out)
+
+
+def draw_probabilities(method: SearchMethod, split: Split, samples: int, batch_size: int = 512) -> torch.Tensor:
+    """``(S, N, C)``: the class probabilities of ``samples`` networks drawn from the method's posterior (torch's
+    global random state: seed it for reproducible draws)."""
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    draws = []
+    for _ in range(samples):
+        network = method.posterior_network()
+        if network is None:
+            raise NoPosteriorError(f"method {method.name!r} holds no posterior over networks to draw from")
+        draws.append(probabilities(network, split, batch_size, method.precision))
+    return torch.stack(draws)
+
+
+def sample_curve(draws: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
+    """Scores of the average of the first S draws, for S = 1, 2, 4, ... and the last S."""
+    sizes = [2 ** k for k in range(int(math.log2(len(draws))) + 1)]
+    if sizes[-1] != len(draws):
+        sizes.append(len(draws))
+    return [{"samples": s, **calibration.scores(draws[:s].mean(0), y)} for s in sizes]
+
+
+def log_likelihood(draws: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """``(S, N)``: ``log p(y_n | network_s)`` from the ``(S, N, C)`` probabilities of the draws."""
+    picked = draws.gather(2, y.view(1, -1, 1).expand(len(draws), -1, 1)).squeeze(2)
+    return picked.clamp_min(1e-30).log().double().cpu().numpy()
+
+
+def add_predictive_groups(method: SearchMethod, run_dir: Path, draws: int | None = None) -> bool:
+    """Add ``log_likelihood`` (``y``: chain x draw x val_example), ``posterior_predictive`` (class draws
+    ``y ~ p(y | x_n, network_s)``) and ``observed_data`` (the validation labels) to the run's ``posterior.nc``;
+    False (nothing written) for a method without a posterior over networks. The draws are ``draws`` fresh
+    networks (default: the method's ``posterior_draws``, else :data:`PREDICTIVE_DRAWS`) from the same posterior as
+    the ``posterior`` group, not those draws themselves: LOO and WAIC read only ``log_likelihood``."""
+    import arviz as az
+
+    from bayesnas.diagnostics import POSTERIOR_FILE, read_posterior
+
+    count = draws or getattr(method.options, "posterior_draws", PREDICTIVE_DRAWS)
+    val = method.data.val
+    try:
+        probs = draw_probabilities(method, val, count)
+    except NoPosteriorError:
+        return False
+    y = val.y.cpu()
+    classes = torch.distributions.Categorical(probs=probs.cpu()).sample().numpy()
+    extra = az.from_dict(log_likelihood={"y": log_likelihood(probs, val.y)[None]},
+                         posterior_predictive={"y": classes[None]}, observed_data={"y": y.numpy()},
+                         dims={"y": ["val_example"]}, coords={"val_example": np.arange(len(y))})
+    path = Path(run_dir) / POSTERIOR_FILE
+    idata = read_posterior(path)
+    idata.extend(extra)
+    tmp = path.with_name(f".{path.name}.tmp")
+    idata.to_netcdf(str(tmp))
+    tmp.replace(path)
+    return True
+
+
+def predict_method(method: SearchMethod, split: Split, samples: int,
+                   single: dict[str, Predictor | None]) -> dict[str, Any]:
+    """Scores of BMA over ``samples`` draws (with its S curve and reliability table) and of each named single
+    network in ``single`` (None: not available)."""
+    draws = draw_probabilities(method, split, samples)
+    y = split.y.cpu()
+    averaged = draws.mean(0).cpu()
+    table = calibration.reliability(averaged.double(), y)
+    result: dict[str, Any] = {"bma": calibration.scores(averaged, y), "curve": sample_curve(draws.cpu(), y),
+                              "reliability": {"bma": table.__dict__}}
+    for name, predict in single.items():
+        if predict is None:
+            continue
+        probs = probabilities(predict, split, precision=method.precision).cpu()
+        result[name] = calibration.scores(probs, y)
+        result["reliability"][name] = calibration.reliability(probs.double(), y).__dict__
+    return result
+
+
+def plot_reliability(result: dict[str, Any], title: str, ax: Any = None) -> Any:
+    """Reliability diagram of a :func:`predict_method` result: accuracy against mean confidence per bin, BMA and
+    each single network; on ``ax`` (a matplotlib Axes) or a new figure, which is returned."""
+    from matplotlib.figure import Figure
+
+    if ax is None:
+        ax = Figure(figsize=(4.6, 4.2)).subplots()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", label="calibrated")
+    for name, table in result["reliability"].items():
+        ece = result[name]["ece"]
+        ax.plot(table["confidence"], table["accuracy"], marker="o", markersize=3, label=f"{name} (ECE {ece:.3f})")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(fontsize=7, loc="upper left")
+    return ax.figure
+
+
+def plot_sample_curve(result: dict[str, Any], title: str) -> Any:
+    """Accuracy and NLL of the average of S draws against S, with the single networks as horizontal lines."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.2))
+    singles = [k for k in result["reliability"] if k != "bma"]
+    for ax, key in zip(fig.subplots(1, 2), ("accuracy", "nll"), strict=True):
+        ax.plot([r["samples"] for r in result["curve"]], [r[key] for r in result["curve"]], marker="o",
+                label="BMA over S draws")
+        for i, name in enumerate(singles):
+            ax.axhline(result[name][key], color=f"C{i + 1}", linestyle="--", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="S (networks averaged)", ylabel=key, title=f"{title}: {key}")
+        ax.legend(fontsize=7)
+    return fig
