@@ -80,7 +80,10 @@ def load_run(path: str | os.PathLike) -> Run:
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path / 'config.json'} is not valid JSON ({err})") from None
     summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{summary_path} is not valid JSON ({err}): the run's summary is damaged") from None
     genotype = load_genotype(path / summary["genotype"]) if summary is not None else None
     return Run(path, config, summary, genotype)
 

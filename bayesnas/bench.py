@@ -165,7 +165,7 @@ class JobResult:
     extra: dict[str, Any] = field(default_factory=dict)
     """Figures of the search's own ``summary.json`` (on its fraction of the data: the super-network's accuracy, or
     PGNAS's selected pair's with the weights it inherits, no retraining), for reference."""
-    posterior: dict[str, dict[str, float]] = field(default_factory=dict)
+    posterior: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Test scores (accuracy, NLL, Brier, ECE) with the search's super-network weights: ``bma``, the average over
     :data:`BMA_SAMPLES` networks drawn from its posterior, and ``inherited``, the selected architecture
     (:func:`bayesnas.api.predict`); empty for random search."""
@@ -273,7 +273,7 @@ def _run_job(budget: Budget, method: str, seed: int, job: Path, data: Any, devic
 
 def _retrain(row: str, seed: int, genotype: Genotype, data: Any, budget: Budget, search: dict[str, Any],
              inherited: dict[str, Any], path: Path, progress: bool,
-             posterior: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+             posterior: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Retrain ``genotype`` from scratch under the budget's recipe; write and return the job result."""
     space = get_space(genotype.space, genotype.config)
     tic = time.perf_counter()

@@ -457,8 +457,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for name in ("bma", "inherited", "retrained"):
         if name in result:
             r = result[name]
+            difference = r.get("bma_nll_minus_this")
+            versus = "" if difference is None else (
+                f"  (BMA NLL minus this {difference['mean']:+.4f}, 95 % interval "
+                f"{difference['interval_95'][0]:+.4f} to {difference['interval_95'][1]:+.4f})")
             print(f"  {name:<10} accuracy {r['accuracy']:.4f}  NLL {r['nll']:.4f}  Brier {r['brier']:.4f}  "
-                  f"ECE {r['ece']:.4f}")
+                  f"ECE {r['ece']:.4f}{versus}")
     print(f"written to {args.out or args.run}: predict_{args.split}.json, reliability_{args.split}.png, "
           f"samples_{args.split}.png")
     return 0

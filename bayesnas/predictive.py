@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bayesnas import calibration
+from bayesnas.config import ConfigError
 from bayesnas.data import Split
 from bayesnas.precision import precision_context
 
@@ -43,7 +44,7 @@ PREDICTIVE_DRAWS = 100
 SPLITS = ("val", "test")
 
 
-class NoPosteriorError(ValueError):
+class NoPosteriorError(ConfigError):
     """The run's method holds no posterior over networks to draw from (random search)."""
 
 
@@ -68,7 +69,8 @@ def draw_probabilities(method: SearchMethod, split: Split, samples: int, batch_s
     for _ in range(samples):
         network = method.posterior_network()
         if network is None:
-            raise NoPosteriorError(f"method {method.name!r} holds no posterior over networks to draw from")
+            raise NoPosteriorError(f"method {method.name!r} holds no posterior over networks to draw from (random "
+                                   "search trains each candidate alone): nothing to average")
         draws.append(probabilities(network, split, batch_size, method.precision))
     return torch.stack(draws)
 
@@ -110,7 +112,7 @@ def add_predictive_groups(method: SearchMethod, run_dir: Path, draws: int | None
                          dims={"y": ["val_example"]}, coords={"val_example": np.arange(len(y))})
     path = Path(run_dir) / POSTERIOR_FILE
     idata = read_posterior(path)
-    idata.extend(extra)
+    idata.extend(extra, join="right")  # a repeated export replaces the groups
     tmp = path.with_name(f".{path.name}.tmp")
     idata.to_netcdf(str(tmp))
     tmp.replace(path)
@@ -120,7 +122,8 @@ def add_predictive_groups(method: SearchMethod, run_dir: Path, draws: int | None
 def predict_method(method: SearchMethod, split: Split, samples: int,
                    single: dict[str, Predictor | None]) -> dict[str, Any]:
     """Scores of BMA over ``samples`` draws (with its S curve and reliability table) and of each named single
-    network in ``single`` (None: not available)."""
+    network in ``single`` (None: not available), each with BMA's NLL minus its own and a paired bootstrap
+    interval of that difference."""
     draws = draw_probabilities(method, split, samples)
     y = split.y.cpu()
     averaged = draws.mean(0).cpu()
@@ -131,7 +134,8 @@ def predict_method(method: SearchMethod, split: Split, samples: int,
         if predict is None:
             continue
         probs = probabilities(predict, split, precision=method.precision).cpu()
-        result[name] = calibration.scores(probs, y)
+        result[name] = {**calibration.scores(probs, y),
+                        "bma_nll_minus_this": calibration.nll_difference(averaged, probs, y)}
         result["reliability"][name] = calibration.reliability(probs.double(), y).__dict__
     return result
 

@@ -82,6 +82,12 @@ def test_search_load_run_and_train_from_python(tmp_path, one_thread):
         bayesnas.search(out=out, device="cpu", progress=False, **TINY_GDAS)
     with pytest.raises(ConfigError, match="holds no search run"):
         bayesnas.load_run(tmp_path)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.json").write_bytes((out / "config.json").read_bytes())
+    (damaged / "summary.json").write_text('{"method": "gd')  # cut short
+    with pytest.raises(ConfigError, match="summary.json is not valid JSON"):
+        bayesnas.load_run(damaged)
 
 
 def test_train_uses_the_genotypes_data_set_and_refuses_other_shapes(tmp_path, capsys, one_thread):

@@ -50,6 +50,17 @@ def test_calibration_scores_of_a_hand_made_prediction_set() -> None:
     assert calibration.scores(probs, y)["accuracy"] == 0.5
 
 
+def test_paired_nll_difference_and_its_interval() -> None:
+    a = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    b = torch.tensor([[0.6, 0.4], [0.4, 0.6], [0.5, 0.5]])
+    y = torch.tensor([0, 1, 0])
+    difference = calibration.nll_difference(a, b, y, resamples=4000)
+    per_example = [math.log(0.6) - math.log(0.9), math.log(0.6) - math.log(0.8), 0.0]
+    assert difference["mean"] == pytest.approx(sum(per_example) / 3)
+    low, high = difference["interval_95"]
+    assert min(per_example) <= low < difference["mean"] < high <= max(per_example)
+
+
 def test_averaging_identical_draws_equals_one_draw(runs) -> None:
     method = runs["gdas"].trained()
     with torch.no_grad():  # a posterior concentrated on one architecture: every draw is the same network
@@ -59,7 +70,11 @@ def test_averaging_identical_draws_equals_one_draw(runs) -> None:
     one = predictive.probabilities(method.posterior_network(), method.data.val)
     torch.testing.assert_close(draws.mean(0), one)
     result = predictive.predict_method(method, method.data.val, 4, {"single": method.posterior_network()})
-    assert result["bma"] == pytest.approx(result["single"])
+    single = dict(result["single"])
+    difference = single.pop("bma_nll_minus_this")
+    assert result["bma"] == pytest.approx(single)
+    assert difference["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert difference["interval_95"] == pytest.approx([0.0, 0.0], abs=1e-12)
     assert [r["samples"] for r in result["curve"]] == [1, 2, 4]
 
 
@@ -93,6 +108,14 @@ def test_stored_log_likelihood_gives_loo_and_waic(runs) -> None:
     log_weights, _ = az.psislw(-flat.T)  # (example, draw), normalised over the draws
     loo_i = logsumexp(log_weights + flat.T, axis=1)
     assert az.loo(idata).elpd_loo == pytest.approx(loo_i.sum(), rel=1e-9)
+
+
+def test_a_repeated_export_replaces_the_predictive_groups(runs, tmp_path: Path) -> None:
+    (tmp_path / "posterior.nc").write_bytes((runs["gdas"].path / "posterior.nc").read_bytes())
+    assert predictive.add_predictive_groups(runs["gdas"].trained(), tmp_path, draws=5)
+    idata = az.from_netcdf(str(tmp_path / "posterior.nc"))
+    assert idata.log_likelihood["y"].shape[:2] == (1, 5) and idata.posterior_predictive["y"].shape[:2] == (1, 5)
+    assert idata.posterior.sizes["draw"] == runs["gdas"].posterior().posterior.sizes["draw"]  # left as it was
 
 
 def test_predict_reports_bma_inherited_and_retrained(runs, tmp_path: Path) -> None:
@@ -131,3 +154,16 @@ def test_compare_refuses_runs_on_different_splits(runs, tmp_path: Path) -> None:
     (other / "config.json").write_text(json.dumps({**config, "data_seed": 5}))
     with pytest.raises(DiagnosticsError, match="different data splits"):
         compare_runs([runs["gdas"].path, other])
+
+
+def test_random_search_has_no_posterior_to_average() -> None:
+    from bayesnas.config import preset
+    from bayesnas.data import load_dataset
+    from bayesnas.methods import get_method
+
+    data = load_dataset("digits", fraction=0.3)
+    method = get_method("random")(preset("random-digits").merged({"space": {"channels": 4}}), data,
+                                  torch.device("cpu"))
+    with pytest.raises(predictive.NoPosteriorError, match="no posterior over networks"):
+        predictive.draw_probabilities(method, data.val, 2)
+    assert predictive.add_predictive_groups(method, Path("/nonexistent")) is False  # nothing read or written
