@@ -120,7 +120,7 @@ PREDICT_FILE = "predict_{split}.json"
 
 
 def predict(run: Run | str | os.PathLike, *, samples: int = 32, split: str = "test", seed: int = 0,
-            out: str | os.PathLike | None = None, device: str = "cpu", data_dir: str | os.PathLike | None = None,
+            out: str | os.PathLike | None = None, device: str = "auto", data_dir: str | os.PathLike | None = None,
             download: bool = False) -> dict[str, Any]:
     """Bayesian model averaging over ``samples`` networks drawn from a finished run's trained posterior or
     proposal (:mod:`bayesnas.predictive`) against the single selected architecture, on the run's ``split``

@@ -304,7 +304,10 @@ def write_report(population: Population) -> None:
         f"# Population: {spec.space_name} space on {c.dataset}", "",
         f"{len(table)} genotypes, {len(population.rows)} trainings (training seeds per genotype: "
         f"{min(r['seeds'] for r in table)}-{max(r['seeds'] for r in table)}); split seed {c.split_seed}, "
-        f"val {c.val_fraction}, test {c.test_fraction}, data fraction {c.data_fraction}.", "",
+        f"val {c.val_fraction}, " + (
+            f"test {c.test_fraction}, data fraction {c.data_fraction}." if c.dataset == "digits"
+            else f"data fraction {c.data_fraction} of the official training set; test: the whole official test set."),
+        "",
         f"Recipe: `{json.dumps(dataclasses.asdict(spec.recipe))}`", "",
         f"Space options: `{json.dumps(c.space)}` (shaped by the data)", "",
         "| statistic | test accuracy |", "|---|---|",

@@ -19,6 +19,7 @@ using leave-one-out cross-validation and WAIC", Statistics and Computing 2017).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -129,14 +130,14 @@ def predict_method(method: SearchMethod, split: Split, samples: int,
     averaged = draws.mean(0).cpu()
     table = calibration.reliability(averaged.double(), y)
     result: dict[str, Any] = {"bma": calibration.scores(averaged, y), "curve": sample_curve(draws.cpu(), y),
-                              "reliability": {"bma": table.__dict__}}
+                              "reliability": {"bma": dataclasses.asdict(table)}}
     for name, predict in single.items():
         if predict is None:
             continue
         probs = probabilities(predict, split, precision=method.precision).cpu()
         result[name] = {**calibration.scores(probs, y),
                         "bma_nll_minus_this": calibration.nll_difference(averaged, probs, y)}
-        result["reliability"][name] = calibration.reliability(probs.double(), y).__dict__
+        result["reliability"][name] = dataclasses.asdict(calibration.reliability(probs.double(), y))
     return result
 
 

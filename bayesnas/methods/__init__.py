@@ -110,8 +110,8 @@ class Selection:
     test_accuracy: float
     extra: dict[str, Any] = field(default_factory=dict)
     retrained: bool = False
-    """Whether ``network`` was trained from scratch for the reported accuracies (its weights are then saved as
-    ``selected.pt``)."""
+    """Whether ``network`` was trained for the reported accuracies (retrained from scratch, or PGNAS's
+    fine-tuning) rather than taken from the super-network; its weights are then saved as ``selected.pt``."""
 
 
 def parse_options(options_type: type, options: dict[str, Any], method: str) -> Any:
