@@ -74,14 +74,18 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], resamples: int = 10
 def method_config(method: str, population: Population, seed: int, overrides: dict[str, Any] | None = None
                   ) -> SearchConfig:
     """``method``'s preset for the population's data set (its digits preset otherwise) on the population's space
-    and space options, its split and seed ``seed``, without the final retraining; then ``overrides``."""
+    and space options, its split and seed ``seed``, without the final retraining (PC-NAS: with the warm-up left
+    to fill the preset's epochs, ``epochs - L x interval_epochs``, for the space's L decisions); then
+    ``overrides``."""
     spec = population.spec.config
     name = f"{method}-{spec.dataset}" if f"{method}-{spec.dataset}" in PRESETS else f"{method}-digits"
     if name not in PRESETS:
         raise ConfigError(f"method {method!r} has no preset to start from (looked for {name!r})")
     config = on_space(preset(name).merged({"dataset": spec.dataset}), spec.space_name)
-    options = {k: 0 for k in ("retrain_epochs",) if k in {f.name for f in dataclasses.fields(
-        METHODS[method].options_type)}}
+    known = {f.name for f in dataclasses.fields(METHODS[method].options_type)}
+    options: dict[str, Any] = {k: 0 for k in ("retrain_epochs",) if k in known}
+    if "interval_epochs" in known:  # PC-NAS: the preset's warm-up was sized for its own space's number of decisions;
+        options["warmup_epochs"] = None  # here the warm-up is what the epochs leave after one interval per decision
     config = dataclasses.replace(config, space=dict(spec.space), seed=seed, data_seed=spec.split_seed,
                                  val_fraction=spec.val_fraction, test_fraction=spec.test_fraction,
                                  data_fraction=spec.data_fraction, precision=spec.precision,

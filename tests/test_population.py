@@ -13,7 +13,9 @@ import torch
 from bayesnas.cli import main
 from bayesnas.compare import method_config, rank_correlation, run_compare
 from bayesnas.config import ConfigError
+from bayesnas.data import load_dataset
 from bayesnas.io import read_jsonl, write_jsonl
+from bayesnas.methods import get_method
 from bayesnas.population import (
     ENUMERATION_LIMIT,
     Population,
@@ -139,6 +141,12 @@ def test_method_config_searches_the_population_space_and_split(population):
     assert config.seed == 3 and config.split_seed == 0 and config.data_fraction == 0.25
     assert config.options["retrain_epochs"] == 0
     assert "retrain_epochs" not in method_config("pgnas", pop, seed=0).options
+    # PC-NAS's preset schedule (20 + 5 decisions x 4 epochs) is for its own chain; on this one (3 decisions) the
+    # warm-up fills the preset's 40 epochs
+    pcnas = method_config("pcnas", pop, seed=0)
+    assert pcnas.epochs == 40 and pcnas.options["warmup_epochs"] is None
+    data = load_dataset("digits", fraction=0.25)
+    assert get_method("pcnas")(pcnas, data, torch.device("cpu")).warmup_epochs == 40 - 3 * 4
 
 
 def test_compare_places_picks_and_ranks_the_population(population, tmp_path):
