@@ -87,10 +87,10 @@ SELECTED_WEIGHTS = "selected.pt"
 """The retrained selected network's state dict (weights only), where the search retrained it."""
 
 
-def save_weights(path: Path, net: nn.Module) -> None:
-    """Write ``net``'s state dict atomically (tensors only: ``torch.load(..., weights_only=True)`` reads it)."""
+def save_tensors(path: Path, data: Any) -> None:
+    """``torch.save`` ``data`` (tensors and plain containers: ``weights_only=True`` reads it back) atomically."""
     buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buffer)
+    torch.save(data, buffer)
     atomic_write(path, lambda fh: fh.write(buffer.getvalue()))
 
 
@@ -110,9 +110,7 @@ class Checkpoint:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write(self.path, lambda fh: fh.write(buffer.getvalue()))
+        save_tensors(self.path, state)
 
     def load(self, config: SearchConfig, modules: dict[str, nn.Module],
              optimizers: dict[str, tuple[torch.optim.Optimizer, Any]], device: torch.device) -> int:
@@ -462,7 +460,8 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
         genotype.save(run_dir / "genotype.json")
         draw_genotype(genotype, run_dir / ARCHITECTURE_FILE)
         if selection.retrained:
-            save_weights(run_dir / SELECTED_WEIGHTS, selection.network)
+            save_tensors(run_dir / SELECTED_WEIGHTS,
+                         {k: v.detach().cpu() for k, v in selection.network.state_dict().items()})
         method.export(run_dir)
         add_predictive_groups(method, run_dir)
         diagnostics.plot_training(run_dir)

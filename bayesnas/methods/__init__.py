@@ -212,18 +212,12 @@ class SearchMethod(ABC):
         """``genotype`` built with the super-network's weights, as a function from images to logits with BatchNorm
         on batch statistics (a single-path super-network's running averages mix every path; Guo et al., ECCV
         2020); None without a super-network state."""
-        from bayesnas.spaces.decisions import batch_statistics
+        from bayesnas.spaces.decisions import on_batch_statistics
 
         state = self.supernet_state()
         if state is None:
             return None
-        net = self.space.build(genotype, inherit=state).to(self.device).eval()
-
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            with batch_statistics(net):
-                return net(x)
-
-        return predict
+        return on_batch_statistics(self.space.build(genotype, inherit=state).to(self.device).eval())
 
     @torch.no_grad()
     def inherited_accuracy(self, genotype: Any, split: Split, batch_size: int = 512) -> float | None:

@@ -44,7 +44,7 @@ from bayesnas.io import atomic_write, read_jsonl
 from bayesnas.methods import Phase, SearchMethod, Selection, register
 from bayesnas.models.pcnas import PCNASModel, conditioned_nll
 from bayesnas.spaces.chain import ChainSpace
-from bayesnas.spaces.decisions import DecisionSpace, batch_statistics
+from bayesnas.spaces.decisions import DecisionSpace, batch_statistics, on_batch_statistics
 from bayesnas.spaces.profile import count_params
 from bayesnas.training import TrainRecipe
 
@@ -354,14 +354,8 @@ class PCNAS(SearchMethod):
     def posterior_network(self):
         """A member of the final pool (a completion of it while partial), uniformly under the latency limit
         (Sec. 3.3); One-Shot: a uniform architecture. BatchNorm on batch statistics, as the potentials use."""
-        net = self.model.net
         arch = self.architecture((self.pool if self.proposal_kind == "pool" else self.uniform).sample())
-
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            with batch_statistics(net):
-                return net(x, arch)
-
-        return predict
+        return on_batch_statistics(self.model.net, arch)
 
     # --- export ----------------------------------------------------------------------------------------------
     def option_names(self) -> list[str]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -205,6 +205,15 @@ def mixed_forward(ops: Sequence[nn.Module], x: torch.Tensor, choice: torch.Tenso
         parts.append(ops[k](x.index_select(0, idx)) * choice[idx, k].view(-1, 1, 1, 1))
         order.append(idx)
     return torch.cat(parts).index_select(0, torch.argsort(torch.cat(order)))
+
+
+def on_batch_statistics(net: nn.Module, *args: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> net(x, *args)`` evaluated inside :func:`batch_statistics` (a predictor for scoring code)."""
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with batch_statistics(net):
+            return net(x, *args)
+
+    return predict
 
 
 @contextmanager
