@@ -76,10 +76,11 @@ def test_cuda_tests_step_collects_and_reports_the_cases(tmp_path: Path, monkeypa
     assert cases and all("cuda" in case and ": skipped (" in case for case in cases), cases
 
 
-# one search step (with the speed options) and one throughput step: the other steps run the same code with another
-# method or mode (the CLI tests search with every method on the CPU), and the cuda-tests step is tested above on
+# one search step (the shortest) and one throughput step (compiled: tested nowhere else): the other steps run the
+# same code with another method or mode (the CLI tests search with every method on the CPU, and
+# tests/test_speed_options.py compiled and bf16 channels-last searches), and the cuda-tests step is tested above on
 # one file; the whole dry run takes about 4.5 minutes on one thread, too long for the suite's budget
-DRY_STEPS = ["install", "search-gdas-bf16-cl-compile", "throughput-gdas-compile"]
+DRY_STEPS = ["install", "search-pgnas", "throughput-gdas-compile"]
 
 
 @pytest.mark.slow
@@ -97,7 +98,7 @@ def test_dry_run_passes(tmp_path: Path) -> None:
     result = json.loads((out / "gpu-check.json").read_text())
     assert result["passed"] and [s["name"] for s in result["steps"]] == names
     assert all(s["ok"] and not s["failures"] for s in result["steps"])
-    search = next(s for s in result["steps"] if s["name"] == "search-gdas-bf16-cl-compile")
+    search = next(s for s in result["steps"] if s["name"] == "search-pgnas")
     assert search["figures"]["device"] == "cpu" and 0 <= search["figures"]["test_accuracy"] <= 1
     rows = {(r["method"], r["mode"]) for r in result["throughput"]}
     assert rows == {("gdas", "bf16+cl+compile")}

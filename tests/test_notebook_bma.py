@@ -17,7 +17,8 @@ def test_committed_notebook_has_no_outputs():
 def test_notebook_executes(tmp_path):
     text, images = execute(NOTEBOOK, tmp_path, {"BAYESNAS_NOTEBOOK_EPOCHS": "4",
                                                 "BAYESNAS_NOTEBOOK_DATA_FRACTION": "0.3",
-                                                "BAYESNAS_NOTEBOOK_SAMPLES": "4"})
+                                                "BAYESNAS_NOTEBOOK_SAMPLES": "4",
+                                                "BAYESNAS_NOTEBOOK_DRAWS": "16"})
     for method, predictors in (("pgnas", ("bma", "inherited")), ("gdas", ("bma", "inherited", "retrained"))):
         for predictor in predictors:  # one table row each: accuracy, NLL, Brier, ECE
             assert re.search(rf"{method}\s+{predictor}\s+[01]\.\d+\s+\d+\.\d+\s+\d\.\d+\s+\d\.\d+", text), \
