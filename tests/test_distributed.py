@@ -248,12 +248,18 @@ UNEVEN = {  # augmentation on, and 33 examples per step: shards of 17 and 16
 
 
 def _uneven_worker(rank: int, size: int, port: int, configs: dict, root: str) -> None:
+    import torch.distributed as dist
+
     from bayesnas.config import SearchConfig
 
     _join(rank, size, port)
-    for method, config in configs.items():  # one pair of processes for the four searches (start-up is most of a run)
+    # one pair of processes and one process group for the four searches (start-up is most of a run), as
+    # ``bayesnas rank`` runs its searches: each search joins the group it finds
+    dist.init_process_group("gloo")
+    for method, config in configs.items():
         summary = run_search(SearchConfig.from_dict(config), f"{root}/{method}", device="cpu", progress=False)
         Path(f"{root}/{method}.rank{rank}.json").write_text(json.dumps(summary))
+    dist.destroy_process_group()
 
 
 def test_uneven_shards_with_augmentation_stay_in_step(tmp_path: Path) -> None:
