@@ -52,7 +52,11 @@ def execute(name: str, workdir: Path, env: dict[str, str]) -> tuple[str, int]:
     os.environ.update({"OMP_NUM_THREADS": "1", **env})
     try:
         km = KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
-        NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(workdir)}}).execute()
+        try:
+            NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(workdir)}}).execute()
+        finally:  # nbclient leaves a kernel it did not start running (about 1 GB each, until the worker exits)
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     finally:
         for key, value in saved.items():
             if value is None:
