@@ -58,6 +58,21 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
     return contextlib.nullcontext()
 
 
+def depthwise_leaves_autocast(x: torch.Tensor) -> bool:
+    """Whether a depthwise convolution of ``x`` runs in fp32 although autocast is on: under CPU autocast, where
+    oneDNN's bfloat16 depthwise convolutions (forward + backward) are 1.1-9x slower than fp32 ones in channels-last
+    (5x5 and dilated kernels, stride 2; ``benchmarks/README.md``), so the bf16 path keeps them in fp32."""
+    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+
+
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` where the 4-d ``x`` is laid out channels-last (and not also contiguous), else
+    ``torch.contiguous_format``."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 T = TypeVar("T", torch.Tensor, nn.Module)
 
 

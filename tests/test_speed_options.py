@@ -7,14 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from bayesnas import infer
+from bayesnas import infer, reparam
 from bayesnas.cli import main
 from bayesnas.config import ConfigError, SearchConfig, preset
 from bayesnas.data import load_dataset
 from bayesnas.infer import compile_networks, precision_context, run_search
 from bayesnas.methods import get_method
+from bayesnas.precision import channels_last
+from bayesnas.spaces.cell import CellSpace
+from bayesnas.spaces.ops import SearchConv2d, Zero
 
 
 def test_bf16_autocasts_the_network_but_not_the_elbo(tiny_config: SearchConfig) -> None:
@@ -90,3 +94,55 @@ def test_bf16_channels_last_search_on_cuda(tiny_config: SearchConfig, tmp_path: 
     config = tiny_config.merged({"precision": "bf16", "channels_last": True, "compile": True, "epochs": 2})
     summary = run_search(config, tmp_path / "run", device="cuda", progress=False)
     assert summary["device"].startswith("cuda") and 0 <= summary["test_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("size", [8, 9])
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_dilated_strided_conv_is_the_direct_convolution(kernel, size, groups, layout, monkeypatch):
+    torch.manual_seed(0)
+    conv = SearchConv2d(4, 4 * (groups == 1) + 4, kernel, stride=2, padding=kernel - 1, dilation=2, groups=groups)
+    x = torch.randn(3, 4, size, size).contiguous(memory_format=layout).requires_grad_()
+    calls = []
+    direct = reparam.conv2d
+    monkeypatch.setattr(reparam, "conv2d", lambda *args: calls.append(args[3:6]) or direct(*args))
+    out = conv(x)
+    assert calls == [(1, 0, 1)]  # computed as a plain convolution of every second padded pixel
+    reference = F.conv2d(x, conv.weight, None, 2, kernel - 1, 2, groups)
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-6)
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (x, conv.weight), g)
+    theirs = torch.autograd.grad(reference, (x, conv.weight), g)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_convs_stay_fp32_under_cpu_autocast():
+    torch.manual_seed(0)
+    depthwise, pointwise = SearchConv2d(4, 4, 3, padding=1, groups=4), SearchConv2d(4, 8, 1)
+    x = torch.randn(2, 4, 6, 6).to(torch.bfloat16)
+    with precision_context("bf16", x.device):
+        out = depthwise(x)
+        assert pointwise(out).dtype == torch.bfloat16  # every other convolution autocasts as before
+    assert out.dtype == torch.float32
+    assert torch.equal(out, F.conv2d(x.float(), depthwise.weight, None, 1, 1, 1, 4))
+    assert depthwise(x.float()).dtype == torch.float32
+
+
+def test_zero_op_and_cells_keep_channels_last():
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    for stride, shape in ((1, (2, 6, 8, 8)), (2, (2, 6, 4, 4))):
+        zero = Zero(6, stride)(x)
+        assert zero.shape == shape and zero.is_contiguous(memory_format=torch.channels_last)
+        assert not zero.any()
+    assert Zero(6, 2)(x.contiguous()).is_contiguous()
+    space = CellSpace.from_dict({"channels": 4, "layout": "NRN", "states": 2, "ops": "gdas", "image_size": 8})
+    net = channels_last(space.supernet(sparse=True).eval())
+    outputs = []
+    for cell in net.cells:
+        cell.register_forward_hook(lambda m, i, out: outputs.append(out))
+    none = space.index_architecture([0] * len(space.decisions()))  # every edge `none`: zeros into every state
+    with torch.no_grad():
+        net(channels_last(torch.randn(2, 1, 8, 8)), none)
+    assert len(outputs) == 3 and all(o.is_contiguous(memory_format=torch.channels_last) for o in outputs)
