@@ -60,8 +60,8 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
 
 def depthwise_leaves_autocast(x: torch.Tensor) -> bool:
     """Whether a depthwise convolution of ``x`` runs in fp32 although autocast is on: under CPU autocast, where
-    oneDNN's bfloat16 depthwise convolutions (forward + backward) are 1.1-9x slower than fp32 ones in channels-last
-    (5x5 and dilated kernels, stride 2; ``benchmarks/README.md``), so the bf16 path keeps them in fp32."""
+    oneDNN's bfloat16 depthwise convolutions (forward + backward) are slower than fp32 ones, up to 7x, in 11 of the
+    DARTS super-network's 14 shapes (``benchmarks/cpu_convolutions.py``)."""
     return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
 
 

@@ -40,6 +40,7 @@ same ops every step.
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import cProfile
 import io
@@ -53,8 +54,10 @@ from collections.abc import Callable
 import pyro
 import torch
 import torch.nn.functional as F
+from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.distributions import kl_divergence
+from torch.profiler import ProfilerActivity, profile
 
 from bayesnas.config import SearchConfig, preset
 from bayesnas.data import DataBundle, Split
@@ -63,6 +66,7 @@ from bayesnas.methods.gdas import GDAS
 from bayesnas.methods.pgnas import PGNAS
 from bayesnas.methods.vinnas import VINNAS
 from bayesnas.spaces.branches import BranchNet, BranchSpaceConfig
+from bayesnas.spaces.ops import undilated
 
 DEFAULT_SPACE = {"in_channels": 3, "stem_channels": 32, "widths": [32, 64, 128], "depths": [1, 1, 1],
                  "kernel_sizes": [1, 3, 5]}
@@ -234,8 +238,12 @@ class PlainLocalGaussian(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mu, log_var = (self.mu.detach(), self.log_var.detach()) if self.frozen else (self.mu, self.log_var)
-        mean = self.op(x, mu, self.bias, *self.args)
-        var = self.op(x * x, torch.exp(log_var), None, *self.args)
+        args = self.args
+        if self.op is F.conv2d:  # the convolution our layers compute (same sums, oneDNN's faster form)
+            x, *strides = undilated(x, *args[:3])
+            args = (*strides, args[3])
+        mean = self.op(x, mu, self.bias, *args)
+        var = self.op(x * x, torch.exp(log_var), None, *args)
         return mean + torch.sqrt(var.clamp_min(0) + 1e-8) * torch.randn_like(mean)
 
     def kl(self) -> torch.Tensor:
@@ -394,6 +402,40 @@ def gdas_steps(args: argparse.Namespace, device: torch.device, sync: Callable[[]
 STEPS = {"pgnas": pgnas_steps, "vinnas": vinnas_steps, "gdas": gdas_steps}
 
 
+class MessageCount(Messenger):
+    """Counts the Pyro messages (``sample``, ``param``, ``layer``, ...) that pass it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def _process_message(self, msg: dict) -> None:
+        self.counts[msg["type"]] += 1
+
+
+def op_profile(steps: dict[str, Callable[[], float]], n: int, top: int = 14) -> None:
+    """Self CPU milliseconds per step of each operator (torch.profiler over ``n`` steps of each implementation),
+    the ``top`` operators by ours' time, the totals, and the messages of one step of ours."""
+    per_step = {}
+    for name, step in steps.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(n):
+                step()
+        per_step[name] = {e.key: (e.self_cpu_time_total / 1e3 / n, e.count / n) for e in prof.key_averages()}
+    ours, plain = per_step["ours"], per_step["plain"]
+    print(f"{'operator (self CPU ms per step, calls)':44s} {'ours':>18s} {'plain':>18s}")
+    for key in sorted(ours, key=lambda k: -ours[k][0])[:top]:
+        (a, ca), (b, cb) = ours[key], plain.get(key, (0.0, 0))
+        print(f"{key[:44]:44s} {a:9.1f} ms {ca:6.0f} {b:9.1f} ms {cb:6.0f}")
+    totals = {name: sum(t for t, _ in ops.values()) for name, ops in per_step.items()}
+    calls = {name: sum(c for _, c in ops.values()) for name, ops in per_step.items()}
+    print(f"{'all operators':44s} {totals['ours']:9.1f} ms {calls['ours']:6.0f} {totals['plain']:9.1f} ms "
+          f"{calls['plain']:6.0f}")
+    with MessageCount() as counter:
+        steps["ours"]()
+    print("Pyro messages in one step of ours: " + ", ".join(f"{k} {v}" for k, v in counter.counts.most_common()))
+
+
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=64)
@@ -413,6 +455,9 @@ def main(argv: list[str] | None = None) -> float:
                         help="JSON space options (default: the method's DEFAULT_SPACE / VINNAS_SPACE)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after timing, cProfile N Pyro steps and print the top functions")
+    parser.add_argument("--op-profile", type=int, default=0, metavar="N",
+                        help="after timing, torch.profiler over N steps of each: self CPU ms per step of the "
+                             "operators, ours against plain, and the Pyro messages of one step of ours")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall-clock time, or this process's CPU time (less disturbed by other load)")
     parser.add_argument("--seed", type=int, default=0)
@@ -457,6 +502,9 @@ def main(argv: list[str] | None = None) -> float:
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
         print(text.getvalue())
+
+    if args.op_profile:
+        op_profile({"ours": ours, "plain": baseline}, args.op_profile)
 
     ratio = med["ours"] / med["plain"]
     print(f"ratio={ratio:.3f}")

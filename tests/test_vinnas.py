@@ -453,13 +453,18 @@ def test_overhead_benchmark_runs_for_vinnas(capsys):
     spec = importlib.util.spec_from_file_location("svi_overhead", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    for stage in ("weights", "architecture"):
+    for stage, profile in (("weights", ["--op-profile", "1"]), ("architecture", [])):
         ratio = bench.main(["--method", "vinnas", "--stage", stage, "--steps", "1", "--warmup", "0", "--threads", "1",
                             "--num-train", "400", "--space", '{"in_channels": 1, "channels": 4, "layout": "RN", '
-                            '"states": 1}'])
+                            '"states": 1}', *profile])
         assert ratio > 0
     out = capsys.readouterr().out
     assert "registered KL_w + KL_alpha" in out and "ratio=" in out
+    # the operator table, and a sample message per weight site in the guide and one in the model
+    assert "aten::convolution_backward" in out and "all operators" in out
+    sites = int(out.split("weight_sites=")[1].split()[0])
+    counts = dict(kv.split() for kv in out.split("Pyro messages in one step of ours: ")[1].splitlines()[0].split(", "))
+    assert int(counts["sample"]) >= 2 * sites and int(counts["layer"]) > 0
 
 
 CHAIN = {"stem_channels": 8, "first_block_channels": 0, "widths": [16], "depths": [3], "strides": [2],

@@ -35,13 +35,20 @@ class SearchConv2d(nn.Conv2d):
         return self._conv(x)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and self.stride == self.dilation != (1, 1) and isinstance(self.padding, tuple):
-            # stride s = dilation d: output o reads padded input s * o + d * t = s * (o + t), so the same sums are a
-            # plain convolution of every s-th padded pixel, which oneDNN computes 1.1-4x faster on CPUs (benchmarks/)
-            (ph, pw), (sh, sw) = self.padding, self.stride
-            x = F.pad(x, (pw, pw, ph, ph))[:, :, ::sh, ::sw]
-            return reparam.conv2d(x, self.weight, self.bias, 1, 0, 1, self.groups)
-        return reparam.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        x, stride, padding, dilation = undilated(x, self.stride, self.padding, self.dilation)
+        return reparam.conv2d(x, self.weight, self.bias, stride, padding, dilation, self.groups)
+
+
+def undilated(x: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int] | str, dilation: tuple[int, int]
+              ) -> tuple[torch.Tensor, tuple[int, int] | int, tuple[int, int] | int | str, tuple[int, int] | int]:
+    """A convolution's input and (stride, padding, dilation), rewritten on CPUs where stride = dilation = s > 1:
+    output pixel o reads padded input s * o + s * t for kernel tap t, so the same sums are a stride-1, undilated
+    convolution of every s-th padded pixel, which oneDNN computes 1.1-4.7x faster
+    (``benchmarks/cpu_convolutions.py``)."""
+    if x.device.type != "cpu" or stride != dilation or stride == (1, 1) or isinstance(padding, str):
+        return x, stride, padding, dilation
+    (ph, pw), (sh, sw) = padding, stride
+    return F.pad(x, (pw, pw, ph, ph))[:, :, ::sh, ::sw], 1, 0, 1
 
 
 def bn(channels: int, affine: bool) -> nn.BatchNorm2d:
