@@ -90,7 +90,7 @@ def method_config(method: str, population: Population, seed: int, overrides: dic
                                  val_fraction=spec.val_fraction, test_fraction=spec.test_fraction,
                                  data_fraction=spec.data_fraction, precision=spec.precision,
                                  channels_last=spec.channels_last)
-    return config.merged({"options": options, **(overrides or {})})
+    return config.merged({"options": options}).merged(overrides or {})
 
 
 def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequence[str], seeds: int = 1,

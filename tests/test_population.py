@@ -141,6 +141,9 @@ def test_method_config_searches_the_population_space_and_split(population):
     assert config.seed == 3 and config.split_seed == 0 and config.data_fraction == 0.25
     assert config.options["retrain_epochs"] == 0
     assert "retrain_epochs" not in method_config("pgnas", pop, seed=0).options
+    # overriding some options keeps the others' compare settings (no retraining)
+    vinnas = method_config("vinnas", pop, seed=0, overrides={"epochs": 20, "options": {"warmup_epochs": 5}})
+    assert vinnas.epochs == 20 and vinnas.options["warmup_epochs"] == 5 and vinnas.options["retrain_epochs"] == 0
     # PC-NAS's preset schedule (20 + 5 decisions x 4 epochs) is for its own chain; on this one (3 decisions) the
     # warm-up fills the preset's 40 epochs
     pcnas = method_config("pcnas", pop, seed=0)
