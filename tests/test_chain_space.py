@@ -73,14 +73,49 @@ def test_straight_through_one_hot_passes_the_gradient_to_every_logit(space):
         hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).float()
         arch[name] = hard - soft.detach() + soft  # GDAS's straight-through estimator
     ran = []
-    hooks = [op.register_forward_hook(lambda m, i, o: ran.append(m.name))
-             for block in net.blocks for op in block.ops.values()]
+    hooks = [op.body.register_forward_hook(lambda m, i, o, name=name: ran.append(name))
+             for block in net.blocks for name, op in block.ops.items()]
     net(x, arch).square().sum().backward()
     for h in hooks:
         h.remove()
-    assert len(ran) == len(space.decisions())  # one op per decision ran
+    chosen = [decision.options[int(arch[group][row].argmax())] for decision, (group, row)
+              in zip(space.decisions(), _rows(space), strict=True)]
+    assert ran == [op for op in chosen if op != "Identity"]  # only the chosen op of each decision ran (an
+    # Identity behind the shortcut adds nothing and runs nothing)
     for name, a in logits.items():
         assert a.grad is not None and bool((a.grad != 0).all()), name
+
+
+def _rows(space):
+    """``(group, row)`` of every decision, in the space's order."""
+    rows = {p: (name, r) for name, g in space.groups().items() for r, p in enumerate(g.positions)}
+    return [rows[i] for i in range(len(space.decisions()))]
+
+
+def test_a_gate_before_a_normalised_layer_gets_its_branch_gradient(space):
+    """s0.l1 (residual) feeds s1.l0 (convolution + BatchNorm). Gating the whole output, h (x + branch(x)), the
+    BatchNorm undoes h's scale and the gate's gradient vanishes (it was ~1e-9); with the shortcut outside the gate
+    (ProxylessNAS) it is dL/dh = <dL/dy, branch(x)>, times softmax's Jacobian for the logits."""
+    torch.manual_seed(0)
+    net = space.supernet(sparse=True)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(5, (8,))
+    index = {"mixop": torch.tensor([2, 1, 2]), "transition": torch.tensor([0])}  # s0.l1 = MBConv_3_3
+    logits = {g: torch.zeros(len(v), space.groups()[g].shape[1], requires_grad=True) for g, v in index.items()}
+    arch = {g: F.one_hot(index[g], a.shape[1]).float() - a.softmax(-1).detach() + a.softmax(-1)
+            for g, a in logits.items()}
+    seen = {}
+    block = net.blocks[1]
+    block.register_forward_hook(lambda m, i, out: seen.update(x=i[0].detach(), y=out))
+    loss = F.cross_entropy(net(x, arch), y)
+    seen["y"].retain_grad()
+    loss.backward()
+    with torch.no_grad():
+        branch = block.ops["MBConv_3_3"].branch(seen["x"])  # batch statistics: the same value as in the forward
+    dh = float((seen["y"].grad * branch).sum())
+    soft = torch.full((3,), 1 / 3)
+    expected = dh * soft[1] * (F.one_hot(torch.tensor(1), 3) - soft)
+    torch.testing.assert_close(logits["mixop"].grad[1], expected, rtol=1e-4, atol=1e-9)
+    assert abs(dh) > 1e-4
 
 
 def test_weights_form_is_the_weighted_sum_of_every_op(space):

@@ -219,6 +219,7 @@ class ChainOp(nn.Module):
         self.name = name
         self.stride = stride
         self.empty = kept is not None and len(kept) == 0
+        self.identity = kind == "Identity"
         self.register_buffer("index", None)
         if kind == "Identity":
             if stride != 1 or cin != cout:
@@ -254,13 +255,19 @@ class ChainOp(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._body(x)
+        return x + out if self.residual else out
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """What the op adds to its input: the body of a residual op, zeros for ``Identity``."""
+        return torch.zeros_like(x) if self.identity else self._body(x)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
         if self.empty:
             bn = self.body[0]
             size = ((x.shape[2] - 1) // self.stride + 1, (x.shape[3] - 1) // self.stride + 1)
-            out = bn(x.new_zeros(x.shape[0], bn.num_features, *size))
-        else:
-            out = self.body(x if self.index is None else x.index_select(1, self.index))
-        return x + out if self.residual else out
+            return bn(x.new_zeros(x.shape[0], bn.num_features, *size))
+        return self.body(x if self.index is None else x.index_select(1, self.index))
 
 
 class MixedOp(nn.Module):
@@ -269,7 +276,15 @@ class MixedOp(nn.Module):
 
     ``summed`` (the channel-level networks of PGNAS): every candidate runs and the outputs add up with weight 1,
     the parallel branches of a shake-shake block (Zhou et al., AAAI 2020, Sec. 3.1); ``kept`` maps an
-    ``MBConv`` op to the expanded channels it keeps (:class:`ChainOp`)."""
+    ``MBConv`` op to the expanded channels it keeps (:class:`ChainOp`).
+
+    In a ``sparse`` super-network (straight-through gates, GDAS), a mixop whose candidates are all residual or
+    ``Identity`` keeps the shortcut outside the gate, ``x + h_k branch_k(x)``, as ProxylessNAS's mixed block does
+    (Cai et al., ICLR 2019, Sec. 3.2): the same value as ``h_k op_k(x)`` for the gate's value 1, but gated as
+    ``h_k (x + branch_k(x))`` the whole output scales with ``h_k``, and a next layer that normalises its input
+    (a convolution and batch normalisation) is blind to that scale, so the gate's gradient is zero and the
+    decision never moves (GDAS's entropy stayed at ln 3 on such mixops of the Fashion-MNIST chain).
+    """
 
     def __init__(self, layer: ChainLayer, ops: Sequence[str] | None = None, sparse: bool = False,
                  affine: bool = True, summed: bool = False, kept: Mapping[str, Sequence[int]] | None = None) -> None:
@@ -280,6 +295,7 @@ class MixedOp(nn.Module):
         kept = kept or {}
         self.ops = nn.ModuleDict({n: ChainOp(n, layer.in_channels, layer.out_channels, layer.stride, affine,
                                              kept.get(n)) for n in self.names})
+        self.shortcut = sparse and all(op.residual or op.identity for op in self.ops.values())
 
     def forward(self, x: torch.Tensor, choice: torch.Tensor | None = None) -> torch.Tensor:
         if self.summed:
@@ -288,6 +304,8 @@ class MixedOp(nn.Module):
             if len(self.names) != 1:
                 raise ValueError("a mixed operator of the super-network needs an architecture to run")
             return self.ops[self.names[0]](x)
+        if self.shortcut:
+            return x + mixed_forward([op.branch for op in self.ops.values()], x, choice, sparse=True)
         return mixed_forward(list(self.ops.values()), x, choice, self.sparse)
 
 

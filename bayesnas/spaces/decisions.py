@@ -177,8 +177,8 @@ class DecisionSpace(ABC):
         return out
 
 
-def mixed_forward(ops: Sequence[nn.Module], x: torch.Tensor, choice: torch.Tensor, sparse: bool,
-                  skip: Sequence[bool] | None = None) -> torch.Tensor:
+def mixed_forward(ops: Sequence[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, choice: torch.Tensor,
+                  sparse: bool, skip: Sequence[bool] | None = None) -> torch.Tensor:
     """One decision of a super-network: the candidate ``ops`` on ``x`` under ``choice`` in any of the three forms.
 
     ``choice`` is a 0-d integer tensor (index), or a float ``(K,)`` / ``(B, K)`` vector: with ``sparse`` the
