@@ -60,7 +60,7 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
 
 def depthwise_leaves_autocast(x: torch.Tensor) -> bool:
     """Whether a depthwise convolution of ``x`` runs in fp32 although autocast is on: under CPU autocast, where
-    oneDNN's bfloat16 depthwise convolutions (forward + backward) are slower than fp32 ones, up to 7x, in 11 of the
+    oneDNN's bfloat16 depthwise convolutions (forward + backward) are slower than fp32 ones, up to 7x, in 12 of the
     DARTS super-network's 14 shapes (``benchmarks/cpu_convolutions.py``)."""
     return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
 
