@@ -1,6 +1,7 @@
 """Forward + backward milliseconds of the DARTS cells' depthwise convolutions on the CPU, in the forms we choose.
 
-Two tables, one process, batch 64, channels-last (``--layout contiguous`` for the default format):
+Two tables, one process, the two forms of each row timed in alternation, batch 64, channels-last
+(``--layout contiguous`` for the default format):
 
 1. **depthwise in bf16 or fp32 under autocast**: a bf16 input (as the previous autocast op leaves it) through a
    depthwise ``k x k`` convolution in bfloat16, against the same input cast to fp32 and convolved in fp32 (what
@@ -15,16 +16,19 @@ Two tables, one process, batch 64, channels-last (``--layout contiguous`` for th
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from bayesnas.precision import resolve_precision
 from bayesnas.spaces.ops import undilated
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _gdas_step import time_alternating  # noqa: E402
 
 # (channels, side, kernel, dilation, stride) of the depthwise convolutions in the gdas-xautodl super-network
 DEPTHWISE = [(16, 32, 3, 1, 1), (16, 32, 5, 1, 1), (16, 32, 3, 2, 1), (16, 32, 5, 2, 1), (32, 16, 3, 1, 1),
@@ -33,14 +37,9 @@ DEPTHWISE = [(16, 32, 3, 1, 1), (16, 32, 5, 1, 1), (16, 32, 3, 2, 1), (16, 32, 5
 STRIDED_DILATED = [(32, 32, 3), (32, 32, 5), (64, 16, 3), (64, 16, 5)]
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return 1e3 * statistics.median(times)
+def milliseconds(steps: dict[str, Callable[[], object]], repeats: int) -> tuple[float, ...]:
+    """Median milliseconds of each step, run in alternation (``_gdas_step.time_alternating``)."""
+    return tuple(1e3 * t for t in time_alternating(steps, repeats, 1, torch.device("cpu")).values())
 
 
 def depthwise(x: torch.Tensor, w: torch.Tensor, stride: int, dilation: int, bf16: bool) -> None:
@@ -84,7 +83,8 @@ def main() -> None:
     for c, side, k, d, s in DEPTHWISE:
         x = torch.randn(64, c, side, side).to(torch.bfloat16).contiguous(memory_format=layout).requires_grad_()
         w = torch.randn(c, 1, k, k).contiguous(memory_format=layout).requires_grad_()
-        a, b = (median_ms(partial(depthwise, x, w, s, d, bf16), args.repeats) for bf16 in (True, False))
+        a, b = milliseconds({"bf16": partial(depthwise, x, w, s, d, True),
+                             "fp32": partial(depthwise, x, w, s, d, False)}, args.repeats)
         print(f"  C={c:3d} {side:2d}x{side:<2d} k={k} dilation={d} stride={s}: bf16 {a:6.1f}  fp32 {b:6.1f}  "
               f"fp32/bf16 {b / a:.2f}")
 
@@ -94,7 +94,8 @@ def main() -> None:
         w = torch.randn(c, 1, k, k).contiguous(memory_format=layout).requires_grad_()
         if not torch.allclose(strided_dilated(x, w, False), strided_dilated(x, w, True), atol=1e-5):
             raise AssertionError("the undilated form differs from F.conv2d")
-        a, b = (median_ms(partial(strided_dilated, x, w, r, backward=True), args.repeats) for r in (False, True))
+        a, b = milliseconds({"direct": partial(strided_dilated, x, w, False, backward=True),
+                             "undilated": partial(strided_dilated, x, w, True, backward=True)}, args.repeats)
         print(f"  C={c:3d} {side:2d}x{side:<2d} k={k}: direct {a:6.1f}  undilated {b:6.1f}  ratio {b / a:.2f}")
 
 
