@@ -15,7 +15,7 @@ from pyro.distributions import Independent
 from pyro.distributions.score_parts import ScoreParts
 from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.util import prune_subsample_sites
-from torch.distributions.kl import _dispatch_kl
+from torch.distributions.kl import _KL_MEMOIZE, _dispatch_kl
 
 
 def has_registered_kl(q: object, p: object) -> bool:
@@ -24,7 +24,11 @@ def has_registered_kl(q: object, p: object) -> bool:
         if q.reinterpreted_batch_ndims != p.reinterpreted_batch_ndims:
             return False
         q, p = q.base_dist, p.base_dist
-    return _dispatch_kl(type(q), type(p)) is not NotImplemented
+    pair = type(q), type(p)
+    # torch's own memo of kl_divergence (cleared by register_kl): the dispatch searches the whole registry
+    if pair not in _KL_MEMOIZE:
+        _KL_MEMOIZE[pair] = _dispatch_kl(*pair)
+    return _KL_MEMOIZE[pair] is not NotImplemented
 
 
 class AnalyticKLELBO(TraceMeanField_ELBO):
@@ -42,8 +46,8 @@ class AnalyticKLELBO(TraceMeanField_ELBO):
         model_trace.compute_log_prob(site_filter=lambda name, site: name not in analytic)
         # compute_score_parts skips sites that have them; for these the loss reads only the KL (the entropy term
         # is a tensor, as for any reparameterised site, so validation still sees a fully reparameterised guide)
+        zero = torch.zeros(())
         for name in analytic:
-            zero = torch.zeros(())
             guide_trace.nodes[name]["score_parts"] = ScoreParts(log_prob=zero, score_function=0, entropy_term=zero)
         guide_trace.compute_score_parts()
         return model_trace, guide_trace

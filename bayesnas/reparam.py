@@ -8,10 +8,14 @@ Outside any Pyro handler these are the plain functions. Inside :class:`LocalRepa
 2. when the model later feeds that very tensor (replayed from the guide) to a layer, ``_pyro_layer``
    replaces ``op(x, phi)`` by ``q.local_reparameterize(op, x, ...)``, which draws the noise per example.
 
-The sample sites, and so the ELBO and its analytic KL terms, stay untouched. PGNAS's per-example dropout
-masks (Algorithm 1, line 3) are :meth:`~bayesnas.distributions.ConcreteDropout.local_reparameterize`; the
-Gaussian case (output mean from ``mu``, variance from ``sigma^2`` on ``x^2``) is a second distribution with the
-same method.
+The sample sites, and so the ELBO and its analytic KL terms, stay untouched. PGNAS's per-example dropout masks
+(Algorithm 1, line 3) are :meth:`~bayesnas.distributions.ConcreteDropout.local_reparameterize`; the Gaussian case
+(output mean from ``mu``, variance from ``sigma^2`` on ``x^2``) is a second distribution with the same method.
+
+With ``defer_draws=True``, a guide site marked ``infer={ONLY_FEEDS_LAYERS: True}`` whose distribution has a
+``deferred_sample`` method is not drawn at all: the layers draw their own noise, and a loss that scores the site by
+a registered KL never reads its value. The value is that method's NaN stand-in, so any other use of it fails
+loudly (Pyro's validation rejects it; without validation the loss is NaN).
 """
 
 from __future__ import annotations
@@ -37,6 +41,16 @@ def _layer(op: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
 conv2d = _layer(F.conv2d)
 linear = _layer(F.linear)
 
+ONLY_FEEDS_LAYERS = "only_feeds_layers"
+"""Key of a guide site's ``infer`` dict: the model uses the site's value only as a layer's weight."""
+
+
+def _local(fn: object) -> object | None:
+    """The distribution under ``fn``'s wrappers that reparameterises locally, if any."""
+    while hasattr(fn, "base_dist") and not hasattr(fn, "local_reparameterize"):
+        fn = fn.base_dist
+    return fn if hasattr(fn, "local_reparameterize") else None
+
 
 class LocalReparameterization(Messenger):
     """Draw the noise of locally reparameterisable weight sites per example, on activations.
@@ -53,16 +67,23 @@ class LocalReparameterization(Messenger):
             loss = loss_fn(x, y, index, size)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, defer_draws: bool = False) -> None:
         super().__init__()
+        self.defer_draws = defer_draws
         self._by_site: dict[str, tuple[torch.Tensor, object]] = {}
         self._by_id: dict[int, tuple[torch.Tensor, object]] = {}
 
+    def _pyro_sample(self, msg: dict) -> None:
+        if (not self.defer_draws or msg["is_observed"] or msg["value"] is not None
+                or not msg["infer"].get(ONLY_FEEDS_LAYERS)):
+            return
+        fn = _local(msg["fn"])
+        if fn is not None and hasattr(fn, "deferred_sample"):
+            msg["value"] = fn.deferred_sample()
+
     def _pyro_post_sample(self, msg: dict) -> None:
-        fn = msg["fn"]
-        while hasattr(fn, "base_dist") and not hasattr(fn, "local_reparameterize"):
-            fn = fn.base_dist
-        if msg["is_observed"] or not hasattr(fn, "local_reparameterize"):
+        fn = _local(msg["fn"])
+        if msg["is_observed"] or fn is None:
             return
         # one entry per site: a new draw replaces the last one (this also keeps the recorded tensors
         # alive, so an id can never be reused by an unrelated tensor while it is in the table)

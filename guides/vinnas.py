@@ -20,6 +20,7 @@ from torch import nn
 
 from bayesnas.distributions import LocalNormal, log_lambda
 from bayesnas.models.vinnas import in_param_store
+from bayesnas.reparam import ONLY_FEEDS_LAYERS
 
 
 def _key(site: str) -> str:
@@ -80,8 +81,8 @@ class VINNASGuide(nn.Module):
         in_param_store("vinnas_guide", self)
         g_w, g_alpha, _ = self.gammas
         with kl_weight(g_w):
-            for site in self.weight_sites:
-                pyro.sample(site, self.weight_distribution(site))
+            for site in self.weight_sites:  # the model feeds each weight to its layer only
+                pyro.sample(site, self.weight_distribution(site), infer={ONLY_FEEDS_LAYERS: True})
         with kl_weight(g_alpha):
             for g in self.groups:
                 pyro.sample(alpha_site(g), self.alpha_distribution(g))

@@ -8,8 +8,9 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
 from bayesnas import reparam
-from bayesnas.distributions import ConcreteDropout, SpikeAndSlab, relaxed_keep_mask
-from bayesnas.reparam import LocalReparameterization
+from bayesnas.distributions import ConcreteDropout, LocalNormal, LogUniform, SpikeAndSlab, relaxed_keep_mask
+from bayesnas.elbo import AnalyticKLELBO
+from bayesnas.reparam import ONLY_FEEDS_LAYERS, LocalReparameterization
 
 SHAPE = (5, 4, 3, 3)
 
@@ -93,3 +94,75 @@ def test_gradients_reach_kernel_and_drop_rate_through_the_per_example_path():
     out = _run(model, guide, handler)
     out.pow(2).sum().backward()
     assert m.grad.abs().sum() > 0 and logit.grad.abs() > 0
+
+
+def _gaussian_pair(loc, log_var, x, y, hint=True):
+    """A LocalNormal weight fed to one convolution, an alpha-like LocalNormal site used outside any layer, and an
+    observed label."""
+    def model():
+        w = pyro.sample("w", LogUniform(SHAPE))
+        a = pyro.sample("a", LogUniform((SHAPE[0],)))
+        logits = reparam.conv2d(x, w, None, 1, 1).mean((2, 3)) * torch.softmax(a, -1)
+        pyro.sample("y", pyro.distributions.Categorical(logits=logits).to_event(1), obs=y)
+
+    def guide():
+        pyro.sample("a", LocalNormal(torch.zeros(SHAPE[0]), torch.full((SHAPE[0],), -4.0)))  # first: one draw
+        pyro.sample("w", LocalNormal(loc, log_var), infer={ONLY_FEEDS_LAYERS: hint})
+
+    return model, guide
+
+
+def test_deferred_draws_leave_the_layer_outputs_and_the_likelihood_unchanged():
+    torch.manual_seed(0)
+    loc, log_var = torch.randn(SHAPE), torch.full(SHAPE, -3.0)
+    x, y = torch.randn(6, 4, 6, 6), torch.randint(5, (6,))
+    runs = {}
+    for defer in (False, True):
+        handler = LocalReparameterization(defer_draws=defer)
+        model, guide = _gaussian_pair(loc, log_var, x, y)
+        torch.manual_seed(1)
+        guide_trace = poutine.trace(handler(guide)).get_trace()
+        torch.manual_seed(2)  # the same layer noise in both runs, whatever the guide drew
+        model_trace = poutine.trace(poutine.replay(handler(model), trace=guide_trace)).get_trace()
+        model_trace.compute_log_prob(lambda name, site: name == "y")
+        runs[defer] = guide_trace, model_trace
+    drawn, deferred = runs[False][0].nodes["w"]["value"], runs[True][0].nodes["w"]["value"]
+    assert torch.isfinite(drawn).all() and drawn.shape == deferred.shape == SHAPE
+    assert deferred.isnan().all() and deferred.stride() == (0, 0, 0, 0)  # nothing drawn, nothing stored
+    a = runs[True][0].nodes["a"]["value"]  # the site without the hint is drawn, the same draw in both runs
+    assert torch.isfinite(a).all() and torch.equal(a, runs[False][0].nodes["a"]["value"])
+    assert runs[True][1].nodes["y"]["log_prob_sum"].isfinite()
+    torch.testing.assert_close(runs[True][1].nodes["y"]["log_prob_sum"], runs[False][1].nodes["y"]["log_prob_sum"])
+
+
+def test_deferred_draws_need_both_the_flag_and_the_sites_hint():
+    loc, log_var = torch.randn(SHAPE), torch.full(SHAPE, -3.0)
+    x, y = torch.randn(2, 4, 6, 6), torch.randint(5, (2,))
+    for defer, hint in ((False, True), (True, False)):
+        model, guide = _gaussian_pair(loc, log_var, x, y, hint=hint)
+        trace = poutine.trace(LocalReparameterization(defer_draws=defer)(guide)).get_trace()
+        assert torch.isfinite(trace.nodes["w"]["value"]).all()
+
+
+def test_deferred_draws_keep_the_analytic_elbo_and_its_gradients():
+    torch.manual_seed(0)
+    loc = torch.randn(SHAPE, requires_grad=True)
+    log_var = torch.full(SHAPE, -3.0, requires_grad=True)
+    model, guide = _gaussian_pair(loc, log_var, torch.randn(6, 4, 6, 6), torch.randint(5, (6,)))
+    handler = LocalReparameterization(defer_draws=True)
+    loss = AnalyticKLELBO().differentiable_loss(handler(model), handler(guide))
+    loss.backward()
+    assert loss.isfinite() and loc.grad.isfinite().all() and log_var.grad.isfinite().all()
+    assert loc.grad.abs().sum() > 0 and log_var.grad.abs().sum() > 0
+    # a value read outside a layer fails loudly instead of passing silently: Pyro's validation rejects it, and
+    # without validation (as the search loop runs) the loss is NaN, which stops a search
+    def reader():
+        pyro.factor("read", pyro.sample("w", LogUniform(SHAPE)).sum())
+
+    def weight_guide():
+        pyro.sample("w", LocalNormal(loc, log_var), infer={ONLY_FEEDS_LAYERS: True})
+
+    with pytest.raises(ValueError, match="nan"):
+        TraceMeanField_ELBO().differentiable_loss(handler(reader), handler(weight_guide))
+    with pyro.validation_enabled(False), pytest.warns(UserWarning, match="NaN"):
+        assert TraceMeanField_ELBO().differentiable_loss(handler(reader), handler(weight_guide)).isnan()

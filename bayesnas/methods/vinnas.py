@@ -106,7 +106,8 @@ class VINNAS(SearchMethod):
                                  o.zero_alpha_max).to(device)
         self.guide = VINNASGuide(self.model.initial_weights, {name: g.shape for name, g in groups.items()},
                                  o.init_log_var, o.alpha_init_std).to(device)
-        self.reparam = LocalReparameterization()
+        # the loss scores the weight sites by their registered KL: their guide draws are never read
+        self.reparam = LocalReparameterization(defer_draws=True)
         self.elbo = AnalyticKLELBO()
         self.weight_half, self.arch_half = data.halves(config.seed)
         self.epoch = 0
