@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from pyro.nn import PyroModule
 from torch import nn
 
 
@@ -228,8 +229,11 @@ class SyncedBatchNorm2d(nn.BatchNorm2d):
 
 def synchronise_batchnorm(module: nn.Module) -> nn.Module:
     """Turn every ``BatchNorm2d`` in ``module`` into a :class:`SyncedBatchNorm2d` in place (same parameters and
-    buffers, so optimisers and checkpoints see the same tensors)."""
+    buffers, so optimisers and checkpoints see the same tensors); a ``PyroModule[BatchNorm2d]`` (a network that
+    ``to_pyro_module_`` converted, as PGNAS's) becomes a ``PyroModule[SyncedBatchNorm2d]``."""
     for child in module.modules():
         if type(child) is nn.BatchNorm2d:
             child.__class__ = SyncedBatchNorm2d
+        elif type(child) is PyroModule[nn.BatchNorm2d]:
+            child.__class__ = PyroModule[SyncedBatchNorm2d]
     return module

@@ -452,6 +452,9 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
     """Selection, genotype, summary, posterior export and plots of a trained search (files: rank 0 only)."""
     for module in method.modules().values():
         module.eval()
+    # the last step's per-example draws (augmentation of unequal shards) leave the ranks' streams apart: the
+    # selection's own draws (PGNAS's candidates) and any retraining must be the same on every rank
+    method.world.share_random_state(method.device)
     tic = time.perf_counter()
     selection = method.select(progress)
     select_seconds = time.perf_counter() - tic

@@ -32,15 +32,20 @@ def posterior_guided_sampling(draw: Callable[[], Candidate], score: Callable[[Ca
                               world: World = SINGLE) -> SamplingResult[Candidate]:
     """Algorithm 1, lines 7-16: ``num_candidates`` draws, each scored; the first best score wins ties.
 
-    In a distributed search every rank draws every candidate (the draws stay in step) but scores only its share
-    (round robin); the scores are gathered so every rank returns the same result."""
+    In a distributed search every rank draws every candidate but scores only its share (round robin); the scores
+    are gathered so every rank returns the same result. Scoring leaves the CPU random stream where it was (building
+    a candidate's network initialises weights), so the draws, and whatever follows, stay in step across ranks."""
     if num_candidates < 1:
         raise ValueError("num_candidates must be >= 1")
     candidates, scores = [], []
     for i in tqdm(range(num_candidates), desc=desc, disable=not progress, leave=False):
         candidate = draw()
         candidates.append(candidate)
-        scores.append(score(candidate) if world.owns(i) else float("-inf"))
+        if world.owns(i):
+            with torch.random.fork_rng(devices=[]):
+                scores.append(score(candidate))
+        else:
+            scores.append(float("-inf"))
     scores = world.max(scores)
     best = max(range(num_candidates), key=lambda i: (scores[i], -i))
     return SamplingResult(candidates[best], scores[best], scores)

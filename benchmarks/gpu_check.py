@@ -252,7 +252,9 @@ def cuda_test_files() -> list[str]:
 def step_cuda_tests(ctx: Context, step: Step) -> None:
     files = cuda_test_files()
     junit = ctx.work / "cuda-tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda",
+    # addopts emptied: pyproject's "-n auto" needs pytest-xdist, which the lent GPU machine lacks (pytest stops at
+    # the unknown option), and worker start-up would cost more than these few cases take in one process
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-o", "addopts=", "-k", "cuda",
            f"--junitxml={junit}", *files]
     step.notes.append("`" + " ".join(["python", *cmd[1:-len(files)], *files]).replace(str(junit), "JUNIT") + "`")
     code, output = run_command(cmd, min(LIMITS["cuda-tests"], ctx.left()), ctx.env)

@@ -81,6 +81,24 @@ def test_synced_batchnorm_is_the_global_batch_norm() -> None:
     mp.spawn(_batchnorm_worker, args=(2, _free_port()), nprocs=2)
 
 
+def test_batchnorm_of_a_pyro_module_network_is_synchronised_too() -> None:
+    """PGNAS's network is converted by ``to_pyro_module_``: its BatchNorms are ``PyroModule[BatchNorm2d]``, which an
+    exact type check passed over (the ranks then normalised with their own shards' statistics)."""
+    from pyro.nn import PyroModule
+    from pyro.nn.module import to_pyro_module_
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
+    to_pyro_module_(net)
+    x = torch.randn(5, 3, 6, 6)
+    before, state = net(x), {k: v.clone() for k, v in net.state_dict().items()}
+    synchronise_batchnorm(net)
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 2 and all(isinstance(m, SyncedBatchNorm2d) and isinstance(m, PyroModule) for m in norms)
+    assert net.state_dict().keys() == state.keys()
+    torch.testing.assert_close(net(x), before)  # one process: the plain batch norm
+
+
 def test_single_world_is_a_no_op() -> None:
     index = torch.arange(7)
     assert torch.equal(SINGLE.shard(index), index) and SINGLE.is_main and not SINGLE.distributed
@@ -231,16 +249,16 @@ def test_candidate_scoring_is_split_across_ranks_and_gathered() -> None:
 
 
 UNEVEN = {  # augmentation on, and 33 examples per step: shards of 17 and 16
-    "gdas": {"method": "gdas", "epochs": 2, "batch_size": 33, "data_fraction": 0.3, "shift": 1,
+    "gdas": {"method": "gdas", "epochs": 2, "batch_size": 33, "data_fraction": 0.1, "shift": 1,
              "space": {"channels": 4, "layout": "NR", "states": 2},
              "options": {"warmup_epochs": 0, "retrain_epochs": 0, "posterior_draws": 4}},
-    "vinnas": {"method": "vinnas", "epochs": 2, "batch_size": 33, "data_fraction": 0.3, "shift": 1,
+    "vinnas": {"method": "vinnas", "epochs": 2, "batch_size": 33, "data_fraction": 0.1, "shift": 1,
                "space": {"channels": 4, "layout": "RN", "states": 1},
                "options": {"warmup_epochs": 0, "retrain_epochs": 0, "posterior_draws": 4}},
-    "pgnas": {"method": "pgnas", "epochs": 2, "batch_size": 33, "data_fraction": 0.3, "shift": 1,
+    "pgnas": {"method": "pgnas", "epochs": 2, "batch_size": 33, "data_fraction": 0.1, "shift": 1,
               "space": {"stem_channels": 8, "widths": [8, 16], "depths": [1, 1], "kernel_sizes": [1, 3]},
               "options": {"num_candidates": 4, "posterior_draws": 4}},
-    "pcnas": {"method": "pcnas", "epochs": 2, "batch_size": 33, "data_fraction": 0.3, "shift": 1,
+    "pcnas": {"method": "pcnas", "epochs": 2, "batch_size": 33, "data_fraction": 0.1, "shift": 1,
               "space": {"stem_channels": 4, "widths": [4, 8, 8], "depths": [1, 1, 1]},
               "options": {"warmup_epochs": 1, "interval_epochs": 1, "pool_size": 2, "num_evaluations": 3,
                           "retrain_epochs": 0}},
@@ -264,11 +282,14 @@ def _uneven_worker(rank: int, size: int, port: int, configs: dict, root: str) ->
 
 def test_uneven_shards_with_augmentation_stay_in_step(tmp_path: Path) -> None:
     """Ranks whose random streams are advanced differently (augmentation of unequal shards) still draw the same
-    architecture every step, so their collectives match and every method's search runs to the end on both."""
+    architecture every step, so their collectives match and every method's search runs to the end on both, and
+    select the same architecture (at this data fraction PGNAS's candidate draws came apart before the selection
+    shared rank 0's random state)."""
     configs = {method: preset(f"{method}-digits").merged(UNEVEN[method]).to_dict() for method in UNEVEN}
     mp.spawn(_uneven_worker, args=(2, _free_port(), configs, str(tmp_path)), nprocs=2)
     for method in UNEVEN:
         summaries = [json.loads((tmp_path / f"{method}.rank{r}.json").read_text()) for r in range(2)]
         assert summaries[0]["world_size"] == 2, method
-        assert summaries[0]["genotype"] == summaries[1]["genotype"], method
-        assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"], method
+        # the same selection, parameter count and accuracies (PGNAS's candidates, its baseline's) on both ranks
+        timeless = [{k: v for k, v in s.items() if not k.endswith("_seconds")} for s in summaries]
+        assert timeless[0] == timeless[1], method

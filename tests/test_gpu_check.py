@@ -63,12 +63,13 @@ def test_steps_cover_every_method_in_every_mode() -> None:
 
 def test_cuda_tests_step_collects_and_reports_the_cases(tmp_path: Path, monkeypatch) -> None:
     """The step on one of the test files that look for a GPU (the dry run's other files add only time): on a CPU
-    the CUDA cases are collected and skip, and the step reports each with its outcome."""
+    the CUDA cases are collected and skip, and the step reports each with its outcome. pytest-xdist is blocked, as
+    on the lent GPU machine, which has pytest without it."""
     module = load_gpu_check()
     assert "tests/test_data.py" in module.cuda_test_files()
     monkeypatch.setattr(module, "cuda_test_files", lambda: ["tests/test_data.py"])
     ctx = module.Context(out=tmp_path, dry_run=True, device="cpu", wheels=None, work=tmp_path, deadline=1e12,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTEST_ADDOPTS": "-p no:xdist"})
     step = module.Step("cuda-tests")
     module.step_cuda_tests(ctx, step)
     assert step.failures == [], step.failures

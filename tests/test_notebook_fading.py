@@ -18,7 +18,7 @@ def test_committed_notebook_has_no_outputs():
 def test_notebook_executes(tmp_path):
     # the smallest budget that runs every method: one epoch per mixop of pcnas-digits' 5 (no PC-NAS warm-up)
     text, images = execute(NOTEBOOK, tmp_path, {"BAYESNAS_NOTEBOOK_EPOCHS": "5", "BAYESNAS_NOTEBOOK_ARCHS": "4",
-                                                "BAYESNAS_NOTEBOOK_DATA_FRACTION": "0.3"})
+                                                "BAYESNAS_NOTEBOOK_DATA_FRACTION": "0.1"})
     assert "PC-NAS: warm-up 0 + 5 intervals x 1 = 5 epochs" in text
 
     def curve(name: str) -> list[float]:
