@@ -15,8 +15,8 @@ def test_committed_notebook_has_no_outputs():
 
 @pytest.mark.slow
 def test_notebook_executes(tmp_path):
-    text, images = execute(NOTEBOOK, tmp_path, {"BAYESNAS_NOTEBOOK_EPOCHS": "4",
-                                                "BAYESNAS_NOTEBOOK_DATA_FRACTION": "0.3",
+    text, images = execute(NOTEBOOK, tmp_path, {"BAYESNAS_NOTEBOOK_EPOCHS": "2",
+                                                "BAYESNAS_NOTEBOOK_DATA_FRACTION": "0.2",
                                                 "BAYESNAS_NOTEBOOK_SAMPLES": "4",
                                                 "BAYESNAS_NOTEBOOK_DRAWS": "16"})
     for method, predictors in (("pgnas", ("bma", "inherited")), ("gdas", ("bma", "inherited", "retrained"))):

@@ -15,7 +15,7 @@ def test_committed_notebook_has_no_outputs():
 def test_notebook_executes(tmp_path):
     text, images = execute(NOTEBOOK, tmp_path, {"BAYESNAS_NOTEBOOK_EPOCHS": "2",
                                                 "BAYESNAS_NOTEBOOK_RETRAIN_EPOCHS": "1",
-                                                "BAYESNAS_NOTEBOOK_DATA_FRACTION": "0.3",
+                                                "BAYESNAS_NOTEBOOK_DATA_FRACTION": "0.1",
                                                 "BAYESNAS_NOTEBOOK_DRAWS": "16"})
     assert "test accuracy: " in text and "left after pruning" in text
     assert "op_weight[" in text  # az.summary rows
