@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import nn
 from bayesnas.config import preset
 from bayesnas.distributed import SINGLE, SyncedBatchNorm2d, World, synchronise_batchnorm
 from bayesnas.infer import StepEvent, run_search
+from tests.two_ranks import batchnorm_worker, free_port, join, scoring_worker
 
 # GDAS with one architecture per mini-batch and no augmentation: every random draw of a step is shared by the
 # whole batch, so two processes on halves of each batch must reproduce one process on the whole batch.
@@ -28,57 +28,8 @@ GDAS_TINY = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _join(rank: int, size: int, port: int) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-
-
-def _batchnorm_worker(rank: int, size: int, port: int) -> None:
-    import torch.distributed as dist
-
-    _join(rank, size, port)
-    dist.init_process_group("gloo")
-    torch.manual_seed(0)
-    x = torch.randn(8, 3, 4, 4) * 3 + 1
-    upstream = torch.randn(8, 3, 4, 4)
-    reference = nn.BatchNorm2d(3)
-    with torch.no_grad():
-        reference.weight.uniform_(0.5, 1.5)
-        reference.bias.uniform_(-1, 1)
-    synced = synchronise_batchnorm(nn.Sequential(nn.BatchNorm2d(3)))[0]
-    synced.load_state_dict(reference.state_dict())
-    assert type(synced) is SyncedBatchNorm2d
-    whole = x.clone().requires_grad_()
-    expected = reference(whole)
-    (expected * upstream).sum().backward()
-    mine = x[rank::size].clone().requires_grad_()
-    out = synced(mine)
-    (out * upstream[rank::size]).sum().backward()
-    World(rank, size).all_reduce_gradients(list(synced.parameters()))
-    torch.testing.assert_close(out, expected[rank::size].detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(mine.grad, whole.grad[rank::size], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(synced.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(synced.running_var, reference.running_var, rtol=1e-5, atol=1e-6)
-    # Scoring without gradients is local: each rank normalises its own batch (of its own size), no collective.
-    own = x[: 3 + rank]
-    with torch.no_grad():
-        local = synced(own)
-    mean, var = own.mean((0, 2, 3), keepdim=True), own.var((0, 2, 3), unbiased=False, keepdim=True)
-    expected_local = (own - mean) / torch.sqrt(var + synced.eps) * synced.weight.view(1, 3, 1, 1) \
-        + synced.bias.view(1, 3, 1, 1)
-    torch.testing.assert_close(local, expected_local, rtol=1e-5, atol=1e-5)
-    dist.destroy_process_group()
-
-
 def test_synced_batchnorm_is_the_global_batch_norm() -> None:
-    mp.spawn(_batchnorm_worker, args=(2, _free_port()), nprocs=2)
+    mp.spawn(batchnorm_worker, args=(2, free_port()), nprocs=2)
 
 
 def test_batchnorm_of_a_pyro_module_network_is_synchronised_too() -> None:
@@ -111,7 +62,7 @@ def _search_worker(rank: int, size: int, port: int, config: dict, run_dir: str, 
                    stop_epoch: int | None, report: str) -> None:
     from bayesnas.config import SearchConfig
 
-    _join(rank, size, port)
+    join(rank, size, port)
     torch.set_default_dtype(torch.float64)  # exact arithmetic: what is left of a difference is the algorithm's
     written: list[str] = []
     if rank:  # every file rank 1 opens for writing in the run folder (there should be none)
@@ -142,7 +93,7 @@ def _search_worker(rank: int, size: int, port: int, config: dict, run_dir: str, 
 
 def _spawn_search(config: dict, run_dir: Path, resume: bool, stop_epoch: int | None) -> list[dict]:
     report = str(run_dir.parent / f"{run_dir.name}-{'resume' if resume else 'start'}")
-    mp.spawn(_search_worker, args=(2, _free_port(), config, str(run_dir), resume, stop_epoch, report), nprocs=2)
+    mp.spawn(_search_worker, args=(2, free_port(), config, str(run_dir), resume, stop_epoch, report), nprocs=2)
     return [json.loads(Path(f"{report}.rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -199,7 +150,7 @@ def test_torchrun_digits_search(tmp_path: Path) -> None:
     config = tmp_path / "third.json"
     config.write_text(json.dumps({"data_fraction": 0.1}))  # the preset on a tenth of digits
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-               str(_free_port()), "-m", "bayesnas", "search", "--method", "pgnas", "--epochs", "2", "--out", str(out),
+               str(free_port()), "-m", "bayesnas", "search", "--method", "pgnas", "--epochs", "2", "--out", str(out),
                "--config", str(config), "--option", "num_candidates=6", "--option", "posterior_draws=8",
                "--no-progress", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -217,35 +168,8 @@ def test_torchrun_digits_search(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "needs --out" in refused.stderr and not (tmp_path / "runs").exists()
 
 
-def _scoring_worker(rank: int, size: int, port: int) -> None:
-    import torch.distributed as dist
-
-    from bayesnas.guides.pcnas import PartialModelPool
-    from bayesnas.select import posterior_guided_sampling
-
-    _join(rank, size, port)
-    dist.init_process_group("gloo")
-    world = World(rank, size)
-    scored: list[int] = []
-
-    def score(candidate: int) -> float:
-        scored.append(candidate)
-        return [0.1, 0.7, 0.3, 0.7, 0.2][candidate]
-
-    draws = iter(range(5))
-    result = posterior_guided_sampling(lambda: next(draws), score, 5, progress=False, world=world)
-    assert (result.best, result.best_score, result.scores) == (1, 0.7, [0.1, 0.7, 0.3, 0.7, 0.2])
-    assert scored == [c for c in range(5) if c % size == rank]  # each rank scored only its share
-    pool = PartialModelPool([3, 2], pool_size=2)
-    pool.update(lambda c: {(0,): 0.1, (1,): 0.5, (2,): 0.4}[c], world)
-    assert pool.members == [(1,), (2,)] and pool.potentials == [0.5, 0.4]
-    assert world.gather({rank: rank * 10}) == {0: 0, 1: 10}
-    assert world.broadcast(f"from {rank}") == "from 0"
-    dist.destroy_process_group()
-
-
 def test_candidate_scoring_is_split_across_ranks_and_gathered() -> None:
-    mp.spawn(_scoring_worker, args=(2, _free_port()), nprocs=2)
+    mp.spawn(scoring_worker, args=(2, free_port()), nprocs=2)
 
 
 UNEVEN = {  # augmentation on, and 33 examples per step: shards of 17 and 16
@@ -270,7 +194,7 @@ def _uneven_worker(rank: int, size: int, port: int, configs: dict, root: str) ->
 
     from bayesnas.config import SearchConfig
 
-    _join(rank, size, port)
+    join(rank, size, port)
     # one pair of processes and one process group for the four searches (start-up is most of a run), as
     # ``bayesnas rank`` runs its searches: each search joins the group it finds
     dist.init_process_group("gloo")
@@ -286,7 +210,7 @@ def test_uneven_shards_with_augmentation_stay_in_step(tmp_path: Path) -> None:
     select the same architecture (at this data fraction PGNAS's candidate draws came apart before the selection
     shared rank 0's random state)."""
     configs = {method: preset(f"{method}-digits").merged(UNEVEN[method]).to_dict() for method in UNEVEN}
-    mp.spawn(_uneven_worker, args=(2, _free_port(), configs, str(tmp_path)), nprocs=2)
+    mp.spawn(_uneven_worker, args=(2, free_port(), configs, str(tmp_path)), nprocs=2)
     for method in UNEVEN:
         summaries = [json.loads((tmp_path / f"{method}.rank{r}.json").read_text()) for r in range(2)]
         assert summaries[0]["world_size"] == 2, method
