@@ -147,7 +147,7 @@ def test_two_processes_match_one_and_resume(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_torchrun_digits_search(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    config = tmp_path / "third.json"
+    config = tmp_path / "tenth.json"
     config.write_text(json.dumps({"data_fraction": 0.1}))  # the preset on a tenth of digits
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                str(free_port()), "-m", "bayesnas", "search", "--method", "pgnas", "--epochs", "2", "--out", str(out),
