@@ -97,6 +97,11 @@ def _spawn_search(config: dict, run_dir: Path, resume: bool, stop_epoch: int | N
     return [json.loads(Path(f"{report}.rank{r}.json").read_text()) for r in range(2)]
 
 
+def timeless(summary: dict) -> dict:
+    """A summary without its timings (which differ between ranks and runs)."""
+    return {k: v for k, v in summary.items() if not k.endswith("_seconds")}
+
+
 def _parameters(run_dir: Path) -> dict[str, torch.Tensor]:
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     return {f"{name}.{key}": value for name, module in state["modules"].items() for key, value in module.items()
@@ -124,9 +129,6 @@ def test_two_processes_match_one_and_resume(tmp_path: Path) -> None:
     assert first[1]["written"] == [] and second[1]["written"] == []
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary == second[0]["summary"] and summary["world_size"] == 2
-    def timeless(s: dict) -> dict:
-        return {k: v for k, v in s.items() if not k.endswith("_seconds")}
-
     assert timeless(second[1]["summary"]) == timeless(summary)  # every rank returns the same selection
 
     # Same parameters (model weights and architecture logits) as the one-process run, within float tolerance.
@@ -215,5 +217,4 @@ def test_uneven_shards_with_augmentation_stay_in_step(tmp_path: Path) -> None:
         summaries = [json.loads((tmp_path / f"{method}.rank{r}.json").read_text()) for r in range(2)]
         assert summaries[0]["world_size"] == 2, method
         # the same selection, parameter count and accuracies (PGNAS's candidates, its baseline's) on both ranks
-        timeless = [{k: v for k, v in s.items() if not k.endswith("_seconds")} for s in summaries]
-        assert timeless[0] == timeless[1], method
+        assert timeless(summaries[0]) == timeless(summaries[1]), method
