@@ -20,6 +20,7 @@ from tqdm import tqdm
 from bayesnas.config import PRECISIONS
 from bayesnas.data import Split
 from bayesnas.domains import check_domains, setting
+from bayesnas.optimizers import build_optimizer
 from bayesnas.precision import channels_last as to_channels_last
 from bayesnas.precision import precision_context, resolve_precision
 
@@ -133,7 +134,7 @@ def train_network(net: nn.Module, train: Split, val: Split, recipe: TrainRecipe,
     precision = resolve_precision(recipe.precision, device)
     evaluation = {**recipe.evaluation(), "precision": precision}
     to_channels_last(net, recipe.channels_last)
-    optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
+    optimizer = build_optimizer("sgd", net.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
                                 weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.epochs, eta_min=recipe.lr_min)
     history = []

@@ -10,8 +10,10 @@ channels by a per-example relaxed-Bernoulli keep mask (keep probability ``1 - p`
 PGNAS Eq. 16), a cross-entropy summed over the batch and scaled by N/M, plus the Eq. 15 regulariser
 ``sum_kernels d^2 (1 - p) / 2 ||m||^2 - K H(p)`` times the same KL scale, all divided by N.
 
-The two alternate in rounds (ours, plain, ours, plain, ...) on one fixed CIFAR-shaped batch; the script prints
-the median seconds per step of each and, last, ``ratio=<ours/plain>``. ``--profile`` adds a cProfile table of
+Both optimisers are built as the search loop builds its own (:func:`bayesnas.optimizers.build_optimizer`:
+torch's fused kernel where the device has one). The two alternate in rounds (ours, plain, ours, plain, ...) on
+one fixed CIFAR-shaped batch; the script prints the median seconds per step of each and, last,
+``ratio=<ours/plain>``. ``--profile`` adds a cProfile table of
 the Pyro step. Everything runs in Pyro's ``module_local_params`` mode, as the search loop does (in the default mode a
 model or guide that calls ``pyro.module`` would send a ``param`` message per parameter every step).
 
@@ -66,6 +68,7 @@ from bayesnas.distributions import SpikeAndSlab, kl_normal_log_uniform_elementwi
 from bayesnas.methods.gdas import GDAS
 from bayesnas.methods.pgnas import PGNAS
 from bayesnas.methods.vinnas import VINNAS
+from bayesnas.optimizers import build_optimizer
 from bayesnas.spaces.branches import BranchNet, BranchSpaceConfig
 from bayesnas.spaces.ops import undilated
 
@@ -203,9 +206,9 @@ def pgnas_steps(args: argparse.Namespace, device: torch.device, sync: Callable[[
         module.train()
     sgd = {"lr": config.lr, "momentum": config.momentum, "nesterov": True}
     ours = make_step(lambda: method.training_loss(x, y, index),
-                     torch.optim.SGD(method.param_groups(), **sgd), sync, clock)
+                     build_optimizer("sgd", method.param_groups(), **sgd), sync, clock)
     baseline = make_step(lambda: plain.loss(x, y, args.num_train),
-                         torch.optim.SGD(plain.param_groups(), **sgd), sync, clock)
+                         build_optimizer("sgd", plain.param_groups(), **sgd), sync, clock)
 
     print(f"device={device} threads={torch.get_num_threads()} clock={args.clock} batch={args.batch_size} "
           f"image={space.in_channels}x{args.image_size}x{args.image_size} "
@@ -336,8 +339,8 @@ def vinnas_steps(args: argparse.Namespace, device: torch.device, sync: Callable[
         with pyro.validation_enabled(False):  # as the search loop runs every step
             return phase.loss(x, y, index)
 
-    ours = make_step(ours_loss, torch.optim.Adam(phase.param_groups, lr=phase.lr), sync, clock)
-    baseline = make_step(lambda: plain.loss(x, y, num), torch.optim.Adam(plain_params, lr=phase.lr), sync, clock)
+    ours = make_step(ours_loss, build_optimizer("adam", phase.param_groups, lr=phase.lr), sync, clock)
+    baseline = make_step(lambda: plain.loss(x, y, num), build_optimizer("adam", plain_params, lr=phase.lr), sync, clock)
 
     print(f"device={device} threads={torch.get_num_threads()} clock={args.clock} batch={args.batch_size} "
           f"image={space['in_channels']}x{args.image_size}x{args.image_size} "
@@ -391,8 +394,8 @@ def gdas_steps(args: argparse.Namespace, device: torch.device, sync: Callable[[]
     y = torch.randint(args.num_classes, (args.batch_size,), device=device)
     index = torch.randperm(size, device=device)[:args.batch_size]
     sgd = {"lr": config.lr, "momentum": config.momentum, "nesterov": True, "weight_decay": config.weight_decay}
-    ours = make_step(ours_loss, torch.optim.SGD(method.model.parameters(), **sgd), sync, clock)
-    baseline = make_step(plain_loss, torch.optim.SGD(net.parameters(), **sgd), sync, clock)
+    ours = make_step(ours_loss, build_optimizer("sgd", method.model.parameters(), **sgd), sync, clock)
+    baseline = make_step(plain_loss, build_optimizer("sgd", net.parameters(), **sgd), sync, clock)
     print(f"device={device} threads={torch.get_num_threads()} clock={args.clock} batch={args.batch_size} "
           f"image={space['in_channels']}x{args.image_size}x{args.image_size} space={json.dumps(space)} "
           f"decision_groups={dict((g, tuple(a.shape)) for g, a in plain_logits.items())} "

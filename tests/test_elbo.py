@@ -62,3 +62,49 @@ def test_analytic_sites_are_not_scored():
     assert "log_prob_sum" in model_trace.nodes["y"] and "log_prob_sum" in model_trace.nodes["z"]
     assert guide_trace.nodes["z"]["score_parts"] is not None
     assert poutine.trace(guide).get_trace().nodes["w"]["value"].shape == SHAPE
+
+
+def test_scaled_and_masked_kls_match_trace_mean_field():
+    """Sites under one scale are summed before scaling, another scale and a masked site stay apart: the loss and
+    every gradient are TraceMeanField_ELBO's."""
+    shapes = {"a": (4, 3), "b": (2, 5), "c": (3,), "d": (2, 2)}
+    locs = {k: torch.randn(s, requires_grad=True) for k, s in shapes.items()}
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+
+    def sites(make):
+        with poutine.scale(scale=0.3):
+            a, b = make("a"), make("b")
+        with poutine.scale(scale=2.0):
+            c = make("c")
+        with poutine.mask(mask=False):
+            make("d")
+        return a, b, c
+
+    def model():
+        a, b, c = sites(lambda k: pyro.sample(k, dist.Normal(0.0, 1.0).expand(shapes[k]).to_event(len(shapes[k]))))
+        with pyro.plate("data", 80, subsample=torch.arange(8)):
+            logits = torch.stack([x @ a.sum(0), (a.sum() + b.sum() + c.sum()).expand(8)], -1)
+            pyro.sample("y", dist.Categorical(logits=logits), obs=y)
+
+    def guide():
+        sites(lambda k: pyro.sample(k, dist.Normal(locs[k], 0.5).to_event(len(shapes[k]))))
+
+    results = []
+    for elbo in (TraceMeanField_ELBO(), AnalyticKLELBO()):
+        torch.manual_seed(1)
+        loss = elbo.differentiable_loss(model, guide)
+        results.append((loss.detach(), torch.autograd.grad(loss, list(locs.values()), allow_unused=True)))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_b.item() == pytest.approx(loss_a.item(), rel=1e-6)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        if a is None:
+            assert b is None or not b.abs().any()
+        else:
+            torch.testing.assert_close(b, a)
+    kl = {k: torch.distributions.kl_divergence(dist.Normal(v, 0.5), dist.Normal(0.0, 1.0)).sum()
+          for k, v in locs.items()}
+    torch.manual_seed(1)  # the draws of the losses above
+    model_trace, _ = AnalyticKLELBO()._get_trace(model, guide, (), {})
+    log_lik = model_trace.nodes["y"]["log_prob_sum"]  # scaled by the plate's 80 / 8
+    expected = -(log_lik - 0.3 * (kl["a"] + kl["b"]) - 2.0 * kl["c"])
+    assert loss_b.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -22,6 +22,7 @@ from torch import nn
 from bayesnas.config import METHOD_SPACES, ConfigError, SearchConfig
 from bayesnas.data import DataBundle, Split
 from bayesnas.distributed import SINGLE, World
+from bayesnas.optimizers import build_optimizer
 from bayesnas.precision import resolve_precision
 from bayesnas.training import TrainRecipe, retrain
 
@@ -83,12 +84,11 @@ class Phase:
 
     def make_optimizer(self, epochs: int) -> tuple[torch.optim.Optimizer, Any]:
         if self.optimizer == "sgd":
-            optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                self.param_groups, lr=self.lr, momentum=self.momentum,
-                nesterov=self.nesterov and self.momentum > 0, weight_decay=self.weight_decay)
+            optimizer = build_optimizer("sgd", self.param_groups, lr=self.lr, momentum=self.momentum,
+                                        nesterov=self.nesterov and self.momentum > 0, weight_decay=self.weight_decay)
         elif self.optimizer == "adam":
-            optimizer = torch.optim.Adam(self.param_groups, lr=self.lr, betas=self.betas,
-                                         weight_decay=self.weight_decay)
+            optimizer = build_optimizer("adam", self.param_groups, lr=self.lr, betas=self.betas,
+                                        weight_decay=self.weight_decay)
         else:
             raise ConfigError(f"phase {self.name!r}: unknown optimizer {self.optimizer!r} (sgd or adam)")
         if self.schedule == "cosine":
