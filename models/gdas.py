@@ -32,6 +32,19 @@ def _drop_shared_prior(module: nn.Module, state: dict, prefix: str, *args) -> No
     state.pop(f"{prefix}prior_logits", None)
 
 
+def uniform_gate(arch: torch.Tensor) -> torch.Tensor:
+    """Straight-through one-hots ``arch`` (``(..., K)``) whose forward value at each decision's selected op is
+    ``u ~ U(0, 1)`` instead of 1, with the same gradient: ``arch + (u - 1) arch.detach()``.
+
+    GDAS's logits learn from ``dL/dh``, the derivative of the loss at the gate's forward value ``h``. At ``h = 1``
+    (the paper, Eq. 5-7) it is the first-order effect of scaling the selected op; at ``h ~ U(0, 1)`` its expectation
+    is ``int_0^1 dL/dh dh = L(h = 1) - L(h = 0)``: the loss change of running the op against leaving its output out
+    (on the chain's residual mixops, against ``Identity``). Beyond the paper: for spaces where the two disagree
+    (``benchmarks/gdas_gate_signal.py``)."""
+    u = 1 - torch.rand((*arch.shape[:-1], 1), dtype=arch.dtype, device=arch.device)  # in (0, 1]: argmax kept
+    return arch + (u - 1) * arch.detach()
+
+
 class GDASModel(PyroModule):
     """``p(f) prod_i p(y_i | x_i, f)``: ``f[group]`` one-hot ``(n_g, K_g)`` per decision group, uniform over the
     options of every decision.
@@ -49,6 +62,8 @@ class GDASModel(PyroModule):
         self.shapes = dict(shapes)
         self.per_example = per_example
         self.beta = beta
+        self.uniform_gate = False
+        """Whether the forward runs the sampled ops at gate values ``u ~ U(0, 1)`` (:func:`uniform_gate`)."""
         self.register_load_state_dict_pre_hook(_drop_shared_prior)
 
     def _sample_arch(self, batch: int | None, device: torch.device) -> dict[str, torch.Tensor]:
@@ -69,6 +84,6 @@ class GDASModel(PyroModule):
         with pyro.plate("data", size or len(x), subsample=index):
             if self.per_example:
                 arch = self._sample_arch(len(x), x.device)
-            logits = self.net(x, arch)
+            logits = self.net(x, {g: uniform_gate(a) for g, a in arch.items()} if self.uniform_gate else arch)
             pyro.sample("y", dist.Categorical(logits=logits), obs=y)
         return logits

@@ -20,6 +20,7 @@ from bayesnas.infer import run_search
 from bayesnas.io import read_jsonl
 from bayesnas.methods import get_method
 from bayesnas.methods.gdas import annealed_temperature
+from bayesnas.models.gdas import uniform_gate
 from bayesnas.select import derive_cell
 from bayesnas.spaces import get_space, load_genotype
 from bayesnas.spaces.cell import CellSpace, MixedEdge
@@ -293,7 +294,7 @@ def test_phases_splits_optimisers_and_start(data):
     halves = data.halves(config.seed)
     assert method.split_sizes == {"weights": len(halves[0]), "architecture": len(halves[1])}
     sizes = []
-    method.loss = lambda x, y, index, size: sizes.append(size) or (torch.zeros(()), 0)
+    method.loss = lambda x, y, index, size, uniform_gate=False: sizes.append(size) or (torch.zeros(()), 0)
     x, y, index = data.train.x[:4], data.train.y[:4], torch.arange(4)
     weights.loss(x, y, index)
     arch.loss(x, y, index)
@@ -400,3 +401,45 @@ def test_cli_flags_choose_sampling_and_fixed_reduction():
     assert config.method == "gdas"
     assert config.options["sample_per"] == "example"
     assert config.space["fixed_reduction"] is True and config.space["layout"] == "NRN"
+
+
+def test_uniform_gate_keeps_the_straight_through_gradient_and_integrates_it():
+    """The selected op runs at a gate u in (0, 1], the others stay 0, and the logits get the straight-through
+    gradient; over draws, dL/dh at h = u averages to L(1) - L(0) (for L(h) = (h b - t)^2: b^2 - 2 t b = -3.75,
+    while dL/dh at 1 is -1.5)."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, requires_grad=True)
+    soft = torch.softmax(logits, -1)
+    hard = torch.nn.functional.one_hot(soft.argmax(-1), 4).float()
+    st = hard - soft.detach() + soft
+    gated = uniform_gate(st)
+    gates = gated.detach().sum(-1)
+    assert torch.equal(gated.detach() != 0, hard == 1) and ((gates > 0) & (gates <= 1)).all() and (gates < 1).any()
+    w = torch.randn(3, 4)
+    torch.testing.assert_close(torch.autograd.grad((w * gated).sum(), logits, retain_graph=True)[0],
+                               torch.autograd.grad((w * st).sum(), logits)[0])
+    one = torch.ones(20000, 1, requires_grad=True)
+    b, t = 1.5, 2.0
+    (dl_dh,) = torch.autograd.grad(((uniform_gate(one) * b - t) ** 2).sum(), one)
+    assert dl_dh.mean().item() == pytest.approx(b * b - 2 * t * b, abs=4 * dl_dh.std().item() / math.sqrt(20000))
+
+
+def test_uniform_arch_gate_runs_in_the_architecture_step_only(data):
+    """``arch_gate = uniform``: the architecture phase's loss is the model's at gates u < 1 (another value than
+    at gate 1 for the same draws), the weight phase's is GDAS's own, and the model is left at gate 1."""
+    method = make(data, "chain", arch_gate="uniform")
+    weights, arch = method.phases()
+    x, y, index = data.train.x[:16], data.train.y[:16], torch.arange(16)
+
+    def value(loss_fn, **kwargs):
+        torch.manual_seed(5)
+        return loss_fn(x, y, index, **kwargs)[0].item()
+
+    size = method.split_sizes["architecture"]
+    at_one = value(method.loss, size=size)
+    assert value(arch.loss) != pytest.approx(at_one, rel=1e-4)
+    assert value(arch.loss) == value(method.loss, size=size, uniform_gate=True)
+    assert value(weights.loss) == value(method.loss, size=method.split_sizes["weights"])
+    assert method.model.uniform_gate is False
+    with pytest.raises(ValueError, match="arch_gate"):
+        make(data, arch_gate="half")

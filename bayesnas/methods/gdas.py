@@ -36,6 +36,11 @@ class GDASOptions:
     """Weight of KL(q(f) || uniform prior): 0 = GDAS as published (the term is left out), 1 = full ELBO."""
     arch_lr: float = setting(3e-4, "> 0")
     arch_weight_decay: float = setting(1e-3, ">= 0")
+    arch_gate: str = setting("one", "{one, uniform}")
+    """The forward value of the sampled op's gate in the architecture step: ``one`` (GDAS, Eq. 5-7: the logits learn
+    from ``dL/dh`` at ``h = 1``) or ``uniform`` (``h ~ U(0, 1)``: in expectation the loss change of running the op
+    against leaving it out, :func:`~bayesnas.models.gdas.uniform_gate`; beyond the paper). The weight step always
+    runs the sampled architecture at gate 1."""
     warmup_epochs: int = setting(0, ">= 0")
     """Epochs of weight training before the logits A start to learn (0 in the paper and the authors' code)."""
     retrain_epochs: int = setting(40, ">= 0")
@@ -95,7 +100,8 @@ class GDAS(SearchMethod):
             Phase.sgd(self.config, "weights", "weights", [{"params": list(self.model.parameters())}],
                       lambda x, y, index: self.loss(x, y, index, self.split_sizes["weights"])),
             Phase("architecture", "architecture", [{"params": list(self.guide.parameters())}],
-                  lambda x, y, index: self.loss(x, y, index, self.split_sizes["architecture"]),
+                  lambda x, y, index: self.loss(x, y, index, self.split_sizes["architecture"],
+                                                uniform_gate=o.arch_gate == "uniform"),
                   lr=o.arch_lr, optimizer="adam", betas=(0.5, 0.999), weight_decay=o.arch_weight_decay,
                   schedule="constant", start_epoch=o.warmup_epochs),
         ]
@@ -104,9 +110,18 @@ class GDAS(SearchMethod):
         o = self.options
         self.guide.temperature = annealed_temperature(epoch, self.config.epochs, o.tau_max, o.tau_min)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, size: int) -> tuple[torch.Tensor, int]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, size: int,
+             uniform_gate: bool = False) -> tuple[torch.Tensor, int]:
         """Negative ELBO per example; with ``beta = 0`` the likelihood of the model conditioned on the
-        proposal's straight-through draw (the architecture terms left out, as published)."""
+        proposal's straight-through draw (the architecture terms left out, as published). ``uniform_gate``: the
+        sampled ops run at gates ``u ~ U(0, 1)`` (option ``arch_gate``)."""
+        self.model.uniform_gate = uniform_gate
+        try:
+            return self._loss(x, y, index, size)
+        finally:
+            self.model.uniform_gate = False
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, size: int) -> tuple[torch.Tensor, int]:
         if self.options.beta:
             model = poutine.trace(self.model)
             loss = self.elbo.differentiable_loss(model, self.guide, x, y, index, size)
