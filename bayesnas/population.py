@@ -225,12 +225,18 @@ def load_population_data(spec: PopulationSpec, device: torch.device, data_dir: s
 
 def add_members(folder: Path, spec: PopulationSpec, genotypes: Sequence[Genotype], seeds: int, data: DataBundle,
                 world: World, progress: bool = True, desc: str = "population") -> int:
-    """Train every (genotype, seed < ``seeds``) pair not yet in ``folder``'s rows, round by round across ranks,
-    rewriting ``population.jsonl`` after each round; returns how many were trained."""
+    """Train every (genotype, seed < ``seeds``) pair not yet in ``folder``'s rows, once however often the genotype
+    is given (two searches may pick the same one), round by round across ranks, rewriting ``population.jsonl``
+    after each round; returns how many were trained."""
     space, recipe = spec.space(data), spec.recipe
     rows = read_jsonl(folder / ROWS_FILE)
     done = {(r["key"], r["seed"]) for r in rows}
-    jobs = [(g, s) for g in genotypes for s in range(seeds) if (genotype_key(g), s) not in done]
+    jobs = []
+    for g in genotypes:
+        for s in range(seeds):
+            if (genotype_key(g), s) not in done:
+                done.add((genotype_key(g), s))
+                jobs.append((g, s))
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
     for start in range(0, len(jobs), world.size):
         chunk = jobs[start:start + world.size]

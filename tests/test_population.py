@@ -14,14 +14,17 @@ from bayesnas.cli import main
 from bayesnas.compare import method_config, rank_correlation, run_compare
 from bayesnas.config import ConfigError
 from bayesnas.data import load_dataset
+from bayesnas.distributed import SINGLE
 from bayesnas.io import read_jsonl, write_jsonl
 from bayesnas.methods import get_method
 from bayesnas.population import (
     ENUMERATION_LIMIT,
     Population,
+    add_members,
     build_population,
     enumerate_genotypes,
     genotype_key,
+    load_population_data,
     population_spec,
     sample_genotypes,
 )
@@ -207,3 +210,18 @@ def test_cli_population_and_compare_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("bayesnas bench: error:") and "holds no population" in err[-1]
     assert not (tmp_path / "c").exists()
+
+
+def test_a_genotype_given_twice_is_trained_once_per_seed(population, tmp_path):
+    """Two searches that pick the same genotype add its missing seed once (it was trained and appended twice)."""
+    pop, _ = population
+    folder = tmp_path / "pop"
+    folder.mkdir()
+    for name in ("population.json", "population.jsonl"):
+        (folder / name).write_bytes((pop.folder / name).read_bytes())
+    data = load_population_data(pop.spec, torch.device("cpu"))
+    space = pop.spec.space(data)
+    fresh = next(g for g in enumerate_genotypes(space) if genotype_key(g) not in pop.genotypes())
+    assert add_members(folder, pop.spec, [fresh, fresh], 1, data, SINGLE, progress=False) == 1
+    rows = read_jsonl(folder / "population.jsonl")
+    assert [r["key"] for r in rows].count(genotype_key(fresh)) == 1 and len(rows) == len(pop.rows) + 1
