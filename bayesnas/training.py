@@ -134,8 +134,8 @@ def train_network(net: nn.Module, train: Split, val: Split, recipe: TrainRecipe,
     precision = resolve_precision(recipe.precision, device)
     evaluation = {**recipe.evaluation(), "precision": precision}
     to_channels_last(net, recipe.channels_last)
-    optimizer = build_optimizer("sgd", net.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
-                                weight_decay=recipe.weight_decay)
+    optimizer = build_optimizer("sgd", net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                nesterov=True, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.epochs, eta_min=recipe.lr_min)
     history = []
     bar = tqdm(range(recipe.epochs), desc=desc, disable=not progress, leave=False)
