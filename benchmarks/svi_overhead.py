@@ -11,7 +11,7 @@ PGNAS Eq. 16), a cross-entropy summed over the batch and scaled by N/M, plus the
 ``sum_kernels d^2 (1 - p) / 2 ||m||^2 - K H(p)`` times the same KL scale, all divided by N.
 
 Both optimisers are built as the search loop builds its own (:func:`bayesnas.optimizers.build_optimizer`:
-torch's fused kernel where the device has one). The two alternate in rounds (ours, plain, ours, plain, ...) on
+Adam fused, SGD multi-tensor). The two alternate in rounds (ours, plain, ours, plain, ...) on
 one fixed CIFAR-shaped batch; the script prints the median seconds per step of each and, last,
 ``ratio=<ours/plain>``. ``--profile`` adds a cProfile table of
 the Pyro step. Everything runs in Pyro's ``module_local_params`` mode, as the search loop does (in the default mode a
