@@ -233,9 +233,10 @@ def add_members(folder: Path, spec: PopulationSpec, genotypes: Sequence[Genotype
     done = {(r["key"], r["seed"]) for r in rows}
     jobs = []
     for g in genotypes:
+        key = genotype_key(g)
         for s in range(seeds):
-            if (genotype_key(g), s) not in done:
-                done.add((genotype_key(g), s))
+            if (key, s) not in done:
+                done.add((key, s))
                 jobs.append((g, s))
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
     for start in range(0, len(jobs), world.size):

@@ -38,6 +38,20 @@ def mean_se(values: list[float]) -> str:
     return f"{statistics.fmean(values):+.4f} +- {se:.4f}"
 
 
+def loss_and_slope(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, groups: dict,
+                   others: dict[str, torch.Tensor], group: str, decision: int, op: int,
+                   seed: int) -> tuple[float, float]:
+    """Cross-entropy of ``net`` with the architecture ``others`` but ``op`` at ``group[decision]``, and its derivative
+    in that op's gate at 1; ``seed``: the op-internal randomness, the same for every op of a decision."""
+    torch.manual_seed(seed)
+    arch = {g: F.one_hot(c, groups[g].shape[1]).float() for g, c in others.items()}
+    arch[group][decision] = F.one_hot(torch.tensor(op), groups[group].shape[1]).float()
+    arch[group].requires_grad_()
+    loss = F.cross_entropy(net(x, arch), y)
+    (grad,) = torch.autograd.grad(loss, arch[group])
+    return loss.item(), float(grad[decision, op])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a GDAS run folder (config.json, checkpoint.pt) on a space with "
@@ -69,25 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     for draw in range(args.draws):
         index = torch.randint(len(arch_half), (args.batch_size,), generator=generator)
         x, y = arch_half.x[index], arch_half.y[index]
-        others = {g: torch.randint(n, (m,), generator=generator) for g, (m, n) in
-                  ((g, group.shape) for g, group in groups.items())}
+        others = {g: torch.randint(group.shape[1], (group.shape[0],), generator=generator)
+                  for g, group in groups.items()}
         for g, group in groups.items():
             if REFERENCE not in group.options:
                 continue
             ref = group.options.index(REFERENCE)
             for d in range(group.shape[0]):
-                losses = {}
-                for k in range(group.shape[1]):
-                    arch = {h: F.one_hot(c, groups[h].shape[1]).float() for h, c in others.items()}
-                    arch[g][d] = F.one_hot(torch.tensor(k), group.shape[1]).float()
-                    arch[g].requires_grad_()
-                    torch.manual_seed(args.seed + draw)  # the same op-internal randomness for every op
-                    loss = F.cross_entropy(net(x, arch), y)
-                    (grad,) = torch.autograd.grad(loss, arch[g])
-                    losses[k] = loss.item()
-                    signal.setdefault((g, d, k), []).append(float(grad[d, k]))
-                for k, value in losses.items():
-                    loss_gap.setdefault((g, d, k), []).append(value - losses[ref])
+                losses, slopes = zip(*(loss_and_slope(net, x, y, groups, others, g, d, k, args.seed + draw)
+                                       for k in range(group.shape[1])), strict=True)
+                for k, (loss, slope) in enumerate(zip(losses, slopes, strict=True)):
+                    loss_gap.setdefault((g, d, k), []).append(loss - losses[ref])
+                    signal.setdefault((g, d, k), []).append(slope)
 
     print(f"run={args.run} space={method.space.name} draws={args.draws} batch={args.batch_size} "
           f"architecture half={len(arch_half)} images")
