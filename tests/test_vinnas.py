@@ -538,7 +538,7 @@ def test_on_the_chain_selection_is_the_op_of_highest_snr_per_mixop(chain_method)
     m.space.validate(genotype)
 
 
-def test_tiny_search_on_the_chain_writes_a_chain_genotype_and_the_posterior(config, tmp_path):
+def test_tiny_search_on_the_chain_writes_a_chain_genotype_and_the_posterior(config, tmp_path, capsys):
     run = tmp_path / "run"
     summary = run_search(replace(config, space_name="chain", space=CHAIN), run, progress=False)
     genotype = load_genotype(run / "genotype.json")  # validated against the chain
@@ -565,6 +565,32 @@ def test_tiny_search_on_the_chain_writes_a_chain_genotype_and_the_posterior(conf
     assert list(idata.posterior.coords["op"].values) == CHAIN["ops"]
     assert np.isnan(idata.posterior["alpha"].sel(decision="s0.l0", op="Identity").values).all()  # not an option
     assert np.nansum(idata.posterior["op_weight"].values, -1) == pytest.approx(1.0, abs=1e-5)
+    _branch_scale_table_agrees_with_itself_and_the_selection(run, genotype.choices["ops"], capsys)
+
+
+def _branch_scale_table_agrees_with_itself_and_the_selection(run, ops, capsys):
+    """``benchmarks/vinnas_branch_scale.py`` on a finished run: the branch at scale 0 is ``Identity`` alone and at
+    scale 1 the op alone; the count of ``Identity`` picks is the selection's."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vinnas_branch_scale.py"
+    spec = importlib.util.spec_from_file_location("vinnas_branch_scale", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    capsys.readouterr()
+    assert bench.main([str(run), "--scales", "0,0.5,1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.startswith("mixop[")]
+    assert len(rows) == 2 * len(CHAIN["ops"])  # two residual mixops, every op
+    alone = {(r[0], r[1]): float(r[4]) for r in rows}
+    for r in rows:
+        if r[1] != "Identity":
+            s0, _, s1 = map(float, r[5:8])
+            assert s0 == pytest.approx(alone[(r[0], "Identity")], abs=1e-4)
+            assert s1 == pytest.approx(alone[(r[0], r[1])], abs=1e-4)
+    picked = int(lines[-1].split("/")[1])
+    assert lines[-1].startswith("identity_but_op_better=") and picked == ops[1:].count("Identity")
 
 
 def test_posterior_weight_draws_follow_the_guide_and_pruning(method):
