@@ -328,6 +328,8 @@ def test_bad_options_and_spaces_fail_with_one_line(config, data):
         get_method("vinnas")(config.merged({"options": {"gamma": 1.0}}), data, cpu)
     with pytest.raises(ConfigError, match="gamma_w must be >= 0, got -1.0"):
         get_method("vinnas")(config.merged({"options": {"gamma_w": -1.0}}), data, cpu)
+    with pytest.raises(ConfigError, match="selection must be one of snr, alone, got 'best'"):
+        get_method("vinnas")(config.merged({"options": {"selection": "best"}}), data, cpu)
     with pytest.raises(ConfigError, match="unknown operation"):
         get_method("vinnas")(config.merged({"space": {"ops": "sep_conv_3x3,warp_9x9"}}), data, cpu)
     with pytest.raises(ConfigError, match="layout"):
@@ -536,6 +538,37 @@ def test_on_the_chain_selection_is_the_op_of_highest_snr_per_mixop(chain_method)
     genotype = m.derive()
     assert genotype.choices == {"ops": expected}
     m.space.validate(genotype)
+
+
+def test_alone_selection_scores_each_op_alone_on_the_architecture_half(config, data):
+    torch.manual_seed(0)
+    m = get_method("vinnas")(replace(config, space_name="chain", space=CHAIN).merged(
+        {"options": {"selection": "alone"}}), data, torch.device("cpu"))
+    groups = m.space.groups()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for g, s in groups.items():
+            m.guide.mu_alpha[g].copy_(torch.randn(s.shape))
+    m.model.eval()
+    scores = m.alone_scores()
+    # independently: the posterior-mean network through predict, the decision's alpha made one-hot by its size
+    weights = m.guide.weight_means(m.options.prune_threshold)
+    x, y = m.arch_half.x, m.arch_half.y
+    for g, s in groups.items():
+        for d in range(s.shape[0]):
+            for k in range(s.shape[1]):
+                alphas = {h: m.guide.mu_alpha[h].detach().clone() for h in groups}
+                alphas[g][d] = torch.where(torch.arange(s.shape[1]) == k, 1e4, 0.0)
+                with torch.no_grad():
+                    expected = F.cross_entropy(m.model.predict(x, weights, alphas), y)
+                assert float(scores[g][d, k]) == pytest.approx(-float(expected), rel=1e-4)
+    # the selection takes the op of lowest loss per mixop, here not the SNR's everywhere
+    best = [""] * len(m.space.decisions())
+    for g, s in groups.items():
+        for p, k in zip(s.positions, scores[g].argmax(-1).tolist(), strict=True):
+            best[p] = s.options[k]
+    assert m.derive().choices == {"ops": best}
+    assert m.space.derive(m.guide.snr()).choices != {"ops": best}
 
 
 def test_tiny_search_on_the_chain_writes_a_chain_genotype_and_the_posterior(config, tmp_path, capsys):

@@ -67,6 +67,11 @@ class VINNASOptions:
     """Clip of the zero op's sampled strength (Sec. V-A "we clip the strength of the zero operation"; null: off)."""
     entropy_samples: int = setting(16, ">= 1")
     """Draws of alpha that estimate E_q[z] in the entropy term."""
+    selection: str = setting("snr", "{snr, alone}")
+    """How each decision's op is read from q: ``snr`` (Sec. IV-C) by the positive SNR of alpha; ``alone`` by the
+    architecture-half loss of the super-network with that op alone at the decision (:meth:`alone_scores`; beyond
+    the paper; one pass over the architecture half per decision and op). The cell space's edge choice follows the
+    same scores."""
     prune_threshold: float = setting(3.0, "> 0")
     """Weights with log(sigma^2 / mu^2) >= this are pruned (Molchanov et al.; Sec. V-B)."""
     retrain_epochs: int = setting(40, ">= 0")
@@ -219,15 +224,50 @@ class VINNAS(SearchMethod):
     # ------------------------------------------------------------------ selection
     @torch.no_grad()
     def derive(self) -> Genotype:
-        """The space's derivation from the positive SNR of alpha (Sec. IV-C): on cells, per state, the two
-        incoming edges whose best non-zero op has the highest SNR, with that op; on the chain, the op of highest
-        SNR per mixop."""
-        return self.space.derive(self.guide.snr())
+        """The space's derivation from the scores of option ``selection`` (Sec. IV-C: the positive SNR of alpha):
+        on cells, per state, the two incoming edges whose best non-zero op scores highest, with that op; on the
+        chain, the op of highest score per mixop."""
+        return self.space.derive(self.selection_scores())
+
+    def selection_scores(self) -> dict[str, torch.Tensor]:
+        """Per (decision, op), the score option ``selection`` ranks by: the SNR or :meth:`alone_scores`."""
+        return self.guide.snr() if self.options.selection == "snr" else self.alone_scores()
+
+    @torch.no_grad()
+    def alone_scores(self) -> dict[str, torch.Tensor]:
+        """Per (decision, op), minus the mean cross-entropy on the architecture half of the posterior-mean
+        super-network (mean weights, pruned; mean alpha) with that decision's mixture replaced by the op alone
+        and every other decision at ``z = softmax(mu_alpha)``: what choosing the op does to the super-network, not
+        alpha's size (in the spirit of Wang et al., "Rethinking architecture selection in differentiable NAS", ICLR
+        2021, Sec. 4, who score an op by the validation accuracy lost when it is removed). In a residual mixop
+        ``x + sum_k z_k branch_k(x)``, ``z_Identity`` also scales every branch down, so alpha mixes the preference
+        for an op with the scale the branches want (``benchmarks/vinnas_branch_scale.py``)."""
+        self.model.set_weights(self.guide.weight_means(self.options.prune_threshold))
+        relaxed = self.model.op_weights(self.guide.alpha_means())
+        split = self.arch_half
+
+        def loss(z: dict[str, torch.Tensor]) -> float:
+            total = 0.0
+            for start in range(0, len(split), 512):
+                x, y = split.x[start:start + 512], split.y[start:start + 512]
+                total += float(F.cross_entropy(self.model.net(x, z), y, reduction="sum"))
+            return total / len(split)
+
+        scores = {}
+        for g, z in relaxed.items():
+            scores[g] = torch.empty_like(z)
+            for d in range(z.shape[0]):
+                for k in range(z.shape[1]):
+                    alone = z.clone()
+                    alone[d] = F.one_hot(torch.tensor(k, device=z.device), z.shape[1]).to(z.dtype)
+                    scores[g][d, k] = -loss({**relaxed, g: alone})
+        return scores
 
     def select(self, progress: bool = True) -> Selection:
         o, c = self.options, self.config
         restored = self.guide.restore_best()
-        genotype = self.derive()
+        scores = self.selection_scores()
+        genotype = self.space.derive(scores)
         recipe = TrainRecipe(epochs=o.retrain_epochs, batch_size=o.retrain_batch_size, lr=o.retrain_lr,
                              weight_decay=o.retrain_weight_decay, shift=c.shift, flip=c.flip)
         net, val_acc, test_acc = self.retrain_selected(self.space, genotype, recipe, progress)
@@ -240,7 +280,9 @@ class VINNAS(SearchMethod):
             "best_arch_error": float(self.guide.best_error) if restored else None,
             "best_arch_epoch": int(self.guide.best_epoch) if restored else None,
             "retrain_epochs": o.retrain_epochs,
+            "selection": o.selection,
             "snr": {k: v.detach().cpu().tolist() for k, v in self.guide.snr().items()},
+            **({"alone_loss": {k: (-v).cpu().tolist() for k, v in scores.items()}} if o.selection == "alone" else {}),
         }
         return Selection(genotype, net, val_acc, test_acc, extra, retrained=o.retrain_epochs > 0)
 
