@@ -10,7 +10,8 @@ This script sets the two readings side by side on the run's super-network (poste
 pruning, the remembered best ``alpha``, BatchNorm on batch statistics as VINNAS searches), by the cross-entropy over
 the run's whole architecture half:
 
-1. per decision and op, the loss with that decision one-hot on the op and the others at their relaxed ``z``;
+1. per decision and op, the loss with that decision one-hot on the op and the others at their relaxed ``z``
+   (``VINNAS.alone_scores``, what option ``selection: alone`` selects by);
 2. per decision and op other than ``Identity``, the loss with only that op's branch, scaled by ``s``
    (``z = (1 - s) e_Identity + s e_op``; ``s = 0`` is ``Identity``, ``s = 1`` the op alone).
 
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="a VINNAS run folder (config.json, checkpoint.pt) on a space with "
                                                "Identity among a decision's ops")
     parser.add_argument("--scales", default="0,0.1,0.25,0.5,0.75,1", help="branch scales s, comma-separated")
-    parser.add_argument("--batch-size", type=int, default=500, help="images per forward (batch statistics)")
+    parser.add_argument("--batch-size", type=int, default=512, help="images per forward of the scaled branches "
+                                                                      "(batch statistics; the selection uses 512)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
@@ -58,26 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     groups = method.space.groups()
     if not any(REFERENCE in g.options for g in groups.values()):
         parser.error(f"no decision of {args.run}'s {method.space.name} space offers {REFERENCE}")
-    model = method.model
-    model.set_weights(method.guide.weight_means(method.options.prune_threshold))
-    relaxed = {g: z.detach() for g, z in model.op_weights(method.guide.alpha_means()).items()}
+    relaxed = {g: z.detach() for g, z in method.model.op_weights(method.guide.alpha_means()).items()}
     snr = {g: v.detach() for g, v in method.guide.snr().items()}
-    _, arch_half = data.halves(config.seed)
+    alone_scores = method.alone_scores()
 
-    @torch.no_grad()
     def loss(z: dict[str, torch.Tensor]) -> float:
-        total = 0.0
-        for start in range(0, len(arch_half), args.batch_size):
-            x, y = arch_half.x[start:start + args.batch_size], arch_half.y[start:start + args.batch_size]
-            total += float(F.cross_entropy(model.net(x, z), y, reduction="sum"))
-        return total / len(arch_half)
+        return method.architecture_half_loss(z, args.batch_size)
 
     def replaced(g: str, d: int, row: torch.Tensor) -> dict[str, torch.Tensor]:
         z = {k: v.clone() for k, v in relaxed.items()}
         z[g][d] = row
         return z
 
-    print(f"run={args.run} space={method.space.name} architecture half={len(arch_half)} images; "
+    print(f"run={args.run} space={method.space.name} architecture half={len(method.arch_half)} images; "
           f"relaxed loss {loss(relaxed):.4f}")
     print(f"{'decision':12s} {'op':14s} {'z':>6s} {'SNR':>10s} {'loss, op alone':>15s}  loss with the op's branch "
           f"scaled by s = {', '.join(f'{s:g}' for s in scales)}")
@@ -87,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ref = group.options.index(REFERENCE)
         for d in range(group.shape[0]):
-            alone = [loss(replaced(g, d, F.one_hot(torch.tensor(k), group.shape[1]).float()))
-                     for k in range(group.shape[1])]
+            alone = (-alone_scores[g][d]).tolist()  # the selection's own scores (VINNAS.alone_scores)
             for k, op in enumerate(group.options):
                 curve = ""
                 if k != ref:

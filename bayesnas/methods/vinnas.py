@@ -242,17 +242,7 @@ class VINNAS(SearchMethod):
         2021, Sec. 4, who score an op by the validation accuracy lost when it is removed). In a residual mixop
         ``x + sum_k z_k branch_k(x)``, ``z_Identity`` also scales every branch down, so alpha mixes the preference
         for an op with the scale the branches want (``benchmarks/vinnas_branch_scale.py``)."""
-        self.model.set_weights(self.guide.weight_means(self.options.prune_threshold))
         relaxed = self.model.op_weights(self.guide.alpha_means())
-        split = self.arch_half
-
-        def loss(z: dict[str, torch.Tensor]) -> float:
-            total = 0.0
-            for start in range(0, len(split), 512):
-                x, y = split.x[start:start + 512], split.y[start:start + 512]
-                total += float(F.cross_entropy(self.model.net(x, z), y, reduction="sum"))
-            return total / len(split)
-
         scores = {}
         for g, z in relaxed.items():
             scores[g] = torch.empty_like(z)
@@ -260,8 +250,19 @@ class VINNAS(SearchMethod):
                 for k in range(z.shape[1]):
                     alone = z.clone()
                     alone[d] = F.one_hot(torch.tensor(k, device=z.device), z.shape[1]).to(z.dtype)
-                    scores[g][d, k] = -loss({**relaxed, g: alone})
+                    scores[g][d, k] = -self.architecture_half_loss({**relaxed, g: alone})
         return scores
+
+    @torch.no_grad()
+    def architecture_half_loss(self, z: dict[str, torch.Tensor], batch_size: int = 512) -> float:
+        """Mean cross-entropy on the architecture half of the posterior-mean super-network (mean weights, pruned)
+        with op weights ``z`` per decision (BatchNorm on the statistics of each ``batch_size`` images)."""
+        self.model.set_weights(self.guide.weight_means(self.options.prune_threshold))
+        split, total = self.arch_half, 0.0
+        for start in range(0, len(split), batch_size):
+            x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+            total += float(F.cross_entropy(self.model.net(x, z), y, reduction="sum"))
+        return total / len(split)
 
     def select(self, progress: bool = True) -> Selection:
         o, c = self.options, self.config
