@@ -296,11 +296,16 @@ class LocalNormal(TorchDistribution):
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
         return self.loc + self.scale * eps
 
-    def deferred_sample(self) -> torch.Tensor:
+    def deferred_sample(self, reuse: torch.Tensor | None = None) -> torch.Tensor:
         """A stand-in for :meth:`rsample` where layers draw the noise themselves
         (:class:`~bayesnas.reparam.LocalReparameterization` with ``defer_draws``): NaN of the sample's shape,
-        one element expanded, so nothing is drawn or stored and any other use of it yields NaN."""
-        return self.loc.new_full((), math.nan).expand(self._extended_shape())
+        one element expanded, so nothing is drawn or stored and any other use of it yields NaN. ``reuse``: an
+        earlier stand-in of this site, returned when it still fits (shape, dtype, device)."""
+        shape = self._extended_shape()
+        if (reuse is not None and reuse.shape == shape and reuse.dtype == self.loc.dtype
+                and reuse.device == self.loc.device):
+            return reuse
+        return self.loc.new_full((), math.nan).expand(shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         lp = -0.5 * ((value - self.loc) ** 2 * torch.exp(-self.log_var) + self.log_var + math.log(2 * math.pi))

@@ -89,11 +89,11 @@ class AnalyticKLELBO(TraceMeanField_ELBO):
             kl = kl_divergence(guide_site["fn"], site["fn"])
             scale, mask = guide_site["scale"], guide_site["mask"]
             if isinstance(scale, numbers.Number) and (mask is None or mask is True):
-                kl_by_scale.setdefault(scale, []).append(kl.sum())
+                kl_by_scale.setdefault(scale, []).append(kl if kl.dim() == 0 else kl.sum())
             elif mask is not False:
                 elbo = elbo - scale_and_mask(kl, scale=scale, mask=mask).sum()
         for scale, kls in kl_by_scale.items():
-            elbo = elbo - torch.stack(kls).sum() * scale
+            elbo = elbo - sum(kls[1:], kls[0]) * scale
         for name, guide_site in guide_trace.nodes.items():
             if guide_site["type"] == "sample" and name not in model_trace.nodes:
                 if is_validation_enabled():

@@ -72,6 +72,8 @@ class LocalReparameterization(Messenger):
         self.defer_draws = defer_draws
         self._by_site: dict[str, tuple[torch.Tensor, object]] = {}
         self._by_id: dict[int, tuple[torch.Tensor, object]] = {}
+        self._deferred: dict[str, torch.Tensor] = {}
+        """Each site's NaN stand-in, reused from step to step (one per site: values are matched by identity)."""
 
     def _pyro_sample(self, msg: dict) -> None:
         if (not self.defer_draws or msg["is_observed"] or msg["value"] is not None
@@ -79,7 +81,7 @@ class LocalReparameterization(Messenger):
             return
         fn = _local(msg["fn"])
         if fn is not None and hasattr(fn, "deferred_sample"):
-            msg["value"] = fn.deferred_sample()
+            msg["value"] = self._deferred[msg["name"]] = fn.deferred_sample(self._deferred.get(msg["name"]))
 
     def _pyro_post_sample(self, msg: dict) -> None:
         fn = _local(msg["fn"])

@@ -166,3 +166,41 @@ def test_deferred_draws_keep_the_analytic_elbo_and_its_gradients():
         TraceMeanField_ELBO().differentiable_loss(handler(reader), handler(weight_guide))
     with pyro.validation_enabled(False), pytest.warns(UserWarning, match="NaN"):
         assert TraceMeanField_ELBO().differentiable_loss(handler(reader), handler(weight_guide)).isnan()
+
+
+def test_each_site_keeps_its_own_deferred_stand_in_from_step_to_step():
+    """Two weight sites of one shape, two steps: each site's stand-in is reused (nothing allocated per step), the two
+    sites' stand-ins are distinct tensors (the messenger matches layer weights by identity), and each layer still
+    computes with its own site's distribution, checked against the same layers without deferral."""
+    torch.manual_seed(0)
+    locs = [torch.randn(SHAPE), -torch.randn(SHAPE)]
+    x = torch.randn(6, 4, 6, 6)
+
+    def model():
+        w1 = pyro.sample("w1", LogUniform(SHAPE))
+        w2 = pyro.sample("w2", LogUniform(SHAPE))
+        return reparam.conv2d(x, w1, None, 1, 1), reparam.conv2d(x, w2, None, 1, 1)
+
+    def guide():
+        for name, loc in zip(("w1", "w2"), locs, strict=True):
+            pyro.sample(name, LocalNormal(loc, torch.full_like(loc, -3.0)), infer={ONLY_FEEDS_LAYERS: True})
+
+    deferred, drawn = LocalReparameterization(defer_draws=True), LocalReparameterization()
+    stand_ins = []
+    for step in range(2):
+        outputs = {}
+        for name, handler in (("deferred", deferred), ("drawn", drawn)):
+            guide_trace = poutine.trace(handler(guide)).get_trace()
+            torch.manual_seed(10 + step)  # the same layer noise for both handlers
+            outputs[name] = poutine.replay(handler(model), trace=guide_trace)()
+            if name == "deferred":
+                stand_ins.append((guide_trace.nodes["w1"]["value"], guide_trace.nodes["w2"]["value"]))
+        for got, expected in zip(outputs["deferred"], outputs["drawn"], strict=True):
+            torch.testing.assert_close(got, expected)
+    (a1, b1), (a2, b2) = stand_ins
+    assert a1 is a2 and b1 is b2 and a1 is not b1
+    assert a1.isnan().all() and a1.shape == SHAPE
+    # a site whose shape changes gets a new stand-in
+    locs[0] = torch.randn(3, 4, 3, 3)
+    trace = poutine.trace(deferred(guide)).get_trace()
+    assert trace.nodes["w1"]["value"].shape == (3, 4, 3, 3) and trace.nodes["w2"]["value"] is b1
