@@ -25,14 +25,12 @@ selection takes ``Identity`` although some op alone has the lower loss.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bayesnas.config import SearchConfig
-from bayesnas.infer import config_data, load_trained
+from bayesnas import load_run
 
 REFERENCE = "Identity"
 
@@ -50,12 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     scales = [float(s) for s in args.scales.split(",")]
 
-    config = SearchConfig.from_dict(json.loads((args.run / "config.json").read_text()), str(args.run))
-    if config.method != "vinnas":
-        parser.error(f"{args.run} is a {config.method} run, not vinnas")
-    device = torch.device("cpu")
-    data = config_data(config, device, args.data_dir)
-    method = load_trained(config, args.run, data, device)
+    run = load_run(args.run)
+    if run.config.method != "vinnas":
+        parser.error(f"{args.run} is a {run.config.method} run, not vinnas")
+    method = run.trained(data_dir=args.data_dir)
     method.guide.restore_best()
     groups = method.space.groups()
     if not any(REFERENCE in g.options for g in groups.values()):
