@@ -1,8 +1,10 @@
 """VINNAS: model/guide sites, Eq. 8 terms and gammas, Algorithm 1's stages, SNR selection, pruning, run folder."""
 
+import importlib.util
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -447,14 +449,17 @@ def test_paper_presets_build_their_spaces(name, kinds, cells):
     assert net(torch.zeros(2, channels, size, size)).shape == (2, 10)
 
 
-def test_overhead_benchmark_runs_for_vinnas(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "svi_overhead.py"
-    spec = importlib.util.spec_from_file_location("svi_overhead", path)
+def _benchmark(name):
+    """The script ``benchmarks/<name>.py`` as a module."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_overhead_benchmark_runs_for_vinnas(capsys):
+    bench = _benchmark("svi_overhead")
     for stage, profile in (("weights", ["--op-profile", "1"]), ("architecture", [])):
         ratio = bench.main(["--method", "vinnas", "--stage", stage, "--steps", "1", "--warmup", "0", "--threads", "1",
                             "--num-train", "400", "--space", '{"in_channels": 1, "channels": 4, "layout": "RN", '
@@ -604,13 +609,7 @@ def test_tiny_search_on_the_chain_writes_a_chain_genotype_and_the_posterior(conf
 def _branch_scale_table_agrees_with_itself_and_the_selection(run, ops, capsys):
     """``benchmarks/vinnas_branch_scale.py`` on a finished run: the branch at scale 0 is ``Identity`` alone and at
     scale 1 the op alone; the count of ``Identity`` picks is the selection's."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vinnas_branch_scale.py"
-    spec = importlib.util.spec_from_file_location("vinnas_branch_scale", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("vinnas_branch_scale")
     capsys.readouterr()
     assert bench.main([str(run), "--scales", "0,0.5,1"]) == 0
     lines = capsys.readouterr().out.splitlines()
