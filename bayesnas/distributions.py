@@ -301,7 +301,7 @@ class LocalNormal(TorchDistribution):
         (:class:`~bayesnas.reparam.LocalReparameterization` with ``defer_draws``): NaN of the sample's shape,
         one element expanded, so nothing is drawn or stored and any other use of it yields NaN. ``reuse``: an
         earlier stand-in of this site, returned when it still fits (shape, dtype, device)."""
-        shape = self._extended_shape()
+        shape = self.loc.shape  # the sample's shape: the batch shape is empty
         if (reuse is not None and reuse.shape == shape and reuse.dtype == self.loc.dtype
                 and reuse.device == self.loc.device):
             return reuse

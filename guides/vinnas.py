@@ -65,14 +65,21 @@ class VINNASGuide(nn.Module):
         self.gammas = (0.0, 0.0, 0.0)
         self.frozen: set[str] = set()
         """``{"weights"}`` or ``{"alpha"}``: those parameters enter the loss detached."""
+        self._weight_q: dict[str, LocalNormal] = {}
 
     # ------------------------------------------------------------------ distributions
     def _p(self, group: str, p: torch.Tensor) -> torch.Tensor:
         return p.detach() if group in self.frozen else p
 
     def weight_distribution(self, site: str) -> LocalNormal:
+        """``q(w)`` of a weight site; the same object from step to step while it reads the same tensors (it holds
+        the parameters themselves, not their values: hundreds of sites per step need not be built anew)."""
         k = _key(site)
-        return LocalNormal(self._p("weights", self.mu_w[k]), self._p("weights", self.log_var_w[k]))
+        loc, log_var = self._p("weights", self.mu_w[k]), self._p("weights", self.log_var_w[k])
+        q = self._weight_q.get(site)
+        if q is None or q.loc is not loc or q.log_var is not log_var:
+            q = self._weight_q[site] = LocalNormal(loc, log_var)
+        return q
 
     def alpha_distribution(self, group: str) -> LocalNormal:
         return LocalNormal(self._p("alpha", self.mu_alpha[group]), self._p("alpha", self.log_var_alpha[group]))

@@ -176,8 +176,9 @@ class VINNASModel(nn.Module):
                 pyro.factor("op_entropy", -op_entropy)
         if index is None:
             index = torch.arange(len(x), device=x.device)
+        # the network holds no sample site: outside the plate, its layers' messages skip the plate's handlers
+        logits = self.net(x, self.op_weights(alphas))
         with pyro.plate("data", size, subsample=index):
-            logits = self.net(x, self.op_weights(alphas))
             pyro.sample("y", SmoothedCategorical(logits, self.label_smoothing), obs=y)
-        self.last_logits = logits
+        self.last_logits = logits.detach()  # for the step's metrics: it keeps no graph alive till the next step
         return logits

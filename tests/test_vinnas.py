@@ -266,6 +266,28 @@ def test_two_stages_train_disjoint_parameters(method):
     arch.loss(x, y, index)[0].backward()
     assert all(p.grad is None for p in method.guide.weight_parameters())  # stage 2: weights detached
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.guide.alpha_parameters())
+    # back to stage 1: q(w) is built on the parameters again, not on stage 2's detached copies
+    method.guide.zero_grad(set_to_none=True)
+    weights.loss(x, y, index)[0].backward()
+    assert all(p.grad is not None for p in method.guide.weight_parameters())
+    assert method.model.last_logits.grad_fn is None  # the metrics' logits keep no graph alive
+
+
+def test_weight_distributions_are_reused_and_read_the_current_parameters(method):
+    """q(w) objects persist from step to step (hundreds of sites), so they must hold the parameters themselves:
+    an optimiser's in-place step and a loaded state are what the next step's distribution reads."""
+    g = method.guide
+    site = g.weight_sites[0]
+    q = g.weight_distribution(site)
+    assert g.weight_distribution(site) is q and q.loc is g.mu_w[site.replace(".", "/")]
+    state = {k: v + 0.5 if k.startswith(("mu_w", "log_var_w")) else v for k, v in g.state_dict().items()}
+    g.load_state_dict(state)
+    torch.testing.assert_close(g.weight_distribution(site).mean, state[f"mu_w.{site.replace('.', '/')}"])
+    torch.testing.assert_close(g.weight_distribution(site).log_var, state[f"log_var_w.{site.replace('.', '/')}"])
+    g.frozen = {"weights"}
+    detached = g.weight_distribution(site)
+    assert detached is not q and not detached.loc.requires_grad
+    torch.testing.assert_close(detached.loc, q.loc.detach())
 
 
 def test_best_alpha_is_kept_and_restored(method):

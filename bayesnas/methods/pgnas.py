@@ -144,7 +144,7 @@ class PGNAS(SearchMethod):
     def _negative_elbo(self, model, guide, reparam, x, y, index):
         traced = poutine.trace(reparam(model))
         loss = self.elbo.differentiable_loss(traced, reparam(guide), x, y, index, self.num_train)
-        logits = self._last_logits = traced.trace.nodes["_RETURN"]["value"]
+        logits = self._last_logits = traced.trace.nodes["_RETURN"]["value"].detach()  # no graph kept for metrics
         return loss / self.num_train, int((logits.argmax(-1) == y).sum())
 
     def training_loss(self, x, y, index):
