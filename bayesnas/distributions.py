@@ -17,13 +17,15 @@ never hidden behind an ``Independent`` wrapper (which would make Pyro silently f
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 from torch.distributions.kl import register_kl
+
+from bayesnas.elbo import register_summed_kl
 
 _NO_SAMPLE_SHAPE = torch.Size()
 
@@ -332,13 +334,28 @@ class LocalNormal(TorchDistribution):
         return mean + torch.sqrt(var.clamp_min(0) + 1e-8) * torch.randn_like(mean)
 
 
-@register_kl(LocalNormal, LogUniform)
-def kl_local_normal_log_uniform(q: LocalNormal, p: LogUniform) -> torch.Tensor:
-    """Sum over the tensor of :func:`kl_normal_log_uniform_elementwise` (returns the empty batch shape)."""
+def _check_local_normal_log_uniform(q: LocalNormal, p: LogUniform) -> None:
     if q.event_shape != p.event_shape or q.batch_shape != p.batch_shape:
         raise ValueError(f"KL(LocalNormal || LogUniform) needs equal shapes, got event {tuple(q.event_shape)} vs "
                          f"{tuple(p.event_shape)}, batch {tuple(q.batch_shape)} vs {tuple(p.batch_shape)}")
+
+
+@register_kl(LocalNormal, LogUniform)
+def kl_local_normal_log_uniform(q: LocalNormal, p: LogUniform) -> torch.Tensor:
+    """Sum over the tensor of :func:`kl_normal_log_uniform_elementwise` (returns the empty batch shape)."""
+    _check_local_normal_log_uniform(q, p)
     return kl_normal_log_uniform_elementwise(q.loc, q.log_var).sum()
+
+
+@register_summed_kl(LocalNormal, LogUniform)
+def summed_kl_local_normal_log_uniform(qs: Sequence[LocalNormal], ps: Sequence[LogUniform]) -> torch.Tensor:
+    """``sum_i`` :func:`kl_local_normal_log_uniform` ``(q_i, p_i)`` as one elementwise KL over the concatenated
+    tensors (VINNAS's loss sums it over every weight site of one gamma)."""
+    for q, p in zip(qs, ps, strict=True):
+        _check_local_normal_log_uniform(q, p)
+    loc = torch.cat([q.loc.reshape(-1) for q in qs])
+    log_var = torch.cat([q.log_var.reshape(-1) for q in qs])
+    return kl_normal_log_uniform_elementwise(loc, log_var).sum()
 
 
 @register_kl(torch.distributions.Normal, LogUniform)

@@ -6,12 +6,15 @@ such site per weight tensor (hundreds in VINNAS), so the skipped densities are m
 step. :class:`AnalyticKLELBO` computes the same loss and gradients, scoring only observed sites, factors and
 latent sites without a registered KL (which still get the Monte Carlo term), and it sums the KLs of the sites
 that share one scale before scaling them (``sum_i s KL_i = s sum_i KL_i``): one product, and one node of the
-backward graph, per scale instead of three per site.
+backward graph, per scale instead of three per site. Where a pair of distribution types has a summed form
+registered (:func:`register_summed_kl`), the sites of that pair under one scale get their KLs summed in one
+computation: VINNAS's 195 weight sites then cost a few operations instead of a few per site.
 """
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Sequence
 
 import torch
 from pyro import poutine
@@ -27,6 +30,35 @@ from torch.distributions.kl import _KL_MEMOIZE, _dispatch_kl
 
 ANALYTIC = "_analytic_kl"
 """Key of a model site's ``infer`` dict: its loss term is the registered ``KL(guide || prior)``."""
+
+SummedKL = Callable[[Sequence[object], Sequence[object]], torch.Tensor]
+_SUMMED_KL: dict[tuple[type, type], SummedKL] = {}
+
+
+def register_summed_kl(type_q: type, type_p: type) -> Callable[[SummedKL], SummedKL]:
+    """Register ``fn(qs, ps) = sum_i KL(q_i || p_i)`` for many (guide, prior) pairs of exactly these types: the same
+    value as the registered pairwise KL summed over the sites, in one computation."""
+    def decorator(fn: SummedKL) -> SummedKL:
+        _SUMMED_KL[type_q, type_p] = fn
+        return fn
+    return decorator
+
+
+def summed_kl(pairs: Sequence[tuple[object, object]]) -> torch.Tensor:
+    """``sum_i KL(q_i || p_i)`` over (guide, prior) pairs with registered KLs: pairs whose types have a summed form
+    go through it together, the others one by one."""
+    terms: list[torch.Tensor] = []
+    together: dict[tuple[type, type], list[tuple[object, object]]] = {}
+    for q, p in pairs:
+        if (type(q), type(p)) in _SUMMED_KL:
+            together.setdefault((type(q), type(p)), []).append((q, p))
+        else:
+            kl = kl_divergence(q, p)
+            terms.append(kl if kl.dim() == 0 else kl.sum())
+    for types, group in together.items():
+        qs, ps = zip(*group, strict=True)
+        terms.append(_SUMMED_KL[types](qs, ps))
+    return sum(terms[1:], terms[0])
 
 
 def has_registered_kl(q: object, p: object) -> bool:
@@ -74,7 +106,7 @@ class AnalyticKLELBO(TraceMeanField_ELBO):
         ``-log q`` of the guide's auxiliary sites. Returns the loss as a float and as a tensor (its own surrogate:
         every guide site is reparameterised)."""
         elbo: torch.Tensor | float = 0.0
-        kl_by_scale: dict[float, list[torch.Tensor]] = {}
+        pairs_by_scale: dict[float, list[tuple[object, object]]] = {}
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
                 continue
@@ -87,14 +119,14 @@ class AnalyticKLELBO(TraceMeanField_ELBO):
             if not site["infer"].get(ANALYTIC):
                 elbo = elbo + site["log_prob_sum"] - guide_site["score_parts"].entropy_term.sum()
                 continue
-            kl = kl_divergence(guide_site["fn"], site["fn"])
+            pair = guide_site["fn"], site["fn"]
             scale, mask = guide_site["scale"], guide_site["mask"]
             if isinstance(scale, numbers.Number) and (mask is None or mask is True):
-                kl_by_scale.setdefault(scale, []).append(kl if kl.dim() == 0 else kl.sum())
+                pairs_by_scale.setdefault(scale, []).append(pair)
             elif mask is not False:
-                elbo = elbo - scale_and_mask(kl, scale=scale, mask=mask).sum()
-        for scale, kls in kl_by_scale.items():
-            elbo = elbo - sum(kls[1:], kls[0]) * scale
+                elbo = elbo - scale_and_mask(kl_divergence(*pair), scale=scale, mask=mask).sum()
+        for scale, pairs in pairs_by_scale.items():
+            elbo = elbo - summed_kl(pairs) * scale
         for name, guide_site in guide_trace.nodes.items():
             if guide_site["type"] == "sample" and name not in model_trace.nodes:
                 if is_validation_enabled():

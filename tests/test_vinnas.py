@@ -112,12 +112,18 @@ def test_loss_is_eq8_with_each_term_weighted_by_its_gamma(method, monkeypatch):
     entropy = float(method.guide.op_entropy(method.options.entropy_samples, method.model.clip))
     assert loss((0.0, 0.0, 0.3)) - base == pytest.approx(0.2 * entropy / n, rel=1e-4)  # g3 H once, not N times
     assert 0 < entropy <= 2 * 5 * torch.log(torch.tensor(10.0)).item() + 1e-4  # 2 cells x 5 edges x log K
-    # the KLs come from the registered closed form, one call per site, never from Monte Carlo
+    # the KLs come from the registered closed form, never from Monte Carlo: summed once per scale (the weights' gamma_1,
+    # the strengths' gamma_2) over the concatenated tensors of that scale's sites
     calls = []
     original = bd.kl_normal_log_uniform_elementwise
-    monkeypatch.setattr(bd, "kl_normal_log_uniform_elementwise", lambda *a: calls.append(1) or original(*a))
-    loss((1.0, 1.0, 0.0))
-    assert len(calls) == len(method.model.weight_sites) + 2
+    monkeypatch.setattr(bd, "kl_normal_log_uniform_elementwise", lambda *a: calls.append(a[0].numel()) or original(*a))
+    weights = sum(p.numel() for p in method.guide.mu_w.values())
+    strengths = sum(p.numel() for p in method.guide.mu_alpha.values())
+    loss((1.0, 0.5, 0.0))
+    assert sorted(calls) == sorted([weights, strengths])
+    calls.clear()
+    loss((1.0, 1.0, 0.0))  # one scale: one sum over every site
+    assert calls == [weights + strengths]
 
 
 def test_stage_loss_equals_eq8_on_a_fixed_draw(method, monkeypatch):
