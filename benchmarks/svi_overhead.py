@@ -285,10 +285,16 @@ class PlainVINNAS(nn.Module):
         return self.clip(kind, alpha)
 
     def regularisers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL_w and KL_alpha, the stage's frozen tensors detached (as ours detaches them)."""
+        def held(t: torch.Tensor, frozen: bool) -> torch.Tensor:
+            return t.detach() if frozen else t
+
         # one elementwise KL over all weights, as ours sums the sites of one scale (registered summed KL)
-        kl_w = kl_normal_log_uniform_elementwise(torch.cat([layer.mu.reshape(-1) for layer in self.layers]),
-                                                 torch.cat([layer.log_var.reshape(-1) for layer in self.layers])).sum()
-        kl_a = sum(kl_normal_log_uniform_elementwise(self.mu_alpha[k], self.log_var_alpha[k]).sum()
+        mu, log_var = (torch.cat([held(getattr(layer, name), layer.frozen).reshape(-1) for layer in self.layers])
+                       for name in ("mu", "log_var"))
+        kl_w = kl_normal_log_uniform_elementwise(mu, log_var).sum()
+        kl_a = sum(kl_normal_log_uniform_elementwise(held(self.mu_alpha[k], self.frozen_alpha),
+                                                     held(self.log_var_alpha[k], self.frozen_alpha)).sum()
                    for k in self.mu_alpha)
         return kl_w, kl_a
 
