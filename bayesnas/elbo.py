@@ -46,7 +46,7 @@ def register_summed_kl(type_q: type, type_p: type) -> Callable[[SummedKL], Summe
 
 def summed_kl(pairs: Sequence[tuple[object, object]]) -> torch.Tensor:
     """``sum_i KL(q_i || p_i)`` over (guide, prior) pairs with registered KLs: pairs whose types have a summed form
-    go through it together, the others one by one."""
+    go through it together, the others one by one (no pairs: 0)."""
     terms: list[torch.Tensor] = []
     together: dict[tuple[type, type], list[tuple[object, object]]] = {}
     for q, p in pairs:
@@ -58,7 +58,7 @@ def summed_kl(pairs: Sequence[tuple[object, object]]) -> torch.Tensor:
     for types, group in together.items():
         qs, ps = zip(*group, strict=True)
         terms.append(_SUMMED_KL[types](qs, ps))
-    return sum(terms[1:], terms[0])
+    return sum(terms[1:], terms[0]) if terms else torch.zeros(())
 
 
 def has_registered_kl(q: object, p: object) -> bool:

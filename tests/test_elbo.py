@@ -126,6 +126,7 @@ def test_summed_kl_equals_the_pairwise_kls_summed():
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
     for a, b in zip(torch.autograd.grad(total, params), torch.autograd.grad(expected, params), strict=True):
         torch.testing.assert_close(a, b)
+    assert summed_kl([]).item() == 0.0
     with pytest.raises(ValueError, match="equal shapes"):
         summed_kl([(LocalNormal(locs[1], log_vars[1]), LogUniform((6,)))])
 
