@@ -264,12 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search with each method and seed on the population's space and split (finished searches in "
                     "OUT are reused), look up each pick's stand-alone accuracy in the population (training it there "
                     "when absent), and report pick accuracy, percentile, regret, search seconds and each "
-                    "super-network's ranking correlation (OUT/compare.md/.csv/.json and plots).")
+                    "super-network's ranking correlation (OUT/compare.md/.csv/.json and plots). Under torchrun "
+                    "the ranks share out whole searches (each runs in one process; list the slowest method first).")
     compare.add_argument("--population", required=True, help="a folder written by bayesnas bench population")
     compare.add_argument("--methods", default="gdas,vinnas,pcnas,random",
                          help="comma-separated methods (random: random search at the others' mean search time)")
     compare.add_argument("--seeds", type=int, default=1, help="search seeds per method")
     compare.add_argument("--epochs", type=int, help="search epochs of every method (default: each preset's)")
+    compare.add_argument("--config", help='JSON file of options per method over its preset, e.g. {"vinnas": '
+                         '{"epochs": 20, "options": {"warmup_epochs": 5}}, "random": {"options": {"num_samples": 7}}}')
     compare.add_argument("--out", help="folder (default: <population>/compare)")
     _add_bench_common(compare)
     return parser
@@ -605,11 +608,11 @@ def _bench_population(args: argparse.Namespace) -> int:
 
 
 def _bench_compare(args: argparse.Namespace) -> int:
-    from bayesnas.compare import run_compare
+    from bayesnas.compare import method_overrides, run_compare
     from bayesnas.distributed import is_main_process
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    overrides = {m: {"epochs": args.epochs} for m in methods} if args.epochs else {}
+    overrides = method_overrides(load_config_file(args.config) if args.config else {}, methods, args.epochs)
     _require_out_when_distributed(args)
     out = Path(args.out or Path(args.population) / "compare")
     run_compare(args.population, out, methods=methods, seeds=args.seeds, overrides=overrides, device=args.device,

@@ -18,7 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 import statistics
+import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +33,7 @@ from matplotlib.figure import Figure
 
 from bayesnas.config import PRESETS, ConfigError, SearchConfig, on_space, preset
 from bayesnas.diagnostics import save_figure
-from bayesnas.distributed import world_of
+from bayesnas.distributed import World, world_of
 from bayesnas.infer import load_trained, resolve_device, run_search
 from bayesnas.io import atomic_write_text, write_json
 from bayesnas.methods import METHODS
@@ -39,6 +42,7 @@ from bayesnas.population import write_report as write_population_report
 from bayesnas.spaces.genotype import Genotype, load_genotype
 
 COMPARE_FILE = "compare.json"
+CLAIMS_DIR = ".claims"
 
 
 def rank_correlation(x: Sequence[float], y: Sequence[float], resamples: int = 1000,
@@ -93,6 +97,20 @@ def method_config(method: str, population: Population, seed: int, overrides: dic
     return config.merged({"options": options}).merged(overrides or {})
 
 
+def method_overrides(overrides: dict[str, Any], methods: Sequence[str], epochs: int | None = None
+                     ) -> dict[str, dict[str, Any]]:
+    """``overrides`` (per compared method, options over its configuration, e.g. from ``bench compare --config``)
+    checked, with ``epochs`` (when given) set for every method."""
+    for method, options in overrides.items():
+        if method not in methods:
+            raise ConfigError(f"the overrides name {method!r}, which is not compared ({', '.join(methods)})")
+        if not isinstance(options, dict):
+            raise ConfigError(f"the overrides of {method!r} must be a JSON object of its options")
+    if epochs is None:
+        return dict(overrides)
+    return {**overrides, **{m: {**overrides.get(m, {}), "epochs": epochs} for m in methods}}
+
+
 def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequence[str], seeds: int = 1,
                 overrides: dict[str, dict[str, Any]] | None = None, device: str | torch.device = "auto",
                 data_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
@@ -112,7 +130,7 @@ def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequenc
         raise ConfigError(f"{population.folder} holds no trained genotype yet; build it with bayesnas bench "
                           "population")
     out = Path(out)
-    overrides = overrides or {}
+    overrides = method_overrides(overrides or {}, methods)
     searched = [m for m in methods if m != "random"]
     configs = {(m, s): method_config(m, population, s, overrides.get(m)) for m in searched for s in range(seeds)}
     for config in configs.values():  # every configuration valid before anything runs
@@ -123,15 +141,13 @@ def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequenc
     with world_of(resolve_device(device)) as (world, device):
         data = load_population_data(population.spec, device, data_dir)
         space = population.spec.space(data)
-        runs: dict[tuple[str, int], dict[str, Any]] = {}
-        for (method, seed), config in configs.items():
-            runs[method, seed] = _search(config, out / method / f"seed{seed}", device, data_dir, progress)
+        runs = _searches(configs, out, device, world, data_dir, progress)
         if "random" in methods:
             budget = statistics.fmean(r["search_seconds"] for r in runs.values()) if runs else None
-            for seed in range(seeds):
-                config = _random_config(population, seed, budget, overrides.get("random"))
-                configs["random", seed] = config
-                runs["random", seed] = _search(config, out / "random" / f"seed{seed}", device, data_dir, progress)
+            chances = {("random", s): _random_config(population, s, budget, overrides.get("random"))
+                       for s in range(seeds)}
+            configs.update(chances)
+            runs.update(_searches(chances, out, device, world, data_dir, progress))
         picks = {k: in_space(space, load_genotype(out / k[0] / f"seed{k[1]}" / "genotype.json")) for k in runs}
         pop_seeds = max(len(e["runs"]) for e in population.genotypes().values())
         add_members(population.folder, population.spec, list(picks.values()), pop_seeds, data, world,
@@ -149,7 +165,9 @@ def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequenc
             trained = load_trained(configs[method, 0], out / method / "seed0", data, device)
             if trained.supernet_state() is None:
                 continue
-            supernet = [trained.inherited_accuracy(g, data.val) for g in genotypes]
+            mine = {i: trained.inherited_accuracy(g, data.val) for i, g in enumerate(genotypes) if world.owns(i)}
+            gathered = world.gather(mine)
+            supernet = [gathered[i] for i in range(len(genotypes))]
             ranking[method] = {**rank_correlation(supernet, standalone), "supernet_val_accuracy": supernet}
     result = _result(population, runs, picks, ranking, members, standalone)
     if world.is_main:
@@ -158,14 +176,41 @@ def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequenc
     return result
 
 
-def _search(config: SearchConfig, run_dir: Path, device: torch.device, data_dir: str | Path | None,
-            progress: bool) -> dict[str, Any]:
-    """The summary of a finished search in ``run_dir``, or of the search run (or resumed) now."""
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        return json.loads(summary.read_text())
-    return run_search(config, run_dir, device=device, resume=(run_dir / "config.json").exists(),
-                      data_dir=data_dir, progress=progress)
+def _searches(configs: dict[tuple[str, int], SearchConfig], out: Path, device: torch.device, world: World,
+              data_dir: str | Path | None, progress: bool) -> dict[tuple[str, int], dict[str, Any]]:
+    """The summaries of the searches ``configs`` into ``out/<method>/seed<k>``, run (or resumed) where unfinished.
+
+    Under ``torchrun`` whole searches are dealt to the ranks, each run in one process (so a search is the one a
+    single process runs): in ``configs``' order, a rank takes the next unfinished search nobody has claimed,
+    claiming it by creating its file in a claims folder of this launch (``out/.claims/<token>``, removed at the
+    end), so a rank that finishes early takes the next one."""
+    folders = {key: out / key[0] / f"seed{key[1]}" for key in configs}
+    claims = None
+    if world.distributed:
+        claims = out / CLAIMS_DIR / world.broadcast(uuid.uuid4().hex)
+        if world.is_main:
+            shutil.rmtree(out / CLAIMS_DIR, ignore_errors=True)  # a killed launch's claims
+            claims.mkdir(parents=True)
+        world.barrier()
+    for key, config in configs.items():
+        run_dir = folders[key]
+        if (run_dir / "summary.json").exists() or claims is not None and not _claim(claims / f"{key[0]}-{key[1]}"):
+            continue
+        run_search(config, run_dir, device=device, resume=(run_dir / "config.json").exists(), data_dir=data_dir,
+                   progress=progress and world.is_main, alone=True)
+    world.barrier()
+    if claims is not None and world.is_main:
+        shutil.rmtree(out / CLAIMS_DIR, ignore_errors=True)
+    return {key: json.loads((folder / "summary.json").read_text()) for key, folder in folders.items()}
+
+
+def _claim(path: Path) -> bool:
+    """Whether this process created ``path`` (and so owns the work it names)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _random_config(population: Population, seed: int, budget: float | None,

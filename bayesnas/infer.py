@@ -9,6 +9,7 @@ selection and export. A run folder holds ``config.json``, ``checkpoint.pt``, ``m
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -250,14 +251,18 @@ def load_trained(config: SearchConfig, run_dir: str | Path, data: DataBundle, de
 
 def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch.device = "auto",
                resume: bool = False, data_dir: str | Path | None = None, download: bool = False,
-               progress: bool = True, on_step: Callable[[StepEvent], None] | None = None) -> dict[str, Any]:
+               progress: bool = True, on_step: Callable[[StepEvent], None] | None = None,
+               alone: bool = False) -> dict[str, Any]:
     """Run (or resume) one search and return its ``summary.json`` content.
 
-    Under ``torchrun`` the search runs over all processes (:mod:`bayesnas.distributed`); only rank 0 writes. The run
-    is in Pyro's ``module_local_params`` mode (every ``PyroModule`` keeps its parameters, none reach the global param
-    store), scoped to this call: the caller's Pyro settings and param store are as they were afterwards.
+    Under ``torchrun`` the search runs over all processes (:mod:`bayesnas.distributed`); only rank 0 writes; with
+    ``alone`` it runs in this process only, as without ``torchrun`` (``bayesnas bench compare`` gives whole
+    searches to ranks). The run is in Pyro's ``module_local_params`` mode (every ``PyroModule`` keeps its
+    parameters, none reach the global param store), scoped to this call: the caller's Pyro settings and param store
+    are as they were afterwards.
     """
-    with pyro.settings.context(module_local_params=True), world_of(resolve_device(device)) as (world, device):
+    worlds = contextlib.nullcontext((SINGLE, resolve_device(device))) if alone else world_of(resolve_device(device))
+    with pyro.settings.context(module_local_params=True), worlds as (world, device):
         return _run_search(config, Path(run_dir), device, world, resume, data_dir, download,
                            progress and world.is_main, on_step)
 

@@ -253,6 +253,7 @@ def add_members(folder: Path, spec: PopulationSpec, genotypes: Sequence[Genotype
         bar.update(len(chunk))
         bar.set_postfix(last=f"{rows[-1]['test_accuracy']:.3f}")
     bar.close()
+    world.barrier()  # the rows written before any rank reads them back
     return len(jobs)
 
 

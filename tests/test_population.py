@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bayesnas.cli import main
-from bayesnas.compare import method_config, rank_correlation, run_compare
+from bayesnas.compare import method_config, method_overrides, rank_correlation, run_compare
 from bayesnas.config import ConfigError
 from bayesnas.data import load_dataset
 from bayesnas.distributed import SINGLE
@@ -209,16 +209,67 @@ def test_cli_population_and_compare_errors(tmp_path, capsys):
     assert main(["bench", "compare", "--population", str(tmp_path / "none"), "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("bayesnas bench: error:") and "holds no population" in err[-1]
+    config = tmp_path / "overrides.json"
+    config.write_text('{"vinnas": {"epochs": 2}}')
+    assert main(["bench", "compare", "--population", str(tmp_path / "none"), "--methods", "gdas", "--config",
+                 str(config), "--out", str(tmp_path / "c")]) == 2
+    assert "'vinnas', which is not compared" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "c").exists()
+
+
+def _copy_population(population: Population, folder):
+    folder.mkdir()
+    for name in ("population.json", "population.jsonl"):
+        (folder / name).write_bytes((population.folder / name).read_bytes())
+    return folder
+
+
+def test_compare_under_two_ranks_deals_whole_searches(population, tmp_path):
+    """Under ``torchrun`` each search runs once, whole, on one rank (ranks take the next unclaimed one), and the
+    comparison is the one of a single process: the same picks, percentiles and super-network ranking."""
+    from tests.test_distributed import timeless
+    from tests.two_ranks import compare_worker, free_port
+
+    pop, _ = population
+    overrides = {"gdas": {"epochs": 1}, "random": {"epochs": 1}}
+    folder = _copy_population(pop, tmp_path / "pop")
+    torch.multiprocessing.spawn(compare_worker, args=(2, free_port(), str(folder), str(tmp_path / "two"), overrides),
+                                nprocs=2)
+    ran = [json.loads((tmp_path / "two" / f"ran.rank{r}.json").read_text()) for r in range(2)]
+    assert all(ran) and sorted(ran[0] + ran[1]) == [["gdas", 0], ["gdas", 1], ["random", 0], ["random", 1]]
+    assert not (tmp_path / "two" / ".claims").exists()
+    alone = run_compare(_copy_population(pop, tmp_path / "pop1"), tmp_path / "one", methods=["gdas", "random"],
+                        seeds=2, overrides=overrides, device="cpu", progress=False)
+    two = json.loads((tmp_path / "two" / "compare.json").read_text())
+    for method in ("gdas", "random"):
+        for seed in range(2):
+            summaries = [json.loads((tmp_path / d / method / f"seed{seed}" / "summary.json").read_text())
+                         for d in ("two", "one")]
+            assert "world_size" not in summaries[0]  # run in one process, not over the ranks
+            assert timeless(summaries[0]) == timeless(summaries[1])
+
+    def placed(result):
+        return [{k: v for k, v in row.items() if k != "search_seconds"} for row in result["methods"]]
+
+    assert placed(two) == placed(alone)
+    assert two["ranking"]["gdas"]["supernet_val_accuracy"] == alone["ranking"]["gdas"]["supernet_val_accuracy"]
+
+
+def test_compare_overrides_name_compared_methods(population, tmp_path):
+    pop, _ = population
+    with pytest.raises(ConfigError, match="'vinnas', which is not compared"):
+        run_compare(pop.folder, tmp_path / "c", methods=["gdas"], overrides={"vinnas": {"epochs": 1}}, device="cpu")
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        run_compare(pop.folder, tmp_path / "c", methods=["gdas"], overrides={"gdas": 3}, device="cpu")
+    assert not (tmp_path / "c").exists()
+    assert method_overrides({"gdas": {"options": {"arch_gate": "uniform"}}}, ["gdas", "random"], epochs=2) == {
+        "gdas": {"options": {"arch_gate": "uniform"}, "epochs": 2}, "random": {"epochs": 2}}
 
 
 def test_a_genotype_given_twice_is_trained_once_per_seed(population, tmp_path):
     """Two searches that pick the same genotype add its missing seed once (it was trained and appended twice)."""
     pop, _ = population
-    folder = tmp_path / "pop"
-    folder.mkdir()
-    for name in ("population.json", "population.jsonl"):
-        (folder / name).write_bytes((pop.folder / name).read_bytes())
+    folder = _copy_population(pop, tmp_path / "pop")
     data = load_population_data(pop.spec, torch.device("cpu"))
     space = pop.spec.space(data)
     before = read_jsonl(folder / "population.jsonl")  # other tests may have added picks to the shared folder

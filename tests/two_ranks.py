@@ -98,3 +98,24 @@ def scoring_worker(rank: int, size: int, port: int) -> None:
     after = world.gather({rank: (result.best, result.scores, float(torch.rand(())))})
     assert after[0] == after[1]
     dist.destroy_process_group()
+
+
+def compare_worker(rank: int, size: int, port: int, population: str, out: str, overrides: dict) -> None:
+    """``run_compare`` on this rank, recording which searches this rank ran (into ``out/ran.rank<r>.json``)."""
+    import json
+
+    from bayesnas import compare
+
+    join(rank, size, port)
+    ran = []
+    search = compare.run_search
+
+    def recording(config, run_dir, **kwargs):
+        ran.append([config.method, config.seed])
+        return search(config, run_dir, **kwargs)
+
+    compare.run_search = recording
+    compare.run_compare(population, out, methods=["gdas", "random"], seeds=2, overrides=overrides, device="cpu",
+                        progress=False)
+    with open(f"{out}/ran.rank{rank}.json", "w") as fh:
+        json.dump(ran, fh)
