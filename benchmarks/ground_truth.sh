@@ -16,7 +16,7 @@ case $space in
 esac
 mkdir -p "$out"
 export OMP_NUM_THREADS=1
-bayesnas() { torchrun --nproc-per-node "$nproc" --master-port "${MASTER_PORT:-29531}" -m bayesnas "$@" --device cpu; }
+bayesnas() { torchrun --nproc-per-node "$nproc" --master-port "${MASTER_PORT:-29531}" -m -- bayesnas "$@" --device cpu; }
 step() {  # step NAME COMMAND...: run it, its output into OUT/NAME.log, its wall seconds into OUT/timing.txt
     local name=$1 start=$SECONDS
     shift
