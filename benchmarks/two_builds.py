@@ -9,9 +9,10 @@ each build, the same between training seeds 0 and 1 (one seed's ranking against 
 single-seed population would have).
 
 Then, for each pair of comparisons given (``--pair A_COMPARE B_COMPARE``: the same methods searched against each
-build), every method's picks of both (2 x its seeds) placed in the merged population, whose accuracy per genotype
-is the mean of the two builds' means (so with both builds' training seeds): the mean percentile, its sd over the
-picks and the standard error of the mean.
+build), every method's picks of both (2 x its seeds) placed in the merged population of the genotypes both builds
+hold, whose accuracy per genotype is the mean of the two builds' means (so with both builds' training seeds): the
+mean percentile, its sd over the picks and the standard error of the mean (a pick trained in one build only is
+left out and counted as ``missing``).
 
     python benchmarks/two_builds.py POPULATION_A POPULATION_B [--pair A_COMPARE B_COMPARE ...]
 """
@@ -49,6 +50,8 @@ def main() -> None:
         print(_line(f"{metric} A vs B", [tables[0][k][metric] for k in keys], [tables[1][k][metric] for k in keys]))
     for name, table in zip("AB", tables, strict=True):
         both = [k for k in keys if {"test_accuracy_seed0", "test_accuracy_seed1"} <= table[k].keys()]
+        if len(both) < 3:  # one training seed per genotype
+            continue
         print(_line(f"test_accuracy seed 0 vs seed 1 in {name}", [table[k]["test_accuracy_seed0"] for k in both],
                     [table[k]["test_accuracy_seed1"] for k in both]))
     merged = {k: (tables[0][k]["test_accuracy"] + tables[1][k]["test_accuracy"]) / 2 for k in keys}
@@ -65,9 +68,13 @@ def main() -> None:
             for row in result["methods"]:
                 picks.setdefault(row["method"], []).extend(p["genotype"] for p in row["per_seed"])
         for method, genotypes in picks.items():
-            values = [percentile(g) for g in genotypes]
+            values = [percentile(g) for g in genotypes if g in merged]
+            missing = len(genotypes) - len(values)  # trained in one build only
+            if not values:
+                print(f"{folders[0]} + {folders[1]} {method}: no pick is in both builds (missing={missing})")
+                continue
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            print(f"{folders[0]} + {folders[1]} {method}: picks={len(values)} merged_percentile="
+            print(f"{folders[0]} + {folders[1]} {method}: picks={len(values)} missing={missing} merged_percentile="
                   f"{statistics.fmean(values):.1f} sd={sd:.1f} se={sd / len(values) ** 0.5:.1f} "
                   f"per_pick={' '.join(f'{v:.0f}' for v in values)}")
 
