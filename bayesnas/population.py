@@ -199,8 +199,13 @@ class Population:
 
     def percentile(self, value: float) -> float:
         """Percent of the population's genotypes whose mean test accuracy is below ``value`` (ties count half)."""
-        accs = np.array([r["test_accuracy"] for r in self.table()])
-        return float(100 * ((accs < value).sum() + 0.5 * (accs == value).sum()) / max(len(accs), 1))
+        return percentile_of([r["test_accuracy"] for r in self.table()], value)
+
+
+def percentile_of(accuracies: Sequence[float], value: float) -> float:
+    """Percent of ``accuracies`` below ``value``, ties counting half."""
+    accs = np.asarray(accuracies, dtype=float)
+    return float(100 * ((accs < value).sum() + 0.5 * (accs == value).sum()) / max(len(accs), 1))
 
 
 def _pin(folder: Path, spec: PopulationSpec) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bayesnas.compare import rank_correlation
-from bayesnas.population import Population
+from bayesnas.population import Population, percentile_of
 
 
 def _line(label: str, x: list[float], y: list[float]) -> str:
@@ -56,11 +56,6 @@ def main() -> None:
                     [table[k]["test_accuracy_seed1"] for k in both]))
     merged = {k: (tables[0][k]["test_accuracy"] + tables[1][k]["test_accuracy"]) / 2 for k in keys}
 
-    def percentile(key: str) -> float:  # as Population.percentile: ties count half
-        value = merged[key]
-        return 100 * (sum(v < value for v in merged.values()) + 0.5 * sum(v == value for v in merged.values())) \
-            / len(merged)
-
     for folders in args.pair:
         results = [json.loads((Path(f) / "compare.json").read_text()) for f in folders]
         picks: dict[str, list[str]] = {}
@@ -68,7 +63,7 @@ def main() -> None:
             for row in result["methods"]:
                 picks.setdefault(row["method"], []).extend(p["genotype"] for p in row["per_seed"])
         for method, genotypes in picks.items():
-            values = [percentile(g) for g in genotypes if g in merged]
+            values = [percentile_of(list(merged.values()), merged[g]) for g in genotypes if g in merged]
             missing = len(genotypes) - len(values)  # trained in one build only
             if not values:
                 print(f"{folders[0]} + {folders[1]} {method}: no pick is in both builds (missing={missing})")
