@@ -231,7 +231,8 @@ def test_compare_under_two_ranks_deals_whole_searches(population, tmp_path):
     from tests.two_ranks import compare_worker, free_port
 
     pop, _ = population
-    overrides = {"gdas": {"epochs": 1}, "random": {"epochs": 1}}
+    # random search's candidates pinned: its budget is the searches' wall-clock seconds, which differ between runs
+    overrides = {"gdas": {"epochs": 1}, "random": {"epochs": 1, "options": {"num_samples": 2}}}
     folder = _copy_population(pop, tmp_path / "pop")
     torch.multiprocessing.spawn(compare_worker, args=(2, free_port(), str(folder), str(tmp_path / "two"), overrides),
                                 nprocs=2)
@@ -264,6 +265,20 @@ def test_compare_overrides_name_compared_methods(population, tmp_path):
     assert not (tmp_path / "c").exists()
     assert method_overrides({"gdas": {"options": {"arch_gate": "uniform"}}}, ["gdas", "random"], epochs=2) == {
         "gdas": {"options": {"arch_gate": "uniform"}, "epochs": 2}, "random": {"epochs": 2}}
+
+
+def test_random_search_gets_the_searches_mean_seconds_in_candidates(population):
+    """Random search's candidates: the searches' mean seconds over one candidate's cost (the population's mean
+    seconds per epoch times random search's epochs), rounded, at least one; a pinned ``num_samples`` wins."""
+    from bayesnas.compare import _random_config
+
+    pop, _ = population
+    per_epoch = sum(r["seconds"] for r in pop.rows) / len(pop.rows) / pop.spec.recipe.epochs
+    config = _random_config(pop, 1, 7.4 * per_epoch * 2, {"epochs": 2})
+    assert config.options["num_samples"] == 7 and config.epochs == 2 and config.seed == 1
+    assert _random_config(pop, 0, 0.1 * per_epoch, {"epochs": 2}).options["num_samples"] == 1
+    pinned = _random_config(pop, 0, 100 * per_epoch, {"epochs": 2, "options": {"num_samples": 3}})
+    assert pinned.options["num_samples"] == 3
 
 
 def test_a_genotype_given_twice_is_trained_once_per_seed(population, tmp_path):
