@@ -55,6 +55,7 @@ def main() -> None:
         print(_line(f"test_accuracy seed 0 vs seed 1 in {name}", [table[k]["test_accuracy_seed0"] for k in both],
                     [table[k]["test_accuracy_seed1"] for k in both]))
     merged = {k: (tables[0][k]["test_accuracy"] + tables[1][k]["test_accuracy"]) / 2 for k in keys}
+    merged_accuracies = list(merged.values())
 
     for folders in args.pair:
         results = [json.loads((Path(f) / "compare.json").read_text()) for f in folders]
@@ -63,7 +64,7 @@ def main() -> None:
             for row in result["methods"]:
                 picks.setdefault(row["method"], []).extend(p["genotype"] for p in row["per_seed"])
         for method, genotypes in picks.items():
-            values = [percentile_of(list(merged.values()), merged[g]) for g in genotypes if g in merged]
+            values = [percentile_of(merged_accuracies, merged[g]) for g in genotypes if g in merged]
             missing = len(genotypes) - len(values)  # trained in one build only
             if not values:
                 print(f"{folders[0]} + {folders[1]} {method}: no pick is in both builds (missing={missing})")
