@@ -253,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     size = population.add_mutually_exclusive_group(required=True)
     size.add_argument("--n", type=int, help="genotypes to sample")
     size.add_argument("--all", action="store_true", help="every architecture of a small space")
-    population.add_argument("--seeds", type=int, default=1, help="training seeds per genotype")
+    population.add_argument("--seeds", type=int, default=1, help="training seeds per network")
+    population.add_argument("--first-seed", type=int, default=0,
+                            help="the first training seed (a replicate of a build takes fresh ones, e.g. 100)")
     population.add_argument("--train-epochs", type=int, help="epochs each genotype trains (sets retrain_epochs)")
     population.add_argument("--out", help="folder (default: runs/population-<space>-<dataset>)")
     population.add_argument("--download", action="store_true", help="let torchvision download missing files")
@@ -262,17 +264,22 @@ def build_parser() -> argparse.ArgumentParser:
     compare = benches.add_parser(
         "compare", formatter_class=_Formatter, help="place each method's pick in a population",
         description="Search with each method and seed on the population's space and split (finished searches in "
-                    "OUT are reused), look up each pick's stand-alone accuracy in the population (training it there "
-                    "when absent), and report pick accuracy, percentile, regret, search seconds and each "
-                    "super-network's ranking correlation (OUT/compare.md/.csv/.json and plots). Under torchrun "
-                    "the ranks share out whole searches (each runs in one process; list the slowest method first).")
+                    "OUT are reused), place each pick against the population, a fixed reference (a pick that is no "
+                    "member is trained under its recipe and seeds into OUT/placed.jsonl, never added), and report "
+                    "per method the mean percentile with a 95 % interval over search seeds, random search's exact "
+                    "expected percentile at the method's own compute, the paired difference with its interval, "
+                    "P(beats random) and each super-network's Kendall tau (OUT/compare.md/.csv/.json and plots). "
+                    "Under torchrun the ranks share out whole searches (each runs in one process).")
     compare.add_argument("--population", required=True, help="a folder written by bayesnas bench population")
     compare.add_argument("--methods", default="gdas,vinnas,pcnas,random",
-                         help="comma-separated methods (random: random search at the others' mean search time)")
-    compare.add_argument("--seeds", type=int, default=1, help="search seeds per method")
+                         help="comma-separated methods or variants named in --config (random: random search's "
+                              "trained check of its exact curve, at the searches' median compute)")
+    compare.add_argument("--seeds", type=int, default=1, help="search seeds per method (a method's own \"seeds\" in "
+                         "--config wins)")
     compare.add_argument("--epochs", type=int, help="search epochs of every method (default: each preset's)")
     compare.add_argument("--config", help='JSON file of options per method over its preset, e.g. {"vinnas": '
-                         '{"epochs": 20, "options": {"warmup_epochs": 5}}, "random": {"options": {"num_samples": 7}}}')
+                         '{"epochs": 20, "seeds": 10}, "gdas-uniform-gate": {"method": "gdas", "options": '
+                         '{"arch_gate": "uniform"}}}: "method" makes a named variant, "seeds" its own seed count')
     compare.add_argument("--out", help="folder (default: <population>/compare)")
     _add_bench_common(compare)
     return parser
@@ -599,26 +606,27 @@ def _bench_population(args: argparse.Namespace) -> int:
     _require_out_when_distributed(args)
     out = Path(args.out or f"runs/population-{args.space}-{args.dataset}")
     population = build_population(spec, out, n=args.n, enumerate_all=args.all, seeds=args.seeds,
-                                  device=args.device, data_dir=args.data_dir, download=args.download,
-                                  progress=not args.no_progress)
+                                  first_seed=args.first_seed, device=args.device, data_dir=args.data_dir,
+                                  download=args.download, progress=not args.no_progress)
     if is_main_process():
         print((out / "population.md").read_text())
-        print(f"written: {out} ({len(population.table())} genotypes)")
+        print(f"written: {out} ({len(population.table())} networks, {population.collapsed} twin genotypes collapsed)")
     return 0
 
 
 def _bench_compare(args: argparse.Namespace) -> int:
-    from bayesnas.compare import method_overrides, run_compare
+    from bayesnas.compare import method_overrides, run_compare, summary_lines
     from bayesnas.distributed import is_main_process
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     overrides = method_overrides(load_config_file(args.config) if args.config else {}, methods, args.epochs)
     _require_out_when_distributed(args)
     out = Path(args.out or Path(args.population) / "compare")
-    run_compare(args.population, out, methods=methods, seeds=args.seeds, overrides=overrides, device=args.device,
-                data_dir=args.data_dir, progress=not args.no_progress)
+    result = run_compare(args.population, out, methods=methods, seeds=args.seeds, overrides=overrides,
+                         device=args.device, data_dir=args.data_dir, progress=not args.no_progress)
     if is_main_process():
         print((out / "compare.md").read_text())
+        print("\n".join(summary_lines(result)))
         print(f"written: {out}")
     return 0
 

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bayesnas import diagnostics
+from bayesnas.compute import count_passes
 from bayesnas.config import SearchConfig
 from bayesnas.data import DataBundle, Split, load_dataset
 from bayesnas.distributed import SINGLE, World, synchronise_batchnorm, world_of
@@ -311,60 +312,67 @@ def _train_and_finish(config: SearchConfig, run_dir: Path, method: SearchMethod,
     steps = math.ceil(len(splits[phases[0].split]) / config.batch_size)
     bar = tqdm(total=steps * config.epochs, initial=steps * start, desc=f"{config.method} search",
                disable=not progress, dynamic_ncols=True)
-    for epoch in range(start, config.epochs):
-        method.begin_epoch(epoch)
-        tic = time.perf_counter()
-        totals = {phase.name: [0.0, 0, 0] for phase in phases}  # loss sum, right, examples
-        for module in modules.values():
-            module.train()
-        active = [(i, p) for i, p in enumerate(phases) if epoch >= p.start_epoch]
-        batches = {p.name: epoch_batches(len(splits[p.split]), config.batch_size, config.seed + 7919 * i, epoch,
-                                         device) for i, p in active}
-        for step in range(steps):
-            for _, phase in active:
-                index = batches[phase.name][step % len(batches[phase.name])]
-                value, right = _update(phase, optimizers[phase.name][0], splits[phase.split], index, config,
-                                       method.precision, world)
-                if not math.isfinite(value):
-                    bar.close()
-                    raise SearchDivergedError(f"{phase.name} loss became {value} at epoch {epoch}, step {step}: "
-                                              f"search stopped; {_last_good(checkpoint, epoch)}")
-                total = totals[phase.name]
-                total[0] += value * len(index)
-                total[1] += right
-                total[2] += len(index)
-                if on_step is not None:
-                    on_step(StepEvent(epoch, step, value))
-            bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{value:.4f}", refresh=False)
-        bad = non_finite_tensor(modules)  # before anything reads the state (a NaN logit breaks a distribution)
-        if bad is not None:
-            bar.close()
-            raise SearchDivergedError(f"{bad} became NaN or infinite in epoch {epoch} (the loss stayed finite): "
-                                      f"search stopped; {_last_good(checkpoint, epoch)}")
-        for _, phase in active:  # a phase still in its warm-up keeps its schedule where it is
-            optimizers[phase.name][1].step()
-        first = totals[phases[0].name]
-        row = {"epoch": epoch, "loss": first[0] / first[2], "train_accuracy": first[1] / first[2],
-               "val_accuracy": method.accuracy(data.val), "lr": optimizers[phases[0].name][0].param_groups[0]["lr"],
-               "seconds": time.perf_counter() - tic}
-        for phase in phases[1:]:
-            loss_sum, right, n = totals[phase.name]
-            row[f"{phase.name}_loss"] = loss_sum / n if n else None
-            row[f"{phase.name}_accuracy"] = right / n if n else None
-        row.update(flat_figures(method.epoch_metrics()))
-        bar.set_postfix(epoch=epoch, loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
-                        val=f"{row['val_accuracy']:.3f}", **{k: row[k] for k in method.progress_keys})
-        bad = non_finite_figure(row)
-        if bad is not None:
-            bar.close()
-            raise SearchDivergedError(f"the logged figure {bad} became NaN or infinite in epoch {epoch}: search "
-                                      f"stopped; {_last_good(checkpoint, epoch)}")
-        rows.append(row)
-        if world.is_main:
-            write_jsonl(metrics_path, rows)
-            checkpoint.save(config, epoch, modules, optimizers)
-        world.barrier()
+    with count_passes() as passes:  # example-passes per epoch, the search's machine-independent compute
+        for epoch in range(start, config.epochs):
+            method.begin_epoch(epoch)
+            counted = passes.as_dict()
+            tic = time.perf_counter()
+            totals = {phase.name: [0.0, 0, 0] for phase in phases}  # loss sum, right, examples
+            for module in modules.values():
+                module.train()
+            active = [(i, p) for i, p in enumerate(phases) if epoch >= p.start_epoch]
+            batches = {p.name: epoch_batches(len(splits[p.split]), config.batch_size, config.seed + 7919 * i, epoch,
+                                             device) for i, p in active}
+            for step in range(steps):
+                for _, phase in active:
+                    index = batches[phase.name][step % len(batches[phase.name])]
+                    value, right = _update(phase, optimizers[phase.name][0], splits[phase.split], index, config,
+                                           method.precision, world)
+                    if not math.isfinite(value):
+                        bar.close()
+                        raise SearchDivergedError(f"{phase.name} loss became {value} at epoch {epoch}, step {step}: "
+                                                  f"search stopped; {_last_good(checkpoint, epoch)}")
+                    total = totals[phase.name]
+                    total[0] += value * len(index)
+                    total[1] += right
+                    total[2] += len(index)
+                    if on_step is not None:
+                        on_step(StepEvent(epoch, step, value))
+                bar.update()
+                bar.set_postfix(epoch=epoch, loss=f"{value:.4f}", refresh=False)
+            bad = non_finite_tensor(modules)  # before anything reads the state (a NaN logit breaks a distribution)
+            if bad is not None:
+                bar.close()
+                raise SearchDivergedError(f"{bad} became NaN or infinite in epoch {epoch} (the loss stayed finite): "
+                                          f"search stopped; {_last_good(checkpoint, epoch)}")
+            for _, phase in active:  # a phase still in its warm-up keeps its schedule where it is
+                optimizers[phase.name][1].step()
+            first = totals[phases[0].name]
+            figures = flat_figures(method.epoch_metrics())  # the method's own work (random search: validation)
+            with passes.pause():  # the progress display's accuracy is not the method's compute
+                val_accuracy = method.accuracy(data.val)
+            row = {"epoch": epoch, "loss": first[0] / first[2], "train_accuracy": first[1] / first[2],
+                   "val_accuracy": val_accuracy, "lr": optimizers[phases[0].name][0].param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - tic,
+                   **{k: int(v) for k, v in zip(counted, world.sum([v - counted[k] for k, v in
+                                                                    passes.as_dict().items()]), strict=True)}}
+            for phase in phases[1:]:
+                loss_sum, right, n = totals[phase.name]
+                row[f"{phase.name}_loss"] = loss_sum / n if n else None
+                row[f"{phase.name}_accuracy"] = right / n if n else None
+            row.update(figures)
+            bar.set_postfix(epoch=epoch, loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
+                            val=f"{row['val_accuracy']:.3f}", **{k: row[k] for k in method.progress_keys})
+            bad = non_finite_figure(row)
+            if bad is not None:
+                bar.close()
+                raise SearchDivergedError(f"the logged figure {bad} became NaN or infinite in epoch {epoch}: search "
+                                          f"stopped; {_last_good(checkpoint, epoch)}")
+            rows.append(row)
+            if world.is_main:
+                write_jsonl(metrics_path, rows)
+                checkpoint.save(config, epoch, modules, optimizers)
+            world.barrier()
     bar.close()
     return finish_search(method, run_dir, rows, progress)
 
@@ -461,7 +469,8 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
     # selection's own draws (PGNAS's candidates) and any retraining must be the same on every rank
     method.world.share_random_state(method.device)
     tic = time.perf_counter()
-    selection = method.select(progress)
+    with count_passes() as passes:
+        selection = method.select(progress)
     select_seconds = time.perf_counter() - tic
     if method.world.is_main:
         genotype = replace(selection.genotype, dataset=method.config.dataset)
@@ -484,6 +493,10 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
         "params_with_auxiliary": count_params(selection.network, auxiliary=True),
         "search_seconds": round(sum(r["seconds"] for r in rows), 2),
         "select_seconds": round(select_seconds, 2),
+        # machine-independent compute (bayesnas.compute): examples through a network of the space, summed over ranks
+        **{f"search_{k}": sum(int(r.get(k, 0)) for r in rows) for k in ("train_passes", "eval_passes")},
+        **{f"select_{k}": int(v) for k, v in zip(passes.as_dict(), method.world.sum(list(passes.as_dict().values())),
+                                                 strict=True)},
         "genotype": "genotype.json",
         **selection.extra,
     }

@@ -46,6 +46,8 @@ from bayesnas.io import atomic_write_text, read_jsonl, write_json, write_jsonl
 from bayesnas.methods import shaped_space
 from bayesnas.methods.pcnas import search_recipe
 from bayesnas.methods.random_search import RandomSearchOptions
+from bayesnas.noise import NoiseReport, variance_components
+from bayesnas.spaces import get_space
 from bayesnas.spaces.decisions import DecisionSpace
 from bayesnas.spaces.genotype import Genotype
 from bayesnas.training import TrainRecipe, accuracy, train_network
@@ -83,6 +85,11 @@ class PopulationSpec:
         """The space shaped by the data, as the searches shape it."""
         return shaped_space(self.space_name, data, self.config.space, f"population's {self.space_name} space")
 
+    def layout_space(self) -> DecisionSpace:
+        """The space of the configuration's options, the data's shape left at its defaults: enough for what
+        depends on the decisions alone (canonical forms), without loading the data."""
+        return get_space(self.space_name, self.config.space)
+
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "recipe": dataclasses.asdict(self.recipe)}
 
@@ -119,32 +126,38 @@ def in_space(space: DecisionSpace, genotype: Genotype) -> Genotype:
 
 
 def genotype_key(genotype: Genotype) -> str:
-    """The canonical one-line form of a genotype's choices: equal architectures, equal keys."""
+    """The one-line form of a genotype's choices: equal choices, equal keys."""
     return json.dumps(genotype.choices, sort_keys=True, separators=(",", ":"))
 
 
+def network_key(space: DecisionSpace, genotype: Genotype) -> str:
+    """The key of ``genotype``'s canonical form (:meth:`~bayesnas.spaces.decisions.DecisionSpace.canonical`):
+    genotypes that build the same network (twins) have equal keys."""
+    return genotype_key(space.canonical(genotype))
+
+
 def sample_genotypes(space: DecisionSpace, n: int, seed: int) -> list[Genotype]:
-    """``n`` distinct uniform draws of ``space.random_genotype`` in draw order (fewer only where the space has
-    fewer distinct architectures than ``100 n`` draws find)."""
+    """``n`` uniform draws of ``space.random_genotype`` that build distinct networks, in draw order (fewer only
+    where the space has fewer distinct networks than ``100 n`` draws find)."""
     generator = torch.Generator().manual_seed(seed)
     chosen: dict[str, Genotype] = {}
     for _ in range(100 * n):
         if len(chosen) == n:
             break
         genotype = space.random_genotype(generator)
-        chosen.setdefault(genotype_key(genotype), genotype)
+        chosen.setdefault(network_key(space, genotype), genotype)
     return list(chosen.values())
 
 
 def enumerate_genotypes(space: DecisionSpace) -> list[Genotype]:
-    """Every architecture the decisions span (one option per decision), distinct."""
+    """Every network the decisions span (one option per decision), one genotype per network."""
     if space.size() > ENUMERATION_LIMIT:
         raise ConfigError(f"the {space.name} space has {space.size():.3g} architectures; `enumerate_all=True` "
                           f"enumerates at most {ENUMERATION_LIMIT} (sample `n` instead)")
     chosen: dict[str, Genotype] = {}
     for indices in itertools.product(*(range(k) for k in space.num_options())):
         genotype = space.genotype_from_indices(indices)
-        chosen.setdefault(genotype_key(genotype), genotype)
+        chosen.setdefault(network_key(space, genotype), genotype)
     return list(chosen.values())
 
 
@@ -161,22 +174,42 @@ def train_member(space: DecisionSpace, genotype: Genotype, data: DataBundle, rec
 
 
 class Population:
-    """The rows of a population folder, per genotype: its choices, size, and accuracies per training seed."""
+    """The rows of a population folder, per network: its choices, size, and accuracies per training seed.
 
-    def __init__(self, folder: str | Path) -> None:
+    A population, once built, is a fixed reference: comparisons read it and never add to it. Genotypes that build
+    the same network (twins, :meth:`~bayesnas.spaces.decisions.DecisionSpace.canonical`) are one member, keyed
+    by the canonical form; a twin's trainings with a seed the member already has are left out (with the same seed
+    twins train the same network), and :attr:`collapsed` counts the twins."""
+
+    def __init__(self, folder: str | Path, rows_file: str = ROWS_FILE) -> None:
         self.folder = Path(folder)
         self.spec = PopulationSpec.load(self.folder)
-        self.rows = read_jsonl(self.folder / ROWS_FILE)
+        self.rows = read_jsonl(self.folder / rows_file)
+        self.space = self.spec.layout_space()
 
     @functools.cache  # noqa: B019 - the rows are read once, in __init__; a population lives as long as its use
     def genotypes(self) -> dict[str, dict[str, Any]]:
-        """``{key: {"choices", "params", "flops", "runs": {seed: row}}}`` in the order the genotypes were added."""
+        """``{network key: {"choices", "params", "flops", "twins": [genotype keys], "runs": {seed: row}}}`` in the
+        order the networks were added."""
         out: dict[str, dict[str, Any]] = {}
         for row in self.rows:
-            entry = out.setdefault(row["key"], {"choices": row["choices"], "params": row["params"],
-                                                "flops": row["flops"], "runs": {}})
-            entry["runs"][row["seed"]] = row
+            key = network_key(self.space, Genotype(self.space.name, self.space.config.to_dict(), row["choices"]))
+            entry = out.setdefault(key, {"choices": row["choices"], "params": row["params"], "flops": row["flops"],
+                                         "twins": [], "runs": {}})
+            if row["key"] not in entry["twins"]:
+                entry["twins"].append(row["key"])
+            entry["runs"].setdefault(row["seed"], row)
         return out
+
+    @property
+    def collapsed(self) -> int:
+        """How many genotypes of the rows build a network another genotype of the rows builds too."""
+        return sum(len(e["twins"]) - 1 for e in self.genotypes().values())
+
+    def seeds(self) -> list[int]:
+        """The training seeds every member was trained with."""
+        runs = [set(e["runs"]) for e in self.genotypes().values()]
+        return sorted(set.intersection(*runs)) if runs else []
 
     @functools.cache  # noqa: B019 - as genotypes()
     def table(self) -> list[dict[str, Any]]:
@@ -185,6 +218,7 @@ class Population:
         for key, entry in self.genotypes().items():
             runs = [entry["runs"][s] for s in sorted(entry["runs"])]
             rows.append({"key": key, "params": entry["params"], "flops": entry["flops"], "seeds": len(runs),
+                         "twins": len(entry["twins"]),
                          "val_accuracy": statistics.fmean(r["val_accuracy"] for r in runs),
                          "test_accuracy": statistics.fmean(r["test_accuracy"] for r in runs),
                          "seconds": round(sum(r["seconds"] for r in runs), 2),
@@ -208,7 +242,7 @@ def percentile_of(accuracies: Sequence[float], value: float) -> float:
     return float(100 * ((accs < value).sum() + 0.5 * (accs == value).sum()) / max(len(accs), 1))
 
 
-def _pin(folder: Path, spec: PopulationSpec) -> None:
+def pin_population(folder: Path, spec: PopulationSpec) -> None:
     """Write ``population.json``, or check that a folder being continued holds the same configuration."""
     saved = folder / SPEC_FILE
     data = json.loads(json.dumps(spec.to_dict()))
@@ -228,18 +262,18 @@ def load_population_data(spec: PopulationSpec, device: torch.device, data_dir: s
     return config_data(spec.config, device, data_dir, download)
 
 
-def add_members(folder: Path, spec: PopulationSpec, genotypes: Sequence[Genotype], seeds: int, data: DataBundle,
-                world: World, progress: bool = True, desc: str = "population") -> int:
-    """Train every (genotype, seed < ``seeds``) pair not yet in ``folder``'s rows, once however often the genotype
-    is given (two searches may pick the same one), round by round across ranks, rewriting ``population.jsonl``
-    after each round; returns how many were trained."""
+def add_members(rows_file: Path, spec: PopulationSpec, genotypes: Sequence[Genotype], seeds: Sequence[int],
+                data: DataBundle, world: World, progress: bool = True, desc: str = "population") -> int:
+    """Train every (network, seed in ``seeds``) pair not yet in ``rows_file``, once however often the network is
+    given (two searches may pick the same one, or twins of it), round by round across ranks, rewriting
+    ``rows_file`` after each round; returns how many were trained."""
     space, recipe = spec.space(data), spec.recipe
-    rows = read_jsonl(folder / ROWS_FILE)
-    done = {(r["key"], r["seed"]) for r in rows}
+    rows = read_jsonl(rows_file)
+    done = {(network_key(space, Genotype(space.name, space.config.to_dict(), r["choices"])), r["seed"]) for r in rows}
     jobs = []
     for g in genotypes:
-        key = genotype_key(g)
-        for s in range(seeds):
+        key = network_key(space, g)
+        for s in seeds:
             if (key, s) not in done:
                 done.add((key, s))
                 jobs.append((g, s))
@@ -254,7 +288,7 @@ def add_members(folder: Path, spec: PopulationSpec, genotypes: Sequence[Genotype
         gathered = world.gather(mine)
         rows += [gathered[i] for i in range(len(chunk))]
         if world.is_main:
-            write_jsonl(folder / ROWS_FILE, rows)
+            write_jsonl(rows_file, rows)
         bar.update(len(chunk))
         bar.set_postfix(last=f"{rows[-1]['test_accuracy']:.3f}")
     bar.close()
@@ -263,23 +297,26 @@ def add_members(folder: Path, spec: PopulationSpec, genotypes: Sequence[Genotype
 
 
 def build_population(spec: PopulationSpec, out: str | Path, *, n: int | None = None, enumerate_all: bool = False,
-                     seeds: int = 1, device: str | torch.device = "auto", data_dir: str | Path | None = None,
-                     download: bool = False, progress: bool = True) -> Population:
-    """Build (or continue) a population of ``n`` sampled genotypes (or all, ``enumerate_all``), each trained with
-    ``seeds`` training seeds, into ``out``; writes ``population.csv``, ``population.md`` and the plots."""
+                     seeds: int = 1, first_seed: int = 0, device: str | torch.device = "auto",
+                     data_dir: str | Path | None = None, download: bool = False, progress: bool = True) -> Population:
+    """Build (or continue) a population of ``n`` sampled networks (or all, ``enumerate_all``), each trained with the
+    ``seeds`` training seeds from ``first_seed`` on, into ``out``; writes ``population.csv``, ``population.md`` and
+    the plots. The training seeds are a build's setting: a replicate of a build (another ``out``) takes other
+    ones, or it repeats the same initialisations and mini-batch orders."""
     if enumerate_all == (n is not None):
         raise ConfigError("give either the number of genotypes `n` or `enumerate_all=True`")
-    if n is not None and n < 1 or seeds < 1:
-        raise ConfigError("the population needs n >= 1 genotypes and seeds >= 1")
+    if n is not None and n < 1 or seeds < 1 or first_seed < 0:
+        raise ConfigError("the population needs n >= 1 genotypes, seeds >= 1 and first_seed >= 0")
     folder = Path(out)
     with world_of(resolve_device(device)) as (world, device):
         data = load_population_data(spec, device, data_dir, download)
         space = spec.space(data)
         genotypes = enumerate_genotypes(space) if enumerate_all else sample_genotypes(space, n, spec.config.seed)
         if world.is_main:
-            _pin(folder, spec)
+            pin_population(folder, spec)
         world.barrier()
-        add_members(folder, spec, genotypes, seeds, data, world, progress and world.is_main)
+        add_members(folder / ROWS_FILE, spec, genotypes, range(first_seed, first_seed + seeds), data, world,
+                    progress and world.is_main)
         if world.is_main:
             write_report(Population(folder))
     return Population(folder)
@@ -294,11 +331,14 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return text.getvalue()
 
 
-def seed_noise(table: list[dict[str, Any]]) -> float | None:
-    """Mean over genotypes trained with two or more seeds of the standard deviation of their test accuracies."""
-    sds = [statistics.stdev([v for k, v in r.items() if k.startswith("test_accuracy_seed")]) for r in table
-           if r["seeds"] >= 2]
-    return statistics.fmean(sds) if sds else None
+def noise_report(population: Population) -> NoiseReport:
+    """Variance components of the members' per-seed test accuracies (:mod:`bayesnas.noise`)."""
+    return variance_components([[r["test_accuracy"] for r in e["runs"].values()]
+                                for e in population.genotypes().values()])
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def write_report(population: Population) -> None:
@@ -310,12 +350,13 @@ def write_report(population: Population) -> None:
         return
     test = np.array([r["test_accuracy"] for r in table])
     params = np.array([r["params"] for r in table])
-    noise = seed_noise(table)
+    noise = noise_report(population)
     c = spec.config
     best = max(table, key=lambda r: r["val_accuracy"])
     lines = [
         f"# Population: {spec.space_name} space on {c.dataset}", "",
-        f"{len(table)} genotypes, {len(population.rows)} trainings (training seeds per genotype: "
+        f"{len(table)} networks ({population.collapsed} more genotypes build one of them: twins, collapsed), "
+        f"{sum(r['seeds'] for r in table)} trainings (training seeds per network: "
         f"{min(r['seeds'] for r in table)}-{max(r['seeds'] for r in table)}); split seed {c.split_seed}, "
         f"val {c.val_fraction}, " + (
             f"test {c.test_fraction}, data fraction {c.data_fraction}." if c.dataset == "digits"
@@ -327,8 +368,11 @@ def write_report(population: Population) -> None:
         f"| mean +- sd over genotypes | {test.mean():.4f} +- {test.std(ddof=1) if len(test) > 1 else 0:.4f} |",
         f"| min / median / max | {test.min():.4f} / {np.median(test):.4f} / {test.max():.4f} |",
         f"| 90th percentile | {np.percentile(test, 90):.4f} |",
-        f"| seed noise (mean sd over seeds of one genotype) | "
-        f"{'n/a (one seed each)' if noise is None else f'{noise:.4f}'} |",
+        f"| one training seed's noise (pooled within-network sd) | {_fmt(noise.within_sd)} |",
+        f"| spread of the networks net of that noise (between sd) | {_fmt(noise.between_sd)} |",
+        f"| reliability of a network's {noise.mean_seeds:.3g}-seed mean | {_fmt(noise.reliability(), '.3f')} |",
+        f"| highest Kendall tau / Spearman rho any ranker can expect against these means | "
+        f"{_fmt(noise.max_kendall(), '.3f')} / {_fmt(noise.max_spearman(), '.3f')} |",
         f"| best by validation | {best['test_accuracy']:.4f} ({best['params']:,} parameters) |", "",
         "## Best ten by validation accuracy", "",
         "| val | test | params | FLOPs | genotype |", "|---|---|---|---|---|",

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bayesnas.compare import rank_correlation
-from bayesnas.population import Population, percentile_of
+from bayesnas.population import Population, network_key, percentile_of
+from bayesnas.spaces import Genotype
 
 
 def _line(label: str, x: list[float], y: list[float]) -> str:
@@ -44,7 +45,9 @@ def main() -> None:
     parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A_COMPARE", "B_COMPARE"),
                         help="compare folders (holding compare.json) of the same methods against A and against B")
     args = parser.parse_args()
-    tables = [{t["key"]: t for t in Population(folder).table()} for folder in (args.a, args.b)]
+    populations = [Population(folder) for folder in (args.a, args.b)]
+    tables = [{t["key"]: t for t in p.table()} for p in populations]
+    space = populations[0].space
     keys = [k for k in tables[0] if k in tables[1]]
     for metric in ("test_accuracy", "val_accuracy"):
         print(_line(f"{metric} A vs B", [tables[0][k][metric] for k in keys], [tables[1][k][metric] for k in keys]))
@@ -62,7 +65,9 @@ def main() -> None:
         picks: dict[str, list[str]] = {}
         for result in results:
             for row in result["methods"]:
-                picks.setdefault(row["method"], []).extend(p["genotype"] for p in row["per_seed"])
+                picks.setdefault(row["method"], []).extend(  # a pick's network: its twins are one member
+                    network_key(space, Genotype(space.name, space.config.to_dict(), json.loads(p["genotype"])))
+                    for p in row["per_seed"])
         for method, genotypes in picks.items():
             values = [percentile_of(merged_accuracies, merged[g]) for g in genotypes if g in merged]
             missing = len(genotypes) - len(values)  # trained in one build only

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from bayesnas.chance import random_search_chance
 from bayesnas.cli import main
 from bayesnas.compare import method_config, method_overrides, rank_correlation, run_compare
-from bayesnas.config import ConfigError
+from bayesnas.config import PRESETS, ConfigError
 from bayesnas.data import load_dataset
 from bayesnas.distributed import SINGLE
 from bayesnas.io import read_jsonl, write_jsonl
@@ -25,10 +26,11 @@ from bayesnas.population import (
     enumerate_genotypes,
     genotype_key,
     load_population_data,
+    network_key,
     population_spec,
     sample_genotypes,
 )
-from bayesnas.spaces import get_space
+from bayesnas.spaces import Genotype, get_space
 from bayesnas.spaces.profile import count_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
@@ -57,7 +59,7 @@ def test_population_rows_sizes_and_files(population):
     assert len(first) == 6 and len(rows) == 8 and rows[:6] == first  # extended, nothing retrained
     space = get_space("chain", {**CHAIN, **SHAPE})
     drawn = sample_genotypes(space, 4, seed=0)
-    assert [genotype_key(g) for g in drawn] == list(pop.genotypes())
+    assert [network_key(space, g) for g in drawn] == list(pop.genotypes())
     table = pop.table()
     for genotype, row in zip(drawn, table, strict=True):
         assert row["params"] == count_params(space.build(genotype))  # the built network's own count
@@ -69,7 +71,7 @@ def test_population_rows_sizes_and_files(population):
     assert [r["key"] for r in parsed] == [r["key"] for r in table]
     assert float(parsed[0]["test_accuracy"]) == pytest.approx(table[0]["test_accuracy"])
     md = (pop.folder / "population.md").read_text()
-    assert "4 genotypes, 8 trainings" in md and '"epochs": 1' in md
+    assert "4 networks (0 more genotypes build one of them" in md and "8 trainings" in md and '"epochs": 1' in md
     assert (pop.folder / "accuracy_histogram.png").stat().st_size > 0
     assert (pop.folder / "accuracy_vs_params.png").stat().st_size > 0
 
@@ -90,34 +92,83 @@ def test_population_refuses_other_configuration_and_foreign_folders(population, 
 def test_sampling_is_distinct_and_extends():
     space = get_space("chain", {**CHAIN, **SHAPE})
     ten = sample_genotypes(space, 10, seed=5)
-    assert len({genotype_key(g) for g in ten}) == 10
+    assert len({network_key(space, g) for g in ten}) == 10  # distinct networks, not only distinct choices
     assert [genotype_key(g) for g in sample_genotypes(space, 4, seed=5)] == [genotype_key(g) for g in ten[:4]]
 
 
-def test_enumeration_spans_every_decision_once():
+def test_enumeration_spans_every_network_once():
     space = get_space("chain", {**CHAIN, **SHAPE})
     genotypes = enumerate_genotypes(space)
-    expected = {json.dumps(list(ops)) for ops in itertools.product(
-        *(space.decisions()[i].options for i in range(len(space.decisions()))))}
-    assert {json.dumps(g.choices["ops"]) for g in genotypes} == expected
-    assert len(genotypes) == math.prod(space.num_options())
+    every = [space.genotype(list(ops)) for ops in itertools.product(*(d.options for d in space.decisions()))]
+    assert len(every) == math.prod(space.num_options())
+    assert {network_key(space, g) for g in genotypes} == {network_key(space, g) for g in every}
+    assert len({network_key(space, g) for g in genotypes}) == len(genotypes) < len(every)
     big = get_space("chain", {**CHAIN, **SHAPE, "depths": [5, 5]})
     assert big.size() > ENUMERATION_LIMIT
     with pytest.raises(ConfigError, match="enumerates at most"):
         enumerate_genotypes(big)
 
 
+def _hand_made(folder, runs, space_options=None):
+    """A population folder of hand-made rows: ``runs`` is ``[(ops, seed, val, test)]`` on the test chain."""
+    spec = population_spec("chain", "digits", {**TINY, **({"space": space_options} if space_options else {})})
+    folder.mkdir(exist_ok=True)
+    (folder / "population.json").write_text(json.dumps(spec.to_dict()))
+    write_jsonl(folder / "population.jsonl", [
+        {"key": json.dumps({"ops": list(ops)}, separators=(",", ":")), "choices": {"ops": list(ops)}, "params": 1,
+         "flops": 1, "seed": seed, "val_accuracy": val, "test_accuracy": test, "seconds": 1.0}
+        for ops, seed, val, test in runs])
+    return Population(folder)
+
+
+OPS3 = list(itertools.product(["MBConv_1_3", "MBConv_3_3"], repeat=3))  # no Identity: no twins among these
+
+
 def test_percentile_counts_lower_and_half_the_ties(tmp_path):
-    spec = population_spec("chain", "digits", TINY)
-    (tmp_path / "population.json").write_text(json.dumps(spec.to_dict()))
     accs = [0.5, 0.6, 0.6, 0.9]
-    write_jsonl(tmp_path / "population.jsonl", [
-        {"key": f"g{i}", "choices": {}, "params": 1, "flops": 1, "seed": 0, "val_accuracy": a, "test_accuracy": a,
-         "seconds": 1.0} for i, a in enumerate(accs)])
-    pop = Population(tmp_path)
+    pop = _hand_made(tmp_path, [(OPS3[i], 0, a, a) for i, a in enumerate(accs)])
     assert pop.percentile(0.6) == pytest.approx(100 * (1 + 0.5 * 2) / 4)
     assert pop.percentile(1.0) == 100 and pop.percentile(0.1) == 0
-    assert pop.test_accuracy("g3") == 0.9 and pop.test_accuracy("nope") is None
+    key = json.dumps({"ops": list(OPS3[3])}, separators=(",", ":"))
+    assert pop.test_accuracy(key) == 0.9 and pop.test_accuracy("nope") is None
+
+
+def test_twins_collapse_into_one_member(tmp_path):
+    """Two chain genotypes that differ only by where ``Identity`` sits among a stage's residual mixops build the
+    same network (the same modules, the same parameters in the same order): one member; the twin's training with
+    a seed the member has is left out, its other seed joins."""
+    space = get_space("chain", {**CHAIN, **SHAPE})
+    a, b = space.genotype(["Identity", "MBConv_3_3", "MBConv_1_3"]), space.genotype(["MBConv_3_3", "Identity",
+                                                                                       "MBConv_1_3"])
+    assert [layer.name for layer in space.layers()][:2] == ["s0.l0", "s0.l1"]  # one stage: a residual run
+    assert network_key(space, a) == network_key(space, b) and genotype_key(a) != genotype_key(b)
+    torch.manual_seed(0)
+    net_a = space.build(a)
+    torch.manual_seed(0)
+    net_b = space.build(b)
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.equal(net_a.eval()(x), net_b.eval()(x))  # the same function, parameter for parameter
+    # the op after the transition is in another run: moving Identity across it is another network
+    c = space.genotype(["MBConv_3_3", "MBConv_1_3", "Identity"])
+    assert network_key(space, c) != network_key(space, a)
+    pop = _hand_made(tmp_path, [(a.choices["ops"], 0, 0.5, 0.50), (b.choices["ops"], 0, 0.5, 0.50),
+                                (b.choices["ops"], 1, 0.6, 0.70), (c.choices["ops"], 0, 0.4, 0.40)])
+    assert len(pop.genotypes()) == 2 and pop.collapsed == 1
+    member = pop.genotypes()[network_key(space, a)]
+    assert member["twins"] == [genotype_key(a), genotype_key(b)] and sorted(member["runs"]) == [0, 1]
+    assert pop.test_accuracy(network_key(space, b)) == pytest.approx(0.6)
+    assert pop.seeds() == [0]  # c was trained with seed 0 only
+
+
+def test_cell_twins_are_the_same_pairs_in_another_order():
+    space = get_space("cells", {"layout": "N", "states": 2, "channels": 4})
+    one = space.genotype({"normal": [[["sep_conv_3x3", 1], ["skip_connect", 0]], [["avg_pool_3x3", 2],
+                                                                                   ["max_pool_3x3", 0]]]})
+    two = space.genotype({"normal": [[["skip_connect", 0], ["sep_conv_3x3", 1]], [["max_pool_3x3", 0],
+                                                                                   ["avg_pool_3x3", 2]]]})
+    other = space.genotype({"normal": [[["skip_connect", 1], ["sep_conv_3x3", 0]], [["max_pool_3x3", 0],
+                                                                                     ["avg_pool_3x3", 2]]]})
+    assert network_key(space, one) == network_key(space, two) != network_key(space, other)
 
 
 def test_rank_correlation_against_pair_counting():
@@ -155,32 +206,65 @@ def test_method_config_searches_the_population_space_and_split(population):
     assert get_method("pcnas")(pcnas, data, torch.device("cpu")).warmup_epochs == 40 - 3 * 4
 
 
-def test_compare_places_picks_and_ranks_the_population(population, tmp_path):
+def test_compare_places_picks_against_a_fixed_reference(population, tmp_path):
+    """The reference is never changed by a compare: a pick that is no member is trained under the reference's
+    recipe and seeds in the comparison's own folder and placed; percentiles are over the members only."""
     pop, _ = population
+    before = {name: (pop.folder / name).read_bytes() for name in ("population.json", "population.jsonl",
+                                                                  "population.csv", "population.md")}
     result = run_compare(pop.folder, tmp_path, methods=["gdas", "random"], seeds=1,
-                         overrides={"gdas": {"epochs": 1}, "random": {"epochs": 1}}, device="cpu", progress=False)
-    after = Population(pop.folder)
-    table = {t["key"]: t for t in after.table()}
+                         overrides={"gdas": {"epochs": 1}}, device="cpu", progress=False)
+    assert {name: (pop.folder / name).read_bytes() for name in before} == before
+    table = {t["key"]: t for t in pop.table()}
+    placed = read_jsonl(tmp_path / "placed.jsonl")
     best = max(table.values(), key=lambda t: t["val_accuracy"])
     summary = json.loads((tmp_path / "gdas" / "seed0" / "summary.json").read_text())
     assert summary["data_seed"] == 0 and summary["seed"] == 0
     for row in result["methods"]:
         pick = row["per_seed"][0]
-        assert pick["genotype"] in table  # trained into the population where it was missing
-        assert row["pick_test_accuracy"] == pytest.approx(table[pick["genotype"]]["test_accuracy"])
-        assert row["percentile"] == pytest.approx(after.percentile(row["pick_test_accuracy"]))
+        if pick["member"]:
+            assert pick["genotype"] in table and row["pick_test_accuracy"] == table[pick["genotype"]]["test_accuracy"]
+        else:  # trained with the reference's seeds, outside it
+            runs = {r["seed"]: r["test_accuracy"] for r in placed
+                    if network_key(pop.space, Genotype("chain", pop.space.config.to_dict(), r["choices"]))
+                    == pick["genotype"]}
+            assert sorted(runs) == pop.seeds()
+            assert row["pick_test_accuracy"] == pytest.approx(np.mean(list(runs.values())))
+        assert row["percentile"] == pytest.approx(pop.percentile(row["pick_test_accuracy"]))
         assert row["regret"] == pytest.approx(best["test_accuracy"] - row["pick_test_accuracy"])
-    with open(pop.folder / "population.csv") as fh:  # the report is rewritten with the picks
-        assert len(list(csv.DictReader(fh))) == len(table)
-    gdas = result["ranking"]["gdas"]
-    assert gdas["n"] == len(table) == len(gdas["supernet_val_accuracy"])
-    assert all(0 <= a <= 1 for a in gdas["supernet_val_accuracy"])
-    assert "random" not in result["ranking"]  # nothing shared, nothing to rank
+        # random search at the same compute, from the reference's own trainings
+        chance = random_search_chance(pop)
+        assert pick["random_at_compute"] == pytest.approx(chance.at(pick["compute"]))
+        assert row["difference"] == pytest.approx(pick["percentile"] - pick["random_at_compute"])
+    gdas = result["ranking"]["supernet_val_accuracy"]["gdas/seed0"]
+    assert len(gdas) == len(table) and all(0 <= a <= 1 for a in gdas)
+    assert json.loads((tmp_path / "gdas" / "seed0" / "supernet_ranking.json").read_text())["members"] == list(table)
+    assert not any(k.startswith("random") for k in result["ranking"]["supernet_val_accuracy"])  # nothing shared
     random_summary = json.loads((tmp_path / "random" / "seed0" / "summary.json").read_text())
-    assert random_summary["num_samples"] >= 1
+    # random search's candidates: the searches' compute in member trainings, rounded
+    assert random_summary["num_samples"] == max(1, round(result["methods"][0]["per_seed"][0]["compute"]))
     for name in ("compare.md", "compare.csv", "compare.json", "pick_percentiles.png", "supernet_vs_standalone.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "| gdas | 1 |" in (tmp_path / "compare.md").read_text()
+
+
+def test_a_variant_is_its_own_row_with_its_own_seeds(population, tmp_path):
+    pop, _ = population
+    overrides = {"gdas": {"epochs": 1}, "gdas-uniform-gate": {"method": "gdas", "seeds": 2, "epochs": 1,
+                                                              "options": {"arch_gate": "uniform"}}}
+    result = run_compare(pop.folder, tmp_path, methods=["gdas", "gdas-uniform-gate"], seeds=1, overrides=overrides,
+                         device="cpu", progress=False)
+    assert [(r["method"], r["runs"], r["seeds"]) for r in result["methods"]] == [("gdas", "gdas", 1),
+                                                                              ("gdas-uniform-gate", "gdas", 2)]
+    config = json.loads((tmp_path / "gdas-uniform-gate" / "seed1" / "config.json").read_text())
+    assert config["method"] == "gdas" and config["options"]["arch_gate"] == "uniform"
+    with pytest.raises(ConfigError, match="unknown method\\(s\\) gdas-typo"):
+        run_compare(pop.folder, tmp_path / "x", methods=["gdas-typo"], device="cpu")
+    with pytest.raises(ConfigError, match="seeds must be an integer >= 1"):
+        run_compare(pop.folder, tmp_path / "x", methods=["gdas"], overrides={"gdas": {"seeds": 0}}, device="cpu")
+    with pytest.raises(ConfigError, match="must not be the population's folder"):
+        run_compare(pop.folder, pop.folder, methods=["gdas"], device="cpu")
+    assert not (tmp_path / "x").exists()
 
 
 def test_inherited_accuracy_equals_the_built_network_with_batch_statistics(population, tmp_path):
@@ -231,7 +315,7 @@ def test_compare_under_two_ranks_deals_whole_searches(population, tmp_path):
     from tests.two_ranks import compare_worker, free_port
 
     pop, _ = population
-    # random search's candidates pinned: its budget is the searches' wall-clock seconds, which differ between runs
+    # random search's candidates pinned, to keep its seconds short
     overrides = {"gdas": {"epochs": 1}, "random": {"epochs": 1, "options": {"num_samples": 2}}}
     folder = _copy_population(pop, tmp_path / "pop")
     torch.multiprocessing.spawn(compare_worker, args=(2, free_port(), str(folder), str(tmp_path / "two"), overrides),
@@ -249,11 +333,14 @@ def test_compare_under_two_ranks_deals_whole_searches(population, tmp_path):
             assert "world_size" not in summaries[0]  # run in one process, not over the ranks
             assert timeless(summaries[0]) == timeless(summaries[1])
 
+    timed = {"search_seconds", "seconds", "compute_by_seconds"}
+
     def placed(result):
-        return [{k: v for k, v in row.items() if k != "search_seconds"} for row in result["methods"]]
+        return [{k: [{f: v for f, v in p.items() if f not in timed} for p in v] if k == "per_seed" else v
+                 for k, v in row.items() if k not in timed} for row in result["methods"]]
 
     assert placed(two) == placed(alone)
-    assert two["ranking"]["gdas"]["supernet_val_accuracy"] == alone["ranking"]["gdas"]["supernet_val_accuracy"]
+    assert two["ranking"] == alone["ranking"]
 
 
 def test_compare_overrides_name_compared_methods(population, tmp_path):
@@ -267,18 +354,35 @@ def test_compare_overrides_name_compared_methods(population, tmp_path):
         "gdas": {"options": {"arch_gate": "uniform"}, "epochs": 2}, "random": {"epochs": 2}}
 
 
-def test_random_search_gets_the_searches_mean_seconds_in_candidates(population):
-    """Random search's candidates: the searches' mean seconds over one candidate's cost (the population's mean
-    seconds per epoch times random search's epochs), rounded, at least one; a pinned ``num_samples`` wins."""
+def test_random_search_gets_the_searches_compute_in_candidates(population):
+    """Random search's trained check: the searches' median compute in member trainings, rounded, at least one, each
+    candidate trained under the population's recipe (its epochs, learning rate, batch size); a pinned
+    ``num_samples`` wins."""
     from bayesnas.compare import _random_config
 
     pop, _ = population
-    per_epoch = sum(r["seconds"] for r in pop.rows) / len(pop.rows) / pop.spec.recipe.epochs
-    config = _random_config(pop, 1, 7.4 * per_epoch * 2, {"epochs": 2})
-    assert config.options["num_samples"] == 7 and config.epochs == 2 and config.seed == 1
-    assert _random_config(pop, 0, 0.1 * per_epoch, {"epochs": 2}).options["num_samples"] == 1
-    pinned = _random_config(pop, 0, 100 * per_epoch, {"epochs": 2, "options": {"num_samples": 3}})
-    assert pinned.options["num_samples"] == 3
+    recipe = pop.spec.recipe
+    config = _random_config(pop, 1, 7.4, None)
+    assert config.options["num_samples"] == 7 and config.seed == 1
+    assert (config.epochs, config.lr, config.batch_size) == (recipe.epochs, recipe.lr, recipe.batch_size)
+    assert _random_config(pop, 0, 0.1, None).options["num_samples"] == 1
+    assert _random_config(pop, 0, 100, {"options": {"num_samples": 3}}).options["num_samples"] == 3
+
+
+def test_method_config_finds_a_preset_under_any_of_its_names(tmp_path):
+    from bayesnas.compare import preset_for
+
+    assert preset_for("vinnas", "fashion-mnist") == "vinnas-fashion"
+    assert preset_for("gdas", "fashion-mnist") == "gdas-digits"  # none for that data set: the digits preset
+    assert preset_for("vinnas", "digits") == "vinnas-digits"
+    spec = population_spec("chain", "fashion-mnist", {"space": CHAIN, "data_fraction": 0.1})
+    (tmp_path / "population.json").write_text(json.dumps(spec.to_dict()))
+    config = method_config("vinnas", Population(tmp_path), seed=2)
+    fashion = PRESETS["vinnas-fashion"]
+    assert config.dataset == "fashion-mnist" and config.space_name == "chain" and config.space == CHAIN
+    assert config.epochs == fashion["epochs"] and config.batch_size == fashion["batch_size"]
+    assert config.options["warmup_epochs"] == fashion["options"]["warmup_epochs"]
+    assert config.data_fraction == 0.1  # the population's data, not the preset's half
 
 
 def test_a_genotype_given_twice_is_trained_once_per_seed(population, tmp_path):
@@ -289,6 +393,6 @@ def test_a_genotype_given_twice_is_trained_once_per_seed(population, tmp_path):
     space = pop.spec.space(data)
     before = read_jsonl(folder / "population.jsonl")  # other tests may have added picks to the shared folder
     fresh = next(g for g in enumerate_genotypes(space) if genotype_key(g) not in {r["key"] for r in before})
-    assert add_members(folder, pop.spec, [fresh, fresh], 1, data, SINGLE, progress=False) == 1
+    assert add_members(folder / "population.jsonl", pop.spec, [fresh, fresh], [0], data, SINGLE, progress=False) == 1
     rows = read_jsonl(folder / "population.jsonl")
     assert [r["key"] for r in rows].count(genotype_key(fresh)) == 1 and len(rows) == len(before) + 1

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bayesnas.compute import SpaceNetwork
 from bayesnas.spaces.genotype import Genotype, GenotypeError, SpaceConfig
 from bayesnas.spaces.ops import AuxiliaryHead, DropPath, SearchConv2d
 from bayesnas.spaces.profile import count_params  # noqa: F401  (re-exported)
@@ -134,7 +135,7 @@ class MultiBranchBlock(nn.Module):
         return out
 
 
-class BranchNet(nn.Module):
+class BranchNet(SpaceNetwork):
     """The super-network (``kept=None``) or a network built from a genotype's kept channels.
 
     In training mode with ``auxiliary=True`` the forward returns ``(logits, aux_logits)``.

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bayesnas.compute import SpaceNetwork
 from bayesnas.select import derive_cell
 from bayesnas.spaces.decisions import Decision, DecisionSpace, mixed_forward
 from bayesnas.spaces.genotype import Genotype, GenotypeError, SpaceConfig
@@ -206,7 +207,7 @@ class FixedReductionCell(nn.Module):
         return torch.cat([self.conv0(s0), self.conv1(s1), self.pool0(s0), self.pool1(s1)], dim=1)
 
 
-class CellNetwork(nn.Module):
+class CellNetwork(SpaceNetwork):
     """Stem, cells by layout, BN + ReLU, pooling, classifier (as the GDAS authors' search network).
     ``genotype=None`` gives the super-network. ``auxiliary=True`` (retraining) adds the DARTS auxiliary head
     (:class:`~bayesnas.spaces.ops.AuxiliaryHead`) after cell :meth:`auxiliary_index`; in training mode the
@@ -353,6 +354,14 @@ class CellSpace(DecisionSpace):
                 inputs = [i for _, i in state]
                 if len(set(inputs)) != len(inputs):
                     raise GenotypeError(f"{kind} cell, state {j}: each input at most once, got inputs {inputs}")
+
+    def canonical(self, genotype: Genotype) -> Genotype:
+        """A state sums its ``(op, input)`` pairs, so their order changes nothing: each state's pairs sorted by
+        input, then op."""
+        self.validate(genotype)
+        return Genotype(self.name, genotype.config, {kind: [sorted(state, key=lambda p: (p[1], p[0])) for state in
+                                                            states] for kind, states in genotype.choices.items()},
+                        genotype.dataset)
 
     def random_genotype(self, generator: torch.Generator) -> Genotype:
         """A uniformly random architecture (the random-search baseline of DARTS and VINNAS Table II): per cell

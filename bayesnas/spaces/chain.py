@@ -56,6 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bayesnas.compute import SpaceNetwork
 from bayesnas.spaces.branches import SearchableLayer, check_kept_channels, kept_from_masks, sorted_kept
 from bayesnas.spaces.decisions import (
     Decision,
@@ -341,7 +342,7 @@ def layout(config: ChainSpaceConfig) -> tuple[list[ChainLayer], dict[str, Any]]:
     return blocks, fixed
 
 
-class ChainNet(nn.Module):
+class ChainNet(SpaceNetwork):
     """The super-network (``ops=None``: every candidate in every mixop) or a network built from one op name
     per mixop. ``forward(x, arch)``: ``arch`` is the super-network's architecture value ``{group: tensor}``
     (index, one-hot straight-through with ``sparse``, weights without); a built network takes none.
@@ -406,6 +407,10 @@ class ChainNet(nn.Module):
                                       conv.kernel_shape[1], path), conv
 
 
+def _identity_last(run: Sequence[str]) -> list[str]:
+    return [op for op in run if op != "Identity"] + [op for op in run if op == "Identity"]
+
+
 @dataclass
 class ChainSpace(DecisionSpace):
     """Search-space API: the decisions (one per mixop), the super-network, genotypes, built networks, and
@@ -466,6 +471,28 @@ class ChainSpace(DecisionSpace):
             if not 0 <= int(i) < len(d.options):
                 raise ValueError(f"mixop {d.name}: op index {int(i)} is not in 0..{len(d.options) - 1}")
         return self.genotype([d.options[int(i)] for d, i in zip(decisions, indices, strict=True)])
+
+    def canonical(self, genotype: Genotype) -> Genotype:
+        """``Identity`` is no layer at all (no residual, no parameters), so within a run of consecutive mixops of
+        one shape only the order of the other ops matters: each run's ``Identity`` choices move to its end
+        (``[Identity, MBConv_3_3]`` and ``[MBConv_3_3, Identity]`` in one stage build the same network).
+        Channel-level genotypes are their own canonical form."""
+        self.validate(genotype)
+        if "ops" not in genotype.choices:
+            return genotype
+        ops: list[str] = []
+        run: list[str] = []
+        choices = iter(genotype.choices["ops"])
+        for block in self.blocks():
+            if block.searchable and "Identity" in block.ops:
+                run.append(next(choices))
+                continue
+            ops += _identity_last(run)
+            run = []
+            if block.searchable:
+                ops.append(next(choices))
+        ops += _identity_last(run)
+        return Genotype(self.name, genotype.config, {"ops": ops}, genotype.dataset)
 
     def derive(self, strengths: Mapping[str, torch.Tensor]) -> Genotype:
         """The strongest op of every mixop."""

@@ -117,6 +117,11 @@ class DecisionSpace(ABC):
     def describe(self, genotype: Genotype) -> str:
         """A few human-readable lines."""
 
+    def canonical(self, genotype: Genotype) -> Genotype:
+        """The one genotype of those that build the same network as ``genotype`` (twins differ only by a
+        reordering that changes nothing), so that equal networks have equal canonical forms. Default: itself."""
+        return genotype
+
     def _layout(self) -> tuple[list[Decision], dict[str, DecisionGroup]]:
         """The decisions and their groups, computed once per configuration (the index form is built every
         training step and every potential evaluation)."""
