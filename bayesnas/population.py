@@ -365,7 +365,7 @@ def write_report(population: Population) -> None:
         f"Recipe: `{json.dumps(dataclasses.asdict(spec.recipe))}`", "",
         f"Space options: `{json.dumps(c.space)}` (shaped by the data)", "",
         "| statistic | test accuracy |", "|---|---|",
-        f"| mean +- sd over genotypes | {test.mean():.4f} +- {test.std(ddof=1) if len(test) > 1 else 0:.4f} |",
+        f"| mean +- sd over networks | {test.mean():.4f} +- {test.std(ddof=1) if len(test) > 1 else 0:.4f} |",
         f"| min / median / max | {test.min():.4f} / {np.median(test):.4f} / {test.max():.4f} |",
         f"| 90th percentile | {np.percentile(test, 90):.4f} |",
         f"| one training seed's noise (pooled within-network sd) | {_fmt(noise.within_sd)} |",
