@@ -180,10 +180,11 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
 
     ``dataset`` defaults to the one the genotype was searched on; ``out`` (default: the genotype file's folder,
     or nothing written for a :class:`Genotype` object) receives ``train_summary.json`` (an earlier one is replaced
-    only with ``force=True``) and a drawing of the architecture, ``architecture.png``."""
+    only with ``force=True``) and a drawing of the architecture, ``architecture.png`` (a file of that name that
+    bayesnas did not write is left as it is)."""
     from bayesnas.data import load_dataset
     from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
-    from bayesnas.infer import resolve_device
+    from bayesnas.infer import RUN_MARKER, resolve_device
     from bayesnas.io import check_writable, write_json
     from bayesnas.precision import resolve_precision
     from bayesnas.spaces import get_space
@@ -237,6 +238,10 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
               "epochs": epochs, "precision": recipe.precision, "channels_last": recipe.channels_last,
               "history": history}
     if out is not None:
+        drawing = out / ARCHITECTURE_FILE
+        # a drawing already there is replaced only where we wrote it: in a run folder, or beside our own result
+        ours = not drawing.exists() or (out / RUN_MARKER).exists() or (out / "train_summary.json").exists()
         write_json(out / "train_summary.json", result)
-        draw_genotype(genotype, out / ARCHITECTURE_FILE)
+        if ours and not drawing.is_symlink():
+            draw_genotype(genotype, drawing)
     return result

@@ -52,6 +52,7 @@ from bayesnas.population import (
     noise_report,
     percentile_of,
 )
+from bayesnas.run_folder import RunFolderError, check_folder, config_diff, folder_in_use
 from bayesnas.spaces.genotype import Genotype, load_genotype
 
 COMPARE_FILE = "compare.json"
@@ -202,6 +203,7 @@ def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequenc
     out = Path(out)
     if out.resolve() == population.folder.resolve():
         raise ConfigError("the comparison's `out` must not be the population's folder (the reference stays as built)")
+    check_folder(out, "compare", ours=(out / COMPARE_FILE).exists())
     searched = [r for r in rows if r.method != "random"]
     configs = {(r.label, s): method_config(r.method, population, s, r.options)
                for s in range(max((r.seeds for r in searched), default=0)) for r in searched if s < r.seeds}
@@ -210,7 +212,7 @@ def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequenc
             METHODS[config.method].options_type(**config.options)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"method {config.method!r}: {err}") from None
-    with world_of(resolve_device(device)) as (world, device):
+    with world_of(resolve_device(device)) as (world, device), folder_in_use(out, "compare", world):
         data = load_population_data(population.spec, device, data_dir)
         space = population.spec.space(data)
         unit = (population.spec.recipe.epochs, len(data.train))
@@ -255,6 +257,13 @@ def _searches(configs: dict[tuple[str, int], SearchConfig], out: Path, device: t
     claiming it by creating its file in a claims folder of this launch (``out/.claims/<token>``, removed at the
     end), so a rank that finishes early takes the next one."""
     folders = {key: out / key[0] / f"seed{key[1]}" for key in configs}
+    for key, folder in folders.items():  # a finished search is reused only under the same settings
+        saved = folder / "config.json"
+        if (folder / "summary.json").exists() and saved.exists():
+            diff = config_diff(json.loads(saved.read_text()), json.loads(json.dumps(configs[key].to_dict())))
+            if diff:
+                raise RunFolderError(f"{folder} holds a search of other settings (differs in: {', '.join(diff)}); "
+                                     "choose another `out` for these settings")
     with _claims(out, world) as claim:
         for key, config in configs.items():
             run_dir = folders[key]

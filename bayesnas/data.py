@@ -516,7 +516,7 @@ def _idx_problem(path: str) -> str | None:
 
 
 def _open_cifar(name: str, cls: Any, root: str, download: bool) -> tuple[Any, Any, str]:
-    from torchvision.datasets.utils import check_integrity, extract_archive
+    from torchvision.datasets.utils import check_integrity
 
     base = os.path.join(root, cls.base_folder)
     files = [(f, md5) for f, md5 in cls.train_list + cls.test_list]
@@ -524,10 +524,10 @@ def _open_cifar(name: str, cls: Any, root: str, download: bool) -> tuple[Any, An
     tarball = os.path.join(root, cls.filename)
     absent = [f for f, _ in files if not os.path.isfile(os.path.join(base, f))]
     if absent and not download and os.path.isfile(tarball):
-        try:
-            extract_archive(tarball, root)
-        except (tarfile.TarError, EOFError, OSError) as err:
-            raise DatasetCorruptedError(f"{name}: cannot unpack {tarball}: {err}") from err
+        if not check_integrity(tarball, cls.tgz_md5):  # before a byte is unpacked: a crafted archive writes nothing
+            raise DatasetCorruptedError(f"{name}: {tarball} fails the official archive's MD5 check (corrupted or "
+                                        f"not the official {cls.filename}); nothing was unpacked")
+        _safe_extract(name, tarball, root)
     try:
         return cls(root, train=True, download=download), cls(root, train=False, download=False), base
     except _READ_ERRORS as err:
@@ -547,6 +547,22 @@ def _open_cifar(name: str, cls: Any, root: str, download: bool) -> tuple[Any, An
         raise DatasetCorruptedError(
             f"{name}: unusable files in {base}: {reason}; re-extract the official {cls.filename}"
         ) from err
+
+
+def _safe_extract(name: str, tarball: str, root: str) -> None:
+    """Unpack ``tarball`` into ``root``, refusing (before anything is written) any member that would land outside
+    ``root``, links and special files; then extracts with tarfile's ``data`` filter, which refuses the same."""
+    target = os.path.realpath(root)
+    try:
+        with tarfile.open(tarball) as archive:
+            for member in archive.getmembers():
+                path = os.path.realpath(os.path.join(target, member.name))
+                if os.path.commonpath([target, path]) != target or not (member.isfile() or member.isdir()):
+                    raise DatasetCorruptedError(f"{name}: {tarball} holds {member.name!r}, which is not a file "
+                                                f"inside {root}; nothing was unpacked")
+            archive.extractall(target, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise DatasetCorruptedError(f"{name}: cannot unpack {tarball}: {_one_line(str(err))}") from err
 
 
 def _download_note(download: bool, err: BaseException) -> str:

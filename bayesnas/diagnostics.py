@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from bayesnas.io import atomic_write, flat_figures, read_jsonl
+from bayesnas.io import atomic_write, atomic_write_by_name, flat_figures, read_jsonl
 
 if TYPE_CHECKING:
     from bayesnas.spaces.decisions import DecisionSpace
@@ -42,9 +42,7 @@ def save_posterior(run_dir: Path, draws: dict[str, np.ndarray], coords: dict[str
                          dims={name: dims for name in [*draws, *constant]}, attrs=attrs or {})
     idata.posterior.attrs.update(attrs or {})  # from_dict puts them on one group only
     path = Path(run_dir) / POSTERIOR_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    idata.to_netcdf(str(tmp))
-    os.replace(tmp, path)
+    atomic_write_by_name(path, idata.to_netcdf)
     return path
 
 

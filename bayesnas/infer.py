@@ -32,11 +32,12 @@ from bayesnas.config import SearchConfig
 from bayesnas.data import DataBundle, Split, load_dataset
 from bayesnas.distributed import SINGLE, World, synchronise_batchnorm, world_of
 from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
-from bayesnas.io import atomic_write, flat_figures, orphaned_temporaries, read_jsonl, write_json, write_jsonl
+from bayesnas.io import atomic_write, flat_figures, read_jsonl, write_json, write_jsonl
 from bayesnas.latency import LATENCY_FILE
 from bayesnas.methods import Phase, SearchMethod, get_method
 from bayesnas.precision import channels_last, precision_context
 from bayesnas.predictive import add_predictive_groups
+from bayesnas.run_folder import RUN_MARKER, RunLock, check_folder, claim_folder, config_diff
 from bayesnas.spaces.branches import count_params
 from bayesnas.training import augment, epoch_batches
 
@@ -81,10 +82,6 @@ class StepEvent:
     loss: float
 
 
-def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
 SELECTED_WEIGHTS = "selected.pt"
 """The retrained selected network's state dict (weights only), where the search retrained it."""
 
@@ -124,7 +121,11 @@ class Checkpoint:
                                   "delete it to start the search again") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"checkpoint {self.path} is not a bayesnas search checkpoint")
-        diff = _config_diff(state["config"], config.to_dict())
+        problem = _checkpoint_problem(state, config)
+        if problem:  # before anything is loaded or truncated
+            raise CheckpointError(f"checkpoint {self.path} is damaged: {problem}; delete it to start the search "
+                                  "again")
+        diff = config_diff(state["config"], config.to_dict())
         if diff:
             raise CheckpointError(f"checkpoint {self.path} was written for a different configuration "
                                   f"(differs in: {', '.join(diff)})")
@@ -143,10 +144,22 @@ class Checkpoint:
         return int(state["epoch"])
 
 
-RUN_MARKER = ".bayesnas-run"
-"""Written first into every search folder: a folder without it (or, from runs older than the marker, without
-``config.json``) is not ours, and nothing is written into it unless it is empty."""
-LOCK = ".bayesnas.lock"
+def _checkpoint_problem(state: dict[str, Any], config: SearchConfig) -> str | None:
+    """What is wrong with a checkpoint's entries (their types, the epoch's range, the random state's form), or
+    None."""
+    kinds = {"config": dict, "epoch": int, "modules": dict, "optimizers": dict, "rng": torch.Tensor,
+             "cuda_rng": list}
+    for key, kind in kinds.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            return f"its {key!r} entry is missing or not a {kind.__name__}"
+    if not 0 <= state["epoch"] < config.epochs:
+        return f"its epoch {state['epoch']} is outside this search's 0..{config.epochs - 1}"
+    rng = state["rng"]
+    if rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+        return "its random state is not a generator state of this torch"
+    return None
+
+
 PRESEEDED = frozenset({LATENCY_FILE})
 """Files a new search folder may already hold: caches a search reads instead of measuring (PC-NAS's latency
 table, copied from an earlier run on the same device)."""
@@ -157,14 +170,10 @@ def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> RunLoc
     needs a run there; a new search never replaces one), lock it against a second search, remove temporaries a
     killed write left, write the marker and ``config.json``; returns the lock to release when the search ends."""
     saved = run_dir / "config.json"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SearchError(f"{run_dir} is a file, not a run folder; choose another `out`")
-    ours = (run_dir / RUN_MARKER).exists() or saved.exists()
-    if resume and not ours:
+    if resume and run_dir.is_dir() and not ((run_dir / RUN_MARKER).exists() or saved.exists()) \
+            or resume and not run_dir.exists():
         raise SearchError(f"nothing to resume at {run_dir}: it holds no bayesnas search run")
-    if not ours and run_dir.exists() and any(p.name not in PRESEEDED for p in run_dir.iterdir()):
-        raise SearchError(f"{run_dir} is not empty and is not a bayesnas run folder; choose another `out` "
-                          "(nothing was written)")
+    check_folder(run_dir, "search", ours=saved.exists(), preseeded=PRESEEDED)
     if saved.exists():
         if not resume:
             raise SearchError(f"{run_dir} already holds a search run; pass `resume=True` to continue it or "
@@ -173,60 +182,13 @@ def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> RunLoc
             old = json.loads(saved.read_text())
         except json.JSONDecodeError:
             raise SearchError(f"{saved} is not valid JSON; cannot resume this run") from None
-        diff = _config_diff(old, config.to_dict())
+        diff = config_diff(old, config.to_dict())
         if diff:
             raise CheckpointError(f"{run_dir} was started with a different configuration "
                                   f"(differs in: {', '.join(diff)})")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(run_dir / LOCK)
-    for orphan in orphaned_temporaries(run_dir):
-        orphan.unlink(missing_ok=True)
-    write_json(run_dir / RUN_MARKER, {"kind": "search"})
+    lock = claim_folder(run_dir, "search")
     write_json(saved, config.to_dict())
     return lock
-
-
-class RunLock:
-    """A lock file holding this process's id: a second search (or ``--resume``) into a folder whose search is
-    still running is refused; a lock whose process is gone is stale and taken over."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                pid = _lock_pid(path)
-                if pid is not None and pid != os.getpid() and _alive(pid):
-                    raise SearchError(f"{path.parent} is in use by a running search (process {pid}); wait for it "
-                                      "to finish or stop it") from None
-                path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            return
-        raise SearchError(f"cannot lock {path.parent}: another process keeps taking its lock")
-
-    def release(self) -> None:
-        if _lock_pid(self.path) == os.getpid():
-            self.path.unlink(missing_ok=True)
-
-
-def _lock_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def config_data(config: SearchConfig, device: torch.device, data_dir: str | os.PathLike | None = None,

@@ -43,9 +43,26 @@ def _mode_of(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def atomic_write_by_name(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Write ``path`` atomically through a writer that takes a file name (netCDF's): ``write`` fills a temporary
+    that this process created exclusively (a regular file of a fresh name, never a link left in the folder),
+    which then replaces ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, _mode_of(path))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def orphaned_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Temporary files :func:`atomic_write` left in ``folder`` when a process was killed mid-write."""
-    return sorted(p for p in Path(folder).glob(".*.tmp") if p.is_file())
+    """Temporary files :func:`atomic_write` left in ``folder`` when a process was killed mid-write (links of such
+    names too, dangling or not: they are removed, never followed)."""
+    return sorted(p for p in Path(folder).glob(".*.tmp") if p.is_file() or p.is_symlink())
 
 
 def check_writable(folder: str | os.PathLike) -> None:

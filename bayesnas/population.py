@@ -47,6 +47,7 @@ from bayesnas.methods import shaped_space
 from bayesnas.methods.pcnas import search_recipe
 from bayesnas.methods.random_search import RandomSearchOptions
 from bayesnas.noise import NoiseReport, variance_components
+from bayesnas.run_folder import check_folder, config_diff, folder_in_use
 from bayesnas.spaces import get_space
 from bayesnas.spaces.decisions import DecisionSpace
 from bayesnas.spaces.genotype import Genotype
@@ -243,18 +244,28 @@ def percentile_of(accuracies: Sequence[float], value: float) -> float:
 
 
 def pin_population(folder: Path, spec: PopulationSpec) -> None:
-    """Write ``population.json``, or check that a folder being continued holds the same configuration."""
+    """Write ``population.json``, or check that a folder being continued holds the same configuration (naming the
+    keys that differ)."""
     saved = folder / SPEC_FILE
     data = json.loads(json.dumps(spec.to_dict()))
     if saved.exists():
-        if json.loads(saved.read_text()) != data:
-            raise ConfigError(f"{folder} holds a population of another configuration (see {saved}); choose another "
-                              "`out`")
+        try:
+            old = json.loads(saved.read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"{saved} is not valid JSON; choose another `out`") from None
+        if old != data:
+            config = old.get("config") if isinstance(old, dict) and isinstance(old.get("config"), dict) else {}
+            keys = config_diff(config, data["config"]) or ["recipe"]
+            raise ConfigError(f"{folder} holds a population of another configuration (differs in: "
+                              f"{', '.join(keys)}; see {saved}); choose another `out`")
         return
-    if folder.exists() and any(folder.iterdir()):
-        raise ConfigError(f"{folder} is not empty and holds no population; choose another `out`")
-    folder.mkdir(parents=True, exist_ok=True)
     write_json(saved, data)
+
+
+def check_population_folder(folder: Path) -> None:
+    """Refuse ``folder`` for a population before anything is written or trained (a file, a user's folder, another
+    kind of run)."""
+    check_folder(folder, "population", ours=(folder / SPEC_FILE).exists())
 
 
 def load_population_data(spec: PopulationSpec, device: torch.device, data_dir: str | Path | None = None,
@@ -308,17 +319,16 @@ def build_population(spec: PopulationSpec, out: str | Path, *, n: int | None = N
     if n is not None and n < 1 or seeds < 1 or first_seed < 0:
         raise ConfigError("the population needs n >= 1 genotypes, seeds >= 1 and first_seed >= 0")
     folder = Path(out)
+    check_population_folder(folder)
     with world_of(resolve_device(device)) as (world, device):
         data = load_population_data(spec, device, data_dir, download)
         space = spec.space(data)
         genotypes = enumerate_genotypes(space) if enumerate_all else sample_genotypes(space, n, spec.config.seed)
-        if world.is_main:
-            pin_population(folder, spec)
-        world.barrier()
-        add_members(folder / ROWS_FILE, spec, genotypes, range(first_seed, first_seed + seeds), data, world,
-                    progress and world.is_main)
-        if world.is_main:
-            write_report(Population(folder))
+        with folder_in_use(folder, "population", world, lambda: pin_population(folder, spec)):
+            add_members(folder / ROWS_FILE, spec, genotypes, range(first_seed, first_seed + seeds), data, world,
+                        progress and world.is_main)
+            if world.is_main:
+                write_report(Population(folder))
     return Population(folder)
 
 

@@ -31,6 +31,7 @@ import torch
 from bayesnas import calibration
 from bayesnas.config import ConfigError
 from bayesnas.data import Split
+from bayesnas.io import atomic_write_by_name
 from bayesnas.precision import precision_context
 
 if TYPE_CHECKING:
@@ -114,9 +115,7 @@ def add_predictive_groups(method: SearchMethod, run_dir: Path, draws: int | None
     path = Path(run_dir) / POSTERIOR_FILE
     idata = read_posterior(path)
     idata.extend(extra, join="right")  # a repeated export replaces the groups
-    tmp = path.with_name(f".{path.name}.tmp")
-    idata.to_netcdf(str(tmp))
-    tmp.replace(path)
+    atomic_write_by_name(path, idata.to_netcdf)
     return True
 
 

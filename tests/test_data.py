@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
 import struct
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets.cifar as tv_cifar
+import torchvision.datasets.utils as tv_utils
 from sklearn.datasets import load_digits
 
 from bayesnas.data import (
@@ -118,6 +120,7 @@ def skip_cifar_md5(monkeypatch: pytest.MonkeyPatch) -> None:
     """torchvision checks the MD5 sums of the official CIFAR files; for our tiny ones check existence only."""
     real = tv_cifar.check_integrity
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: real(fpath, None))
+    monkeypatch.setattr(tv_utils, "check_integrity", lambda fpath, md5=None: real(fpath, None))  # the archive's
 
 
 @pytest.fixture(scope="module")
@@ -355,6 +358,42 @@ def test_cifar10_tarball_is_unpacked(tmp_path: Path, skip_cifar_md5: None) -> No
         tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     bundle = load_dataset("cifar10", data_dir=tmp_path)
     assert bundle.test.y.tolist() == data["test_y"]
+
+
+def _crafted_archive(path: Path, member: str, link: bool = False) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        if link:
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        else:
+            payload = b"overwritten"
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+
+@pytest.mark.parametrize(("member", "link"), [("../victim.txt", False), ("/tmp/../victim.txt", False),
+                                              ("cifar-10-batches-py/data_batch_1", True)])
+def test_a_crafted_cifar_archive_writes_nothing(tmp_path: Path, skip_cifar_md5: None, member: str,
+                                                link: bool) -> None:
+    """A member outside the data folder (or a link) is refused before anything is unpacked, even where the
+    archive's MD5 check is skipped (as here, for tiny files)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    _crafted_archive(root / "cifar-10-python.tar.gz", member, link)
+    with pytest.raises(DatasetCorruptedError, match="nothing was unpacked") as info:
+        load_dataset("cifar10", data_dir=root)
+    assert "\n" not in str(info.value)
+    assert victim.read_text() == "mine" and sorted(p.name for p in root.iterdir()) == ["cifar-10-python.tar.gz"]
+
+
+def test_a_foreign_cifar_archive_fails_the_md5_check_before_unpacking(tmp_path: Path) -> None:
+    _crafted_archive(tmp_path / "cifar-10-python.tar.gz", "../victim.txt")
+    with pytest.raises(DatasetCorruptedError, match="MD5 check .* nothing was unpacked"):
+        load_dataset("cifar10", data_dir=tmp_path / ".")
+    assert not (tmp_path.parent / "victim.txt").exists()
 
 
 def test_cifar_md5_is_enforced(tmp_path: Path) -> None:

@@ -396,3 +396,47 @@ def test_a_genotype_given_twice_is_trained_once_per_seed(population, tmp_path):
     assert add_members(folder / "population.jsonl", pop.spec, [fresh, fresh], [0], data, SINGLE, progress=False) == 1
     rows = read_jsonl(folder / "population.jsonl")
     assert [r["key"] for r in rows].count(genotype_key(fresh)) == 1 and len(rows) == len(before) + 1
+
+
+def test_a_population_in_use_is_refused_and_another_configuration_is_named(population, tmp_path):
+    """Two builds into one folder kept 8 of 10 trainings: the second is refused while the first holds the lock."""
+    import subprocess
+    import sys
+
+    from bayesnas.run_folder import LOCK, RunFolderError
+
+    pop, _ = population
+    folder = _copy_population(pop, tmp_path / "pop")
+    before = (folder / "population.jsonl").read_bytes()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / LOCK).write_text(str(sleeper.pid))
+        with pytest.raises(RunFolderError, match=f"in use by a running population \\(process {sleeper.pid}\\)"):
+            build_population(pop.spec, folder, n=5, seeds=2, device="cpu", progress=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert (folder / "population.jsonl").read_bytes() == before
+    other = population_spec("chain", "digits", {**TINY, "data_fraction": 0.3})
+    with pytest.raises(ConfigError, match="another configuration \\(differs in: data_fraction;"):
+        build_population(other, folder, n=1, device="cpu", progress=False)
+
+
+def test_compare_refuses_a_users_folder_and_stale_searches(population, tmp_path):
+    """A user's compare.md is never replaced; a folder whose searches ran under other settings is refused with the
+    keys that differ, instead of reporting the old searches' table."""
+    pop, _ = population
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "compare.md").write_text("my notes")
+    with pytest.raises(ConfigError, match="not a bayesnas run folder"):
+        run_compare(pop.folder, mine, methods=["gdas"], overrides={"gdas": {"epochs": 1}}, device="cpu")
+    assert [p.name for p in mine.iterdir()] == ["compare.md"] and (mine / "compare.md").read_text() == "my notes"
+    out = tmp_path / "cmp"
+    run_compare(pop.folder, out, methods=["gdas"], overrides={"gdas": {"epochs": 1}}, device="cpu", progress=False)
+    before = (out / "compare.json").read_bytes()
+    with pytest.raises(ConfigError, match="other settings \\(differs in: epochs\\)"):
+        run_compare(pop.folder, out, methods=["gdas"], overrides={"gdas": {"epochs": 2}}, device="cpu")
+    assert (out / "compare.json").read_bytes() == before
+    with pytest.raises(ConfigError, match="holds a bayesnas compare, not a population"):
+        build_population(pop.spec, out, n=1, device="cpu", progress=False)

@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from bayesnas.cli import EXIT_ERROR, main
-from bayesnas.infer import LOCK, RUN_MARKER
 from bayesnas.io import atomic_write_text, orphaned_temporaries
+from bayesnas.run_folder import LOCK, RUN_MARKER
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 
@@ -303,3 +303,53 @@ def test_a_network_too_large_for_memory_is_one_line(tmp_path, capsys):
                  str(tmp_path / "out")]) == EXIT_ERROR
     assert "out of memory" in _one_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("epoch", "why"), [(-1, "epoch -1 is outside"), (10**6, "epoch 1000000 is outside"),
+                                            ("3", "'epoch' entry is missing or not a int"),
+                                            (True, "'epoch' entry is missing or not a int")])
+def test_a_checkpoint_with_a_damaged_epoch_is_refused_before_anything_is_truncated(epoch, why, tmp_path, capsys):
+    """A checkpoint whose epoch is negative emptied metrics.jsonl on resume; a huge one "finished" the search
+    without training. Both are one line now, with the run's files untouched."""
+    import torch
+
+    run = tmp_path / "run"
+    config = _config(tmp_path)
+    assert main(["search", "--config", config, "--out", str(run), "--no-progress", "--epochs", "2"]) == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["epoch"] = epoch
+    torch.save(state, run / "checkpoint.pt")
+    (run / "summary.json").unlink()  # so that --resume has a search to finish
+    before = _hashes(run)
+    capsys.readouterr()
+    assert main(["search", "--config", config, "--out", str(run), "--resume", "--no-progress", "--epochs", "2"]) \
+        == EXIT_ERROR
+    line = _one_line(capsys)
+    assert "is damaged" in line and why in line
+    assert _hashes(run) == before
+
+
+def test_a_leftover_temporary_link_is_never_followed(tmp_path):
+    """A dangling link named like an export's old fixed temporary (``.posterior.nc.tmp``) pointed the export
+    outside the run folder; temporaries are fresh, exclusively created files now, and such links are cleaned up."""
+    import numpy as np
+
+    from bayesnas.diagnostics import save_posterior
+
+    run = tmp_path / "run"
+    run.mkdir()
+    outside = tmp_path / "outside.nc"
+    (run / ".posterior.nc.tmp").symlink_to(outside)
+    save_posterior(run, {"x": np.zeros((1, 3))}, coords={}, dims=[])
+    assert not outside.exists() and (run / "posterior.nc").is_file()
+    assert orphaned_temporaries(run) == [run / ".posterior.nc.tmp"]  # dangling: found, to be removed
+
+
+def test_train_leaves_a_drawing_it_did_not_write(finished_run, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "genotype.json").write_text((finished_run / "genotype.json").read_text())
+    (folder / "architecture.png").write_text("my own picture")
+    assert main(["train", str(folder / "genotype.json"), "--epochs", "1", "--no-progress"]) == 0
+    assert (folder / "architecture.png").read_text() == "my own picture"
+    assert (folder / "train_summary.json").exists()
