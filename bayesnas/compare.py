@@ -38,7 +38,7 @@ from bayesnas.chance import curve_table, random_search_chance
 from bayesnas.compute import population_trainings
 from bayesnas.config import PRESETS, ConfigError, SearchConfig, on_space, preset
 from bayesnas.diagnostics import save_figure
-from bayesnas.distributed import World, world_of
+from bayesnas.distributed import World, agree, world_of
 from bayesnas.infer import load_trained, resolve_device, run_search
 from bayesnas.io import atomic_write_text, read_jsonl, write_json
 from bayesnas.methods import METHODS
@@ -212,32 +212,42 @@ def run_compare(population_dir: str | Path, out: str | Path, *, methods: Sequenc
             METHODS[config.method].options_type(**config.options)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"method {config.method!r}: {err}") from None
-    with world_of(resolve_device(device)) as (world, device), folder_in_use(out, "compare", world):
-        data = load_population_data(population.spec, device, data_dir)
-        space = population.spec.space(data)
-        unit = (population.spec.recipe.epochs, len(data.train))
-        runs = _searches(configs, out, device, world, data_dir, progress)
-        rankings = _rankings(configs, out, population, space, data, device, world)
-        for row in rows:
-            if row.method == "random":
-                candidates = statistics.median(run_compute(r, *unit) for r in runs.values()) if runs else None
-                chances = {(row.label, s): _random_config(population, s, candidates, row.options)
-                           for s in range(row.seeds)}
-                configs.update(chances)
-                runs.update(_searches(chances, out, device, world, data_dir, progress))
-        picks = {k: in_space(space, load_genotype(out / k[0] / f"seed{k[1]}" / "genotype.json")) for k in runs}
-        members = {network_key(space, Genotype(space.name, space.config.to_dict(), e["choices"]))
-                   for e in population.genotypes().values()}
-        strangers = [g for g in picks.values() if network_key(space, g) not in members]
-        add_members(out / PLACED_FILE, population.spec, strangers, population.seeds(), data, world,
-                    progress and world.is_main, desc="picks")
-        placed = _placed(out / PLACED_FILE, space, population.seeds())
-        result = _result(population, rows, runs, {k: network_key(space, g) for k, g in picks.items()}, placed,
-                         rankings, unit)
+    with world_of(resolve_device(device)) as (world, device):
+        agree(world, {"population": str(population.folder), "out": str(out),
+                      "rows": [dataclasses.asdict(r) for r in rows]}, "comparison")
+        with folder_in_use(out, "compare", world):
+            result = _compare(population, rows, configs, out, device, world, data_dir, progress)
     if world.is_main:
         write_json(out / COMPARE_FILE, result)
         write_report(out, result)
     return result
+
+
+def _compare(population: Population, rows: list[Compared], configs: dict[tuple[str, int], SearchConfig], out: Path,
+             device: torch.device, world: World, data_dir: str | Path | None, progress: bool) -> dict[str, Any]:
+    """:func:`run_compare`'s work on every rank, in its claimed folder: searches, rankings, random search's trained
+    check, the picks placed; returns the result."""
+    data = load_population_data(population.spec, device, data_dir)
+    space = population.spec.space(data)
+    unit = (population.spec.recipe.epochs, len(data.train))
+    runs = _searches(configs, out, device, world, data_dir, progress)
+    rankings = _rankings(configs, out, population, space, data, device, world)
+    for row in rows:
+        if row.method == "random":
+            candidates = statistics.median(run_compute(r, *unit) for r in runs.values()) if runs else None
+            chances = {(row.label, s): _random_config(population, s, candidates, row.options)
+                       for s in range(row.seeds)}
+            configs.update(chances)
+            runs.update(_searches(chances, out, device, world, data_dir, progress))
+    picks = {k: in_space(space, load_genotype(out / k[0] / f"seed{k[1]}" / "genotype.json")) for k in runs}
+    members = {network_key(space, Genotype(space.name, space.config.to_dict(), e["choices"]))
+               for e in population.genotypes().values()}
+    strangers = [g for g in picks.values() if network_key(space, g) not in members]
+    add_members(out / PLACED_FILE, population.spec, strangers, population.seeds(), data, world,
+                progress and world.is_main, desc="picks")
+    placed = _placed(out / PLACED_FILE, space, population.seeds())
+    return _result(population, rows, runs, {k: network_key(space, g) for k, g in picks.items()}, placed, rankings,
+                   unit)
 
 
 def run_compute(summary: dict[str, Any], epochs: int, train_examples: int) -> float:

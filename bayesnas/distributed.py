@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,17 @@ class World:
         tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return tensor.tolist()
+
+    def disagreement(self, settings: dict[str, Any]) -> list[str]:
+        """The keys of ``settings`` (JSON-like) in which some rank differs from rank 0 (every rank gets the same
+        list): ranks launched with different settings would otherwise wait for each other at mismatched
+        collectives until the process group's timeout."""
+        if not self.distributed:
+            return []
+        everyone: list[Any] = [None] * self.size
+        dist.all_gather_object(everyone, settings)
+        first = everyone[0]
+        return sorted({k for other in everyone[1:] for k in set(first) | set(other) if first.get(k) != other.get(k)})
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (picklable objects, e.g. a latency table measured on rank 0)."""
@@ -169,6 +181,17 @@ def world_of(device: torch.device) -> Iterator[tuple[World, torch.device]]:
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def agree(world: World, settings: dict[str, Any], what: str) -> None:
+    """Stop every rank with one line, naming the keys, where the ranks of a launch hold different ``settings``
+    for ``what`` (checked before the first collective of the work, so that no rank waits on a mismatched one)."""
+    from bayesnas.config import ConfigError
+
+    keys = world.disagreement(json.loads(json.dumps(settings, default=str)))
+    if keys:
+        raise ConfigError(f"the torchrun ranks were started with different settings for the {what} (differ in: "
+                          f"{', '.join(keys)}); launch every rank with the same command")
 
 
 def is_main_process() -> bool:

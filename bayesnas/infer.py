@@ -30,7 +30,7 @@ from bayesnas import diagnostics
 from bayesnas.compute import count_passes
 from bayesnas.config import SearchConfig
 from bayesnas.data import DataBundle, Split, load_dataset
-from bayesnas.distributed import SINGLE, World, synchronise_batchnorm, world_of
+from bayesnas.distributed import SINGLE, World, agree, synchronise_batchnorm, world_of
 from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
 from bayesnas.io import atomic_write, flat_figures, read_jsonl, write_json, write_jsonl
 from bayesnas.latency import LATENCY_FILE
@@ -226,6 +226,7 @@ def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch
     """
     worlds = contextlib.nullcontext((SINGLE, resolve_device(device))) if alone else world_of(resolve_device(device))
     with pyro.settings.context(module_local_params=True), worlds as (world, device):
+        agree(world, {**config.to_dict(), "resume": resume}, f"search into {run_dir}")
         return _run_search(config, Path(run_dir), device, world, resume, data_dir, download,
                            progress and world.is_main, on_step)
 

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from bayesnas.config import ConfigError, SearchConfig, on_space, preset
 from bayesnas.data import DataBundle
 from bayesnas.diagnostics import save_figure
-from bayesnas.distributed import World, world_of
+from bayesnas.distributed import World, agree, world_of
 from bayesnas.infer import config_data, resolve_device
 from bayesnas.io import atomic_write_text, read_jsonl, write_json, write_jsonl
 from bayesnas.methods import shaped_space
@@ -321,6 +321,8 @@ def build_population(spec: PopulationSpec, out: str | Path, *, n: int | None = N
     folder = Path(out)
     check_population_folder(folder)
     with world_of(resolve_device(device)) as (world, device):
+        agree(world, {"spec": spec.to_dict(), "out": str(folder), "n": n, "all": enumerate_all, "seeds": seeds,
+                      "first_seed": first_seed}, "population")
         data = load_population_data(spec, device, data_dir, download)
         space = spec.space(data)
         genotypes = enumerate_genotypes(space) if enumerate_all else sample_genotypes(space, n, spec.config.seed)

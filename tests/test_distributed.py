@@ -218,3 +218,13 @@ def test_uneven_shards_with_augmentation_stay_in_step(tmp_path: Path) -> None:
         assert summaries[0]["world_size"] == 2, method
         # the same selection, parameter count and accuracies (PGNAS's candidates, its baseline's) on both ranks
         assert timeless(summaries[0]) == timeless(summaries[1]), method
+
+
+def test_ranks_started_with_different_settings_stop_at_once_naming_the_keys(tmp_path: Path) -> None:
+    """Ranks launched with different settings deadlocked at mismatched collectives (the process group waits a day);
+    every rank now stops with the same one line before the work's first collective."""
+    from tests.two_ranks import disagreement_worker, free_port
+
+    torch.multiprocessing.spawn(disagreement_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert messages[0] == messages[1] and "differ in: epochs)" in messages[0] and "\n" not in messages[0]

@@ -119,3 +119,23 @@ def compare_worker(rank: int, size: int, port: int, population: str, out: str, o
                         progress=False)
     with open(f"{out}/ran.rank{rank}.json", "w") as fh:
         json.dump(ran, fh)
+
+
+def disagreement_worker(rank: int, size: int, port: int, out: str) -> None:
+    """``agree`` with settings that differ between the ranks in ``epochs`` only; the error each rank raised into
+    ``out/rank<r>.txt``."""
+    import torch.distributed as dist
+
+    from bayesnas.config import ConfigError
+    from bayesnas.distributed import agree, init_world
+
+    join(rank, size, port)
+    world, _ = init_world(torch.device("cpu"))
+    try:
+        agree(world, {"epochs": 1 + rank, "lr": 0.1, "space": {"widths": [8, 16]}}, "search")
+        message = "agreed"
+    except ConfigError as err:
+        message = str(err)
+    with open(f"{out}/rank{rank}.txt", "w") as fh:
+        fh.write(message)
+    dist.destroy_process_group()
