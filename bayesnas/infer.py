@@ -277,8 +277,8 @@ def _train_and_finish(config: SearchConfig, run_dir: Path, method: SearchMethod,
                disable=not progress, dynamic_ncols=True)
     with count_passes() as passes:  # example-passes per epoch, the search's machine-independent compute
         for epoch in range(start, config.epochs):
-            method.begin_epoch(epoch)
             counted = passes.as_dict()
+            method.begin_epoch(epoch)  # PC-NAS shrinks its pool here: its evaluations are this epoch's compute
             tic = time.perf_counter()
             totals = {phase.name: [0.0, 0, 0] for phase in phases}  # loss sum, right, examples
             for module in modules.values():

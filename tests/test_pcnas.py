@@ -297,6 +297,9 @@ def test_tiny_search_end_to_end_meets_the_latency_limit(tiny_config, tmp_path, m
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["effective_architectures"] for r in rows] == [27, 2 * 9, 2 * 3, 2]
     assert [r["stage"] for r in rows] == ["warm-up", "pool", "pool", "pool"]
+    # the pool updates' evaluations are the compute of the epoch that starts with them (none in the warm-up)
+    assert rows[0]["eval_passes"] == 0 and all(r["eval_passes"] > 0 for r in rows[1:])
+    assert summary["search_eval_passes"] == sum(r["eval_passes"] for r in rows)
     assert all(len(r["pool_potentials"]) == 2 for r in rows[1:]) and "pool_potentials" not in rows[0]
     assert summary["latency_ms"] <= 4.5 and summary["latency_ms"] == table.latency(summary["pool"][0]["ops"])
     assert all(member["latency_ms"] <= 4.5 for member in summary["pool"])
