@@ -8,7 +8,6 @@ directly with keyword arguments. Errors are the library's own types (:class:`~ba
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, replace
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bayesnas.config import ConfigError, SearchConfig, build_config
 from bayesnas.domains import domain_of
+from bayesnas.io import DamagedFileError, read_json
 from bayesnas.spaces.genotype import Genotype, load_genotype
 
 if TYPE_CHECKING:
@@ -73,17 +73,13 @@ def load_run(path: str | os.PathLike) -> Run:
     """Read the run folder ``path`` (written by :func:`search` or ``bayesnas search``)."""
     path = Path(path)
     try:
-        config = SearchConfig.from_dict(json.loads((path / "config.json").read_text()),
-                                        origin=str(path / "config.json"))
+        config = SearchConfig.from_dict(read_json(path / "config.json"), origin=str(path / "config.json"))
     except FileNotFoundError:
         raise ConfigError(f"{path} holds no search run (config.json is missing)") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path / 'config.json'} is not valid JSON ({err})") from None
     summary_path = path / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{summary_path} is not valid JSON ({err}): the run's summary is damaged") from None
+    summary = read_json(summary_path) if summary_path.exists() else None
+    if summary is not None and not isinstance(summary.get("genotype"), str):
+        raise DamagedFileError(f"{summary_path} names no genotype file: not a summary bayesnas wrote")
     genotype = load_genotype(path / summary["genotype"]) if summary is not None else None
     return Run(path, config, summary, genotype)
 
@@ -132,11 +128,10 @@ def predict(run: Run | str | os.PathLike, *, samples: int = 32, split: str = "te
     selected network as the search retrained it (``selected.pt``), where it did. ``curve``: BMA's scores for
     S = 1, 2, 4, ..., ``samples``. Draws are seeded by ``seed``."""
     import pyro
-    import torch
 
     from bayesnas.diagnostics import save_figure
     from bayesnas.infer import SELECTED_WEIGHTS, config_data, load_trained, resolve_device
-    from bayesnas.io import check_writable, write_json
+    from bayesnas.io import check_writable, load_weights, write_json
     from bayesnas.predictive import SPLITS, plot_reliability, plot_sample_curve, predict_method
 
     run = run if isinstance(run, Run) else load_run(run)
@@ -156,7 +151,11 @@ def predict(run: Run | str | os.PathLike, *, samples: int = 32, split: str = "te
         weights = run.path / SELECTED_WEIGHTS
         if weights.exists():
             net = method.space.build(run.genotype, **method.retrain_build_options()).to(device)
-            net.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+            try:
+                net.load_state_dict(load_weights(weights, device))
+            except RuntimeError as err:  # weights of another network (another run or method)
+                raise DamagedFileError(f"{weights} does not fit this run's network ({str(err).splitlines()[0]})") \
+                    from None
             single["retrained"] = net.eval()
         pyro.set_rng_seed(seed)
         result = predict_method(method, getattr(data, split), samples, single)

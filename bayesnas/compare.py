@@ -40,7 +40,7 @@ from bayesnas.config import PRESETS, ConfigError, SearchConfig, on_space, preset
 from bayesnas.diagnostics import save_figure
 from bayesnas.distributed import World, agree, world_of
 from bayesnas.infer import load_trained, resolve_device, run_search
-from bayesnas.io import atomic_write_text, read_jsonl, write_json
+from bayesnas.io import atomic_write_text, read_json, write_json
 from bayesnas.methods import METHODS
 from bayesnas.population import (
     Population,
@@ -51,6 +51,7 @@ from bayesnas.population import (
     network_key,
     noise_report,
     percentile_of,
+    read_rows,
 )
 from bayesnas.run_folder import RunFolderError, check_folder, config_diff, folder_in_use
 from bayesnas.spaces.genotype import Genotype, load_genotype
@@ -270,7 +271,7 @@ def _searches(configs: dict[tuple[str, int], SearchConfig], out: Path, device: t
     for key, folder in folders.items():  # a finished search is reused only under the same settings
         saved = folder / "config.json"
         if (folder / "summary.json").exists() and saved.exists():
-            diff = config_diff(json.loads(saved.read_text()), json.loads(json.dumps(configs[key].to_dict())))
+            diff = config_diff(read_json(saved), json.loads(json.dumps(configs[key].to_dict())))
             if diff:
                 raise RunFolderError(f"{folder} holds a search of other settings (differs in: {', '.join(diff)}); "
                                      "choose another `out` for these settings")
@@ -281,7 +282,7 @@ def _searches(configs: dict[tuple[str, int], SearchConfig], out: Path, device: t
                 continue
             run_search(config, run_dir, device=device, resume=(run_dir / "config.json").exists(), data_dir=data_dir,
                        progress=progress and world.is_main, alone=True)
-    return {key: json.loads((folder / "summary.json").read_text()) for key, folder in folders.items()}
+    return {key: read_json(folder / "summary.json") for key, folder in folders.items()}
 
 
 def _rankings(configs: dict[tuple[str, int], SearchConfig], out: Path, population: Population, space: Any,
@@ -359,7 +360,7 @@ def _random_config(population: Population, seed: int, candidates: float | None,
 def _placed(path: Path, space: Any, seeds: Sequence[int]) -> dict[str, float]:
     """Mean test accuracy over ``seeds`` of every network trained in ``path`` (the picks that are not members)."""
     by_key: dict[str, dict[int, float]] = {}
-    for row in read_jsonl(path):
+    for row in read_rows(path):
         key = network_key(space, Genotype(space.name, space.config.to_dict(), row["choices"]))
         by_key.setdefault(key, {}).setdefault(row["seed"], row["test_accuracy"])
     return {k: statistics.fmean(v[s] for s in seeds) for k, v in by_key.items() if all(s in v for s in seeds)}

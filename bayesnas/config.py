@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -319,16 +318,15 @@ def preset(name: str) -> SearchConfig:
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Options from a JSON file (validated when merged into a config)."""
+    from bayesnas.io import DamagedFileError, read_json
+
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        return read_json(path)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object of options")
-    return data
+    except DamagedFileError as err:
+        raise ConfigError(f"{err}; expected a JSON object of options") from None
 
 
 def build_config(config: SearchConfig | Mapping[str, Any] | str | os.PathLike | None = None, *,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 import time
@@ -32,7 +31,7 @@ from bayesnas.config import SearchConfig
 from bayesnas.data import DataBundle, Split, load_dataset
 from bayesnas.distributed import SINGLE, World, agree, synchronise_batchnorm, world_of
 from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
-from bayesnas.io import atomic_write, flat_figures, read_jsonl, write_json, write_jsonl
+from bayesnas.io import DamagedFileError, atomic_write, flat_figures, read_json, read_jsonl, write_json, write_jsonl
 from bayesnas.latency import LATENCY_FILE
 from bayesnas.methods import Phase, SearchMethod, get_method
 from bayesnas.precision import channels_last, precision_context
@@ -178,11 +177,7 @@ def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> RunLoc
         if not resume:
             raise SearchError(f"{run_dir} already holds a search run; pass `resume=True` to continue it or "
                               "choose another `out`")
-        try:
-            old = json.loads(saved.read_text())
-        except json.JSONDecodeError:
-            raise SearchError(f"{saved} is not valid JSON; cannot resume this run") from None
-        diff = config_diff(old, config.to_dict())
+        diff = config_diff(read_json(saved), config.to_dict())
         if diff:
             raise CheckpointError(f"{run_dir} was started with a different configuration "
                                   f"(differs in: {', '.join(diff)})")
@@ -266,7 +261,10 @@ def _train_and_finish(config: SearchConfig, run_dir: Path, method: SearchMethod,
     start = 0
     if resume and checkpoint.path.exists():
         start = checkpoint.load(config, modules, optimizers, device) + 1
-    rows = [r for r in read_jsonl(metrics_path) if r["epoch"] < start]
+    rows = read_jsonl(metrics_path)
+    if any(isinstance(r.get("epoch"), bool) or not isinstance(r.get("epoch"), int) for r in rows):
+        raise DamagedFileError(f"{metrics_path} holds a row without an integer epoch: not this run's metrics")
+    rows = [r for r in rows if r["epoch"] < start]
     if world.is_main:
         write_jsonl(metrics_path, rows)
 

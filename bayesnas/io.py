@@ -82,11 +82,75 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
+class DamagedFileError(ValueError):
+    """A file that a run reads back is damaged or not of the form bayesnas writes: one line names the file and
+    what is wrong with it."""
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The text of a regular file (a FIFO, a device or a folder is refused at once instead of blocking or failing
+    later); :class:`DamagedFileError` for bytes that are not UTF-8 text."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise DamagedFileError(f"{path} is not a regular file")
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise DamagedFileError(f"{path} is not a text file (it holds binary data)") from None
+
+
+def parse_json(text: str, origin: str | os.PathLike) -> Any:
+    """``text`` parsed as JSON, with a one-line :class:`DamagedFileError` naming ``origin`` (and the place) if it
+    is not JSON, or nests deeper than the parser can follow."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DamagedFileError(f"{origin} is not valid JSON ({err.msg}, line {err.lineno} column {err.colno})") \
+            from None
+    except RecursionError:
+        raise DamagedFileError(f"{origin} nests its JSON too deeply") from None
+
+
+def read_json(path: str | os.PathLike, kind: type = dict) -> Any:
+    """The JSON value in ``path``, which must be a ``kind`` (a JSON object by default)."""
+    data = parse_json(read_text(path), path)
+    if not isinstance(data, kind):
+        raise DamagedFileError(f"{path} holds a JSON {type(data).__name__}, not a {kind.__name__}")
+    return data
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON objects of ``path``, one per line (none where the file is missing)."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if line.strip():
+            row = parse_json(line, f"{path}, line {number},")
+            if not isinstance(row, dict):
+                raise DamagedFileError(f"{path}, line {number}, holds a JSON {type(row).__name__}, not an object")
+            rows.append(row)
+    return rows
+
+
+def load_weights(path: str | os.PathLike, device: Any = "cpu") -> dict[str, Any]:
+    """A state dict (tensors by name) saved by ``torch.save``, read with the weights-only unpickler: a file that
+    holds anything else (code included) is one line, and nothing in it runs."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as err:
+        kind = "objects other than tensors" if isinstance(err, pickle.UnpicklingError) else "no readable weights"
+        raise DamagedFileError(f"{path} holds {kind}: not a weights file bayesnas wrote (refused, nothing in it "
+                               "was run)") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise DamagedFileError(f"{path} is not a state dict of tensors by name")
+    return state
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:

@@ -17,7 +17,7 @@ stored beside it.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bayesnas.io import write_json
+from bayesnas.io import DamagedFileError, read_json, write_json
 from bayesnas.spaces.chain import ChainNet, ChainSpace, layout
 
 LATENCY_FILE = "latency.json"
@@ -134,7 +134,18 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
-        return cls(**json.loads(Path(path).read_text()))
+        data = read_json(Path(path))
+        try:
+            table = cls(**data)
+        except TypeError:
+            raise DamagedFileError(f"{path} is not a latency table (its keys: {', '.join(sorted(data))})") from None
+        numbers = [table.fixed_ms, *(v for row in table.ms if isinstance(row, dict) for v in row.values())]
+        if not isinstance(table.ms, list) or not all(isinstance(row, dict) for row in table.ms) \
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                           for v in numbers):
+            raise DamagedFileError(f"{path} is not a latency table: its entries must be finite, non-negative "
+                                   "milliseconds per op")
+        return table
 
 
 def device_name(device: torch.device) -> str:

@@ -42,7 +42,7 @@ from bayesnas.data import DataBundle
 from bayesnas.diagnostics import save_figure
 from bayesnas.distributed import World, agree, world_of
 from bayesnas.infer import config_data, resolve_device
-from bayesnas.io import atomic_write_text, read_jsonl, write_json, write_jsonl
+from bayesnas.io import DamagedFileError, atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from bayesnas.methods import shaped_space
 from bayesnas.methods.pcnas import search_recipe
 from bayesnas.methods.random_search import RandomSearchOptions
@@ -97,12 +97,10 @@ class PopulationSpec:
     @classmethod
     def load(cls, folder: Path) -> PopulationSpec:
         try:
-            data = json.loads((folder / SPEC_FILE).read_text())
+            data = read_json(folder / SPEC_FILE)
         except FileNotFoundError:
             raise ConfigError(f"{folder} holds no population ({SPEC_FILE} is missing)") from None
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{folder / SPEC_FILE} is not valid JSON: {error}") from None
-        if not isinstance(data, dict) or "config" not in data:
+        if "config" not in data or not isinstance(data["config"], dict):
             raise ConfigError(f"{folder / SPEC_FILE} is not a population's configuration")
         return cls(SearchConfig.from_dict(data["config"], origin=str(folder / SPEC_FILE)))
 
@@ -124,6 +122,25 @@ def in_space(space: DecisionSpace, genotype: Genotype) -> Genotype:
     genotype = Genotype(space.name, space.config.to_dict(), genotype.choices)
     space.validate(genotype)
     return genotype
+
+
+ROW_FIELDS = {"key": str, "choices": dict, "seed": int, "params": int, "flops": int, "val_accuracy": (int, float),
+              "test_accuracy": (int, float), "seconds": (int, float)}
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The trainings of ``path`` (``population.jsonl`` or a comparison's ``placed.jsonl``), each checked against
+    :data:`ROW_FIELDS` (a damaged or foreign row is one line naming the file and the row)."""
+    rows = read_jsonl(path)
+    for number, row in enumerate(rows, start=1):
+        for field, kind in ROW_FIELDS.items():
+            value = row.get(field)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise DamagedFileError(f"{path}, row {number}: {field!r} is missing or not a "
+                                       f"{getattr(kind, '__name__', 'number')}")
+        if not 0 <= row["val_accuracy"] <= 1 or not 0 <= row["test_accuracy"] <= 1:
+            raise DamagedFileError(f"{path}, row {number}: an accuracy outside 0..1")
+    return rows
 
 
 def genotype_key(genotype: Genotype) -> str:
@@ -185,7 +202,7 @@ class Population:
     def __init__(self, folder: str | Path, rows_file: str = ROWS_FILE) -> None:
         self.folder = Path(folder)
         self.spec = PopulationSpec.load(self.folder)
-        self.rows = read_jsonl(self.folder / rows_file)
+        self.rows = read_rows(self.folder / rows_file)
         self.space = self.spec.layout_space()
 
     @functools.cache  # noqa: B019 - the rows are read once, in __init__; a population lives as long as its use
@@ -249,10 +266,7 @@ def pin_population(folder: Path, spec: PopulationSpec) -> None:
     saved = folder / SPEC_FILE
     data = json.loads(json.dumps(spec.to_dict()))
     if saved.exists():
-        try:
-            old = json.loads(saved.read_text())
-        except (OSError, ValueError):
-            raise ConfigError(f"{saved} is not valid JSON; choose another `out`") from None
+        old = read_json(saved)
         if old != data:
             config = old.get("config") if isinstance(old, dict) and isinstance(old.get("config"), dict) else {}
             keys = config_diff(config, data["config"]) or ["recipe"]
@@ -279,7 +293,7 @@ def add_members(rows_file: Path, spec: PopulationSpec, genotypes: Sequence[Genot
     given (two searches may pick the same one, or twins of it), round by round across ranks, rewriting
     ``rows_file`` after each round; returns how many were trained."""
     space, recipe = spec.space(data), spec.recipe
-    rows = read_jsonl(rows_file)
+    rows = read_rows(rows_file)
     done = {(network_key(space, Genotype(space.name, space.config.to_dict(), r["choices"])), r["seed"]) for r in rows}
     jobs = []
     for g in genotypes:

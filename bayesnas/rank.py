@@ -14,7 +14,6 @@ our final pool" (``population: pool``, the default); ``population: uniform`` sam
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from pathlib import Path
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from bayesnas.config import ConfigError, SearchConfig
 from bayesnas.distributed import World, world_of
 from bayesnas.infer import config_data, load_trained, resolve_device, run_search
-from bayesnas.io import write_json
+from bayesnas.io import read_json, write_json
 from bayesnas.methods.pcnas import PCNAS, OneShotOptions, search_recipe
 from bayesnas.training import accuracy, train_network
 
@@ -111,7 +110,7 @@ def _rank(config: SearchConfig, out: Path, num_archs: int, train_epochs: int, po
     for name, cfg in configs.items():
         run_dir = out / name
         if (run_dir / "summary.json").exists():  # a finished search (rank run again, or interrupted later)
-            summaries[name] = json.loads((run_dir / "summary.json").read_text())
+            summaries[name] = read_json(run_dir / "summary.json")
             continue
         summaries[name] = run_search(cfg, run_dir, device=device, resume=(run_dir / "config.json").exists(),
                                      data_dir=data_dir, download=download, progress=progress)

@@ -353,3 +353,61 @@ def test_train_leaves_a_drawing_it_did_not_write(finished_run, tmp_path, capsys)
     assert main(["train", str(folder / "genotype.json"), "--epochs", "1", "--no-progress"]) == 0
     assert (folder / "architecture.png").read_text() == "my own picture"
     assert (folder / "train_summary.json").exists()
+
+
+def _copy_run(run, folder):
+    import shutil
+
+    shutil.copytree(run, folder)
+    return folder
+
+
+class _Payload:
+    """Pickled into a 'weights' file: unpickling it would run ``os.system`` (the weights-only loader refuses)."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+DAMAGED = {  # file -> (content writer, command, words of the one line)
+    "binary config.json": ("config.json", lambda p: p.write_bytes(b"\x89PNG\x00\xff"), "resume", "not a text file"),
+    "a list as config.json": ("config.json", lambda p: p.write_text("[1, 2]"), "resume", "holds a JSON list"),
+    "deeply nested config.json": ("config.json", lambda p: p.write_text("[" * 100000 + "]" * 100000), "resume",
+                                  "nests its JSON too deeply"),
+    "truncated metrics.jsonl": ("metrics.jsonl", lambda p: p.write_text('{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "lo'),
+                                "resume", "metrics.jsonl, line 2, is not valid JSON"),
+    "metrics rows without epochs": ("metrics.jsonl", lambda p: p.write_text('{"loss": 1.0}\n'), "resume",
+                                    "without an integer epoch"),
+    "a list as summary.json": ("summary.json", lambda p: p.write_text("[]"), "predict", "holds a JSON list"),
+    "a summary.json naming no genotype": ("summary.json", lambda p: p.write_text('{"genotype": 3}'), "predict",
+                                          "names no genotype file"),
+    "a malicious selected.pt": ("selected.pt", lambda p: p.write_bytes(__import__("pickle").dumps(_Payload())),
+                                "predict", "objects other than tensors"),
+    "weights of another network in selected.pt": (
+        "selected.pt", lambda p: __import__("torch").save({"w": __import__("torch").zeros(2)}, p), "predict",
+        "does not fit this run's network"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED)
+def test_damaged_run_files_are_one_line(case, finished_run, tmp_path, capsys):
+    name, write, command, words = DAMAGED[case]
+    run = _copy_run(finished_run, tmp_path / "run")
+    if command == "resume":
+        (run / "summary.json").unlink()
+    write(run / name)
+    before = _hashes(run)
+    args = (["search", "--config", _config(tmp_path), "--out", str(run), "--resume", "--no-progress"]
+            if command == "resume" else ["predict", str(run), "--samples", "2", "--out", str(tmp_path / "pred")])
+    assert main(args) == EXIT_ERROR
+    line = _one_line(capsys)
+    assert words in line and name in line and "weights_only=False" not in line
+    assert _hashes(run) == before
+
+
+def test_a_config_path_that_is_a_fifo_is_refused_at_once(tmp_path, capsys):
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    assert main(["search", "--config", str(fifo), "--out", str(tmp_path / "run"), "--no-progress"]) == EXIT_ERROR
+    assert "is not a regular file" in _one_line(capsys)
+    assert not (tmp_path / "run").exists()

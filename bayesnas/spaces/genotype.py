@@ -72,12 +72,14 @@ class Genotype:
 def load_genotype(path: str | os.PathLike) -> Genotype:
     """Read and validate a genotype JSON file (one-line :class:`GenotypeError` on any problem)."""
     path = Path(path)
+    from bayesnas.io import DamagedFileError, read_json
+
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except FileNotFoundError:
         raise GenotypeError(f"genotype file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise GenotypeError(f"{path}: not valid JSON ({err})") from None
+    except DamagedFileError as err:
+        raise GenotypeError(str(err)) from None
     genotype = Genotype.from_dict(data, origin=str(path))
     from bayesnas.spaces import get_space
 
