@@ -17,7 +17,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from bayesnas.config import (
     DEFAULT_PRESET,
@@ -71,13 +71,20 @@ def _add_bench_common(p: argparse.ArgumentParser,
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in two lines: the error, and where the options are listed."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nrun '{self.prog} --help' for the options\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bayesnas", formatter_class=_Formatter,
         description="Bayesian neural architecture search in Pyro (PGNAS, VINNAS, GDAS, PC-NAS).")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (also: environment variable BAYESNAS_DEBUG=1)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     search = sub.add_parser(
         "search", formatter_class=_Formatter, help="run an architecture search",
@@ -222,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="fashion-mnist: every method on Fashion-MNIST under one budget; population: "
                                        "ground truth for a space (many architectures trained alone); compare: "
                                        "where each method's pick lands in a population.")
-    benches = bench.add_subparsers(dest="benchmark", required=True)
+    benches = bench.add_subparsers(dest="benchmark", required=True, parser_class=_Parser)
     fashion = benches.add_parser(
         "fashion-mnist", formatter_class=_Formatter, help="benchmark every method on Fashion-MNIST",
         description="Search with every method and retrain each found architecture from scratch under one budget "

@@ -339,6 +339,9 @@ def build_population(spec: PopulationSpec, out: str | Path, *, n: int | None = N
                       "first_seed": first_seed}, "population")
         data = load_population_data(spec, device, data_dir, download)
         space = spec.space(data)
+        if n is not None and n > space.size():
+            raise ConfigError(f"the {space.name} space has {space.size():.0f} architectures, fewer than the {n} asked "
+                              "for; ask for fewer, or `enumerate_all=True` for all of them")
         genotypes = enumerate_genotypes(space) if enumerate_all else sample_genotypes(space, n, spec.config.seed)
         with folder_in_use(folder, "population", world, lambda: pin_population(folder, spec)):
             add_members(folder / ROWS_FILE, spec, genotypes, range(first_seed, first_seed + seeds), data, world,

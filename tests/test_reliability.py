@@ -5,6 +5,7 @@ one line on stderr without a traceback, and the folder's files unchanged (hashes
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -411,3 +412,39 @@ def test_a_config_path_that_is_a_fifo_is_refused_at_once(tmp_path, capsys):
     assert main(["search", "--config", str(fifo), "--out", str(tmp_path / "run"), "--no-progress"]) == EXIT_ERROR
     assert "is not a regular file" in _one_line(capsys)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args", [["search", "--bogus"], ["bench", "compare"], ["search", "--epochs", "many"]])
+def test_a_usage_error_is_two_lines(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "error:" in err[0] and err[1].endswith("--help' for the options")
+
+
+def test_fractional_or_boolean_genotype_fields_are_refused():
+    from bayesnas.spaces import GenotypeError, get_space
+
+    with pytest.raises(GenotypeError, match="whole numbers, got 1.5"):
+        get_space("chain", {"depths": [1.5, 1, 1, 1, 1, 1]})
+    with pytest.raises(GenotypeError, match="whole numbers, got True"):
+        get_space("branches", {"widths": [True, 8], "depths": [1, 1]})
+    assert get_space("branches", {"widths": [8.0, 16], "depths": [1, 1]}).config.widths == (8, 16)
+    from bayesnas.spaces import Genotype
+
+    cells = get_space("cells", {"layout": "N", "states": 2})
+    with pytest.raises(GenotypeError, match="input must be an integer"):  # as a genotype file holds it
+        cells.validate(Genotype("cells", cells.config.to_dict(), {
+            "normal": [[["skip_connect", True], ["sep_conv_3x3", 0]], [["skip_connect", 0]]]}))
+
+
+def test_a_population_larger_than_its_space_is_refused_at_once(tmp_path, capsys):
+    options = tmp_path / "pop.json"
+    options.write_text(json.dumps({"data_fraction": 0.25, "space": {
+        "stem_channels": 8, "stem_stride": 1, "first_block_channels": 0, "widths": [8], "depths": [2],
+        "strides": [1], "head_channels": 0, "ops": ["MBConv_1_3", "Identity"], "transition_op": "MBConv_1_3"}}))
+    assert main(["bench", "population", "--space", "chain", "--config", str(options), "--n", "1000000",
+                 "--out", str(tmp_path / "pop"), "--no-progress"]) == EXIT_ERROR
+    assert re.search("has [0-9]+ architectures, fewer than the 1000000 asked for", _one_line(capsys))
+    assert not (tmp_path / "pop").exists()

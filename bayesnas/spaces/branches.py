@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bayesnas.compute import SpaceNetwork
-from bayesnas.spaces.genotype import Genotype, GenotypeError, SpaceConfig
+from bayesnas.spaces.genotype import Genotype, GenotypeError, SpaceConfig, integers
 from bayesnas.spaces.ops import AuxiliaryHead, DropPath, SearchConv2d
 from bayesnas.spaces.profile import count_params  # noqa: F401  (re-exported)
 
@@ -44,7 +44,7 @@ class BranchSpaceConfig(SpaceConfig):
 
     def __post_init__(self) -> None:
         for name in ("widths", "depths", "kernel_sizes"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            object.__setattr__(self, name, integers(name, getattr(self, name)))
         if len(self.widths) != len(self.depths) or not self.widths:
             raise ValueError("widths and depths need one entry per stage")
         if any(k % 2 == 0 or k < 1 for k in self.kernel_sizes) or not self.kernel_sizes:
@@ -277,7 +277,8 @@ def kept_from_masks(masks: Mapping[tuple[str, str], torch.Tensor]) -> dict[str, 
 
 def check_kept_channels(idx: Any, size: int, where: str) -> None:
     """One-line :class:`GenotypeError` unless ``idx`` lists distinct channels of ``range(size)``."""
-    if not isinstance(idx, list) or not all(isinstance(i, int) and 0 <= i < size for i in idx) \
+    if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < size
+                                            for i in idx) \
             or len(set(idx)) != len(idx):
         raise GenotypeError(f"{where}: kept channels must be distinct integers in [0, {size})")
 

@@ -349,7 +349,7 @@ class CellSpace(DecisionSpace):
                     if op not in OPS:
                         raise GenotypeError(f"{kind} cell, state {j}: unknown operation {op!r}; "
                                             f"known: {', '.join(OPS)}")
-                    if not isinstance(i, int) or not 0 <= i < j + 2:
+                    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < j + 2:
                         raise GenotypeError(f"{kind} cell, state {j}: input must be an integer in [0, {j + 2})")
                 inputs = [i for _, i in state]
                 if len(set(inputs)) != len(inputs):

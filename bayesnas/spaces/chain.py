@@ -63,7 +63,7 @@ from bayesnas.spaces.decisions import (
     DecisionSpace,
     mixed_forward,
 )
-from bayesnas.spaces.genotype import Genotype, GenotypeError, SpaceConfig
+from bayesnas.spaces.genotype import Genotype, GenotypeError, SpaceConfig, integers
 from bayesnas.spaces.ops import SearchConv2d
 
 SMALL_OPS: tuple[str, ...] = (
@@ -125,7 +125,7 @@ class ChainSpaceConfig(SpaceConfig):
 
     def __post_init__(self) -> None:
         for name in ("widths", "depths", "strides"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            object.__setattr__(self, name, integers(name, getattr(self, name)))
         if not isinstance(self.ops, str):
             object.__setattr__(self, "ops", tuple(self.ops))
         if not self.widths or not len(self.widths) == len(self.depths) == len(self.strides):

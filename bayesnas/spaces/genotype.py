@@ -20,6 +20,18 @@ class GenotypeError(ValueError):
     """A genotype file or value that does not describe an architecture of its space."""
 
 
+def integers(name: str, values: Any) -> tuple[int, ...]:
+    """``values`` as a tuple of integers, refusing fractions and booleans (``1.5`` is not silently ``1``)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name} must be a list of integers")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer():
+            raise ValueError(f"{name} must hold whole numbers, got {v!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
 class SpaceConfig:
     """JSON round trip of a space's frozen configuration dataclass (the ``config`` a genotype carries)."""
 
