@@ -664,12 +664,11 @@ def main(argv: list[str] | None = None) -> int:
     from bayesnas.data import DatasetCorruptedError, DatasetNotFoundError, UnknownDatasetError
     from bayesnas.diagnostics import DiagnosticsError
     from bayesnas.infer import SearchError
-    from bayesnas.io import DamagedFileError
     from bayesnas.methods import UnknownMethodError
     from bayesnas.spaces import GenotypeError, UnknownSpaceError
 
     known = (ConfigError, SearchError, GenotypeError, UnknownSpaceError, UnknownMethodError,
-             UnknownDatasetError, DatasetNotFoundError, DatasetCorruptedError, DiagnosticsError, DamagedFileError)
+             UnknownDatasetError, DatasetNotFoundError, DatasetCorruptedError, DiagnosticsError)
     debug = args.debug or os.environ.get("BAYESNAS_DEBUG", "") not in ("", "0")
     try:
         return COMMANDS[args.command](args)

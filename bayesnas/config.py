@@ -30,8 +30,8 @@ class SearchConfig:
     options: dict[str, Any] = field(default_factory=dict)
     """Method-specific options (validated by the method, see ``bayesnas search --help``)."""
     seed: int = setting(0, "[0, 4294967295]")
-    epochs: int = setting(40, ">= 1")
-    batch_size: int = setting(64, ">= 1")
+    epochs: int = setting(40, "[1, 100000]")
+    batch_size: int = setting(64, "[1, 65536]")
     lr: float = setting(0.05, "> 0")
     lr_min: float = setting(0.0, ">= 0")
     momentum: float = setting(0.9, "[0, 1)")
@@ -39,7 +39,7 @@ class SearchConfig:
     weight_decay: float = setting(0.0, ">= 0")
     grad_clip: float = setting(5.0, ">= 0")
     """Largest gradient norm (0: no clipping)."""
-    shift: int = setting(1, ">= 0")
+    shift: int = setting(1, "[0, 64]")
     """Training augmentation: random translation by up to this many pixels (0: off)."""
     flip: bool = False
     """Training augmentation: random horizontal flips (for CIFAR, not digits)."""

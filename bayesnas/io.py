@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from bayesnas.config import ConfigError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Write a file through ``write(fileobj)`` into a temporary sibling, then rename it over ``path``.
@@ -82,7 +84,7 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
-class DamagedFileError(ValueError):
+class DamagedFileError(ConfigError):
     """A file that a run reads back is damaged or not of the form bayesnas writes: one line names the file and
     what is wrong with it."""
 

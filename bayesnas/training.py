@@ -92,8 +92,8 @@ def augment(x: torch.Tensor, shift: int = 0, flip: bool = False, cutout_size: in
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    epochs: int = setting(30, ">= 0")
-    batch_size: int = setting(64, ">= 1")
+    epochs: int = setting(30, "[0, 100000]")
+    batch_size: int = setting(64, "[1, 65536]")
     lr: float = setting(0.05, "> 0")
     lr_min: float = setting(0.0, ">= 0")
     momentum: float = setting(0.9, "[0, 1)")

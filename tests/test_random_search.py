@@ -92,5 +92,5 @@ def test_candidates_train_alone_and_a_resumed_search_redoes_no_finished_epoch(tm
 
 def test_options_are_checked():
     data = load_dataset("digits", seed=0, fraction=0.4)
-    with pytest.raises(ConfigError, match="num_samples must be >= 1"):
+    with pytest.raises(ConfigError, match="num_samples must be \\[1, 100000\\], got 0"):
         get_method("random")(tiny("cells", num_samples=0), data, torch.device("cpu"))

@@ -41,7 +41,7 @@ class GDASOptions:
     from ``dL/dh`` at ``h = 1``) or ``uniform`` (``h ~ U(0, 1)``: in expectation the loss change of running the op
     against leaving it out, :func:`~bayesnas.models.gdas.uniform_gate`; beyond the paper). The weight step always
     runs the sampled architecture at gate 1."""
-    warmup_epochs: int = setting(0, ">= 0")
+    warmup_epochs: int = setting(0, "[0, 100000]")
     """Epochs of weight training before the logits A start to learn (0 in the paper and the authors' code)."""
     retrain_epochs: int = setting(40, ">= 0")
     """Epochs of the from-scratch retraining (0: report the super-network's accuracy; ``bayesnas bench``)."""

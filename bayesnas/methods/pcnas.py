@@ -71,14 +71,14 @@ def search_recipe(config: SearchConfig, epochs: int, lr: float | None = None) ->
 class OneShotOptions:
     """Options of the pool search, the latency limit and the retraining (the ``oneshot`` method's options)."""
 
-    pool_size: int = setting(5, ">= 1")
+    pool_size: int = setting(5, "[1, 100000]")
     """P, the partial models kept after each interval (paper: 5)."""
-    num_evaluations: int = setting(900, ">= 1")
+    num_evaluations: int = setting(900, "[1, 10000000]")
     """S, the random completions averaged in one candidate's potential (Algorithm 1; paper: 900)."""
     latency_ms: float | None = setting(None, "> 0 or null")
     """Hard latency limit of the architectures (paper: 10 ms on a GTX 1080Ti at batch 16); null: none. Only on a
     space with a latency table (the chain)."""
-    latency_batch_size: int = setting(16, ">= 1")
+    latency_batch_size: int = setting(16, "[1, 65536]")
     """Batch size of the latency measurement (paper: 16)."""
     latency_runs: int = setting(7, ">= 1")
     """Timed runs per lookup-table entry (the minimum is kept: a busy machine only adds time)."""
@@ -88,14 +88,14 @@ class OneShotOptions:
     latency_proxy: str = setting("time", "{time, flops}")
     """``time``: the lookup table's milliseconds; ``flops``: millions of multiply-adds instead (nothing is timed;
     ``latency_ms`` is then a limit in M MACs)."""
-    eval_batch_size: int = setting(64, ">= 1")
+    eval_batch_size: int = setting(64, "[1, 65536]")
     """Size of the one validation batch of a potential evaluation."""
     max_resamples: int = setting(100, ">= 1")
     """Uniform redraws of a completion before the exact sampler of :class:`Completion` takes over (both draw
     uniformly among the completions that meet the latency limit; this only trades speed)."""
     accuracy_samples: int = setting(4, ">= 1")
     """Architectures drawn from the current proposal for the per-epoch validation accuracy."""
-    retrain_epochs: int = setting(40, ">= 0")
+    retrain_epochs: int = setting(40, "[0, 100000]")
     """Epochs of the from-scratch retraining of the selected architecture (0: report the super-network's)."""
     retrain_lr: float | None = setting(None, "> 0 or null")
     """Learning rate of the retraining (null: the search's; the paper retrains with the search settings)."""
@@ -110,7 +110,7 @@ class PCNASOptions(OneShotOptions):
     """``pool`` (PC-NAS, Algorithm 2) or ``uniform`` (One-Shot, the same as method ``oneshot``)."""
     warmup_epochs: int | None = setting(None, ">= 0 or null")
     """T_w (paper: 100); null: ``epochs - L * interval_epochs``."""
-    interval_epochs: int = setting(5, ">= 1")
+    interval_epochs: int = setting(5, "[1, 100000]")
     """T_i, epochs between pool updates (paper: 5)."""
 
 

@@ -41,7 +41,7 @@ class PGNASOptions:
     networks built from masks then use the kept kernel m / (1 - p) too."""
     drop_rate_lr: float | None = setting(None, "> 0 or null")
     """Learning rate of the drop-rate logits (null: the search lr)."""
-    num_candidates: int = setting(100, ">= 1")
+    num_candidates: int = setting(100, "[1, 1000000]")
     """C, the number of architecture-weight pairs drawn and ranked (Algorithm 1, line 7)."""
     baseline: bool = True
     """Train the "Random" baseline of Table 3 beside the search: a second super-network, same space, epochs and
@@ -51,7 +51,7 @@ class PGNASOptions:
     """The baseline's fixed drop rate. The paper does not give it (Table 3: its sampled networks are about as
     large as PGNAS's); 0.3 keeps about 60 % of the branch weights, more than PGNAS keeps on the presets, so the
     baseline is not handicapped by size."""
-    finetune_epochs: int = setting(0, ">= 0")
+    finetune_epochs: int = setting(0, "[0, 100000]")
     """Optional fine-tuning of the selected pair (0: none, as in the paper)."""
     posterior_draws: int = setting(200, "[1, 100000]")
     """Architecture draws exported to ArviZ."""

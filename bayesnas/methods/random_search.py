@@ -35,9 +35,9 @@ from bayesnas.training import accuracy
 
 @dataclass(frozen=True)
 class RandomSearchOptions:
-    num_samples: int = setting(8, ">= 1")
+    num_samples: int = setting(8, "[1, 100000]")
     """Genotypes sampled uniformly and trained alone (DARTS's random baseline: 24)."""
-    retrain_epochs: int = setting(40, ">= 0")
+    retrain_epochs: int = setting(40, "[0, 100000]")
     """Epochs of the from-scratch retraining of the best candidate (0: report the candidate as trained)."""
     retrain_lr: float | None = setting(None, "> 0 or null")
     """Learning rate of the retraining (null: the search's)."""

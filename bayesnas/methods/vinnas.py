@@ -44,7 +44,7 @@ class VINNASOptions:
     arch_lr: float = setting(3e-3, "> 0")
     """Adam learning rate of theta_alpha, constant over the search (Sec. V-A; the weights use the search lr
     with a cosine schedule)."""
-    warmup_epochs: int = setting(5, ">= 0")
+    warmup_epochs: int = setting(5, "[0, 100000]")
     """"Weight epochs" of Algorithm 1: stage 2 starts at this epoch."""
     gamma_w: float = setting(1.0, ">= 0")
     """Final gamma_1 (weight on KL_w; 1 is the ELBO's own weight)."""
@@ -74,10 +74,10 @@ class VINNASOptions:
     same scores."""
     prune_threshold: float = setting(3.0, "> 0")
     """Weights with log(sigma^2 / mu^2) >= this are pruned (Molchanov et al.; Sec. V-B)."""
-    retrain_epochs: int = setting(40, ">= 0")
+    retrain_epochs: int = setting(40, "[0, 100000]")
     """Epochs of the from-scratch retraining (0: report the super-network's accuracy; ``bayesnas bench``)."""
     retrain_lr: float = setting(0.05, "> 0")
-    retrain_batch_size: int = setting(64, ">= 1")
+    retrain_batch_size: int = setting(64, "[1, 65536]")
     retrain_weight_decay: float = setting(3e-4, ">= 0")
     posterior_draws: int = setting(200, "[1, 100000]")
     """Draws of alpha exported to ArviZ."""
