@@ -245,7 +245,7 @@ class Population:
         return rows
 
     def test_accuracy(self, key: str) -> float | None:
-        """Mean stand-alone test accuracy of a genotype, None where it is not in the population."""
+        """Mean stand-alone test accuracy of a member (by its network key), None where it is not one."""
         entry = self.genotypes().get(key)
         return None if entry is None else statistics.fmean(r["test_accuracy"] for r in entry["runs"].values())
 
