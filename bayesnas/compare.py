@@ -509,8 +509,10 @@ def write_report(out: Path, result: dict[str, Any]) -> None:
         ax = fig.add_subplot(1, len(rows), i + 1)
         ax.plot([c["candidates"] for c in curve], [c["expected_percentile"] for c in curve], color="tab:gray",
                 label="random search (exact)")
-        ax.scatter([p["compute"] for p in r["per_seed"]], [p["percentile"] for p in r["per_seed"]], s=14,
-                   color="tab:blue", alpha=0.7, label="picks (search seeds)")
+        spread = np.linspace(0.94, 1.06, len(r["per_seed"]))  # seeds of equal compute side by side
+        ax.scatter([p["compute"] * k for p, k in zip(r["per_seed"], spread, strict=True)],
+                   [p["percentile"] for p in r["per_seed"]], s=14, color="tab:blue", alpha=0.7,
+                   label="picks (search seeds)")
         ax.axhline(r["percentile"], color="tab:blue", lw=1)
         ax.set(xscale="log", ylim=(0, 100), xlabel="compute (member trainings)", ylabel="pick percentile",
                title=f"{r['method']}: {r['percentile']:.1f} vs {r['random_at_compute']:.1f}")
