@@ -31,6 +31,8 @@ import torch.distributed as dist
 from pyro.nn import PyroModule
 from torch import nn
 
+from bayesnas.config import ConfigError
+
 
 @dataclass(frozen=True)
 class World:
@@ -186,8 +188,6 @@ def world_of(device: torch.device) -> Iterator[tuple[World, torch.device]]:
 def agree(world: World, settings: dict[str, Any], what: str) -> None:
     """Stop every rank with one line, naming the keys, where the ranks of a launch hold different ``settings``
     for ``what`` (checked before the first collective of the work, so that no rank waits on a mismatched one)."""
-    from bayesnas.config import ConfigError
-
     keys = world.disagreement(json.loads(json.dumps(settings, default=str)))
     if keys:
         raise ConfigError(f"the torchrun ranks were started with different settings for the {what} (differ in: "

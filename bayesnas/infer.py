@@ -169,8 +169,7 @@ def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> RunLoc
     needs a run there; a new search never replaces one), lock it against a second search, remove temporaries a
     killed write left, write the marker and ``config.json``; returns the lock to release when the search ends."""
     saved = run_dir / "config.json"
-    if resume and run_dir.is_dir() and not ((run_dir / RUN_MARKER).exists() or saved.exists()) \
-            or resume and not run_dir.exists():
+    if resume and not run_dir.is_file() and not ((run_dir / RUN_MARKER).exists() or saved.exists()):
         raise SearchError(f"nothing to resume at {run_dir}: it holds no bayesnas search run")
     check_folder(run_dir, "search", ours=saved.exists(), preseeded=PRESEEDED)
     if saved.exists():

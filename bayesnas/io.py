@@ -117,7 +117,9 @@ def read_json(path: str | os.PathLike, kind: type = dict) -> Any:
     """The JSON value in ``path``, which must be a ``kind`` (a JSON object by default)."""
     data = parse_json(read_text(path), path)
     if not isinstance(data, kind):
-        raise DamagedFileError(f"{path} holds a JSON {type(data).__name__}, not a {kind.__name__}")
+        names = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
+        raise DamagedFileError(f"{path} holds a JSON {names.get(type(data), 'null')}, not a JSON "
+                               f"{names.get(kind, kind.__name__)}")
     return data
 
 

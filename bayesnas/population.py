@@ -199,10 +199,10 @@ class Population:
     by the canonical form; a twin's trainings with a seed the member already has are left out (with the same seed
     twins train the same network), and :attr:`collapsed` counts the twins."""
 
-    def __init__(self, folder: str | Path, rows_file: str = ROWS_FILE) -> None:
+    def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.spec = PopulationSpec.load(self.folder)
-        self.rows = read_rows(self.folder / rows_file)
+        self.rows = read_rows(self.folder / ROWS_FILE)
         self.space = self.spec.layout_space()
 
     @functools.cache  # noqa: B019 - the rows are read once, in __init__; a population lives as long as its use

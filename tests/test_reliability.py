@@ -160,7 +160,9 @@ def test_an_input_path_that_is_a_folder_is_one_line(command, tmp_path, capsys):
 def test_debug_shows_the_traceback(tmp_path):
     folder = tmp_path / "a-folder"
     folder.mkdir()
-    with pytest.raises(OSError):
+    from bayesnas.spaces import GenotypeError
+
+    with pytest.raises(GenotypeError, match="is not a regular file"):  # propagated, not one line
         main(["--debug", "train", str(folder)])
 
 
