@@ -45,6 +45,7 @@ from bayesnas.methods import METHODS
 from bayesnas.population import (
     Population,
     add_members,
+    choices_key,
     csv_text,
     in_space,
     load_population_data,
@@ -241,8 +242,7 @@ def _compare(population: Population, rows: list[Compared], configs: dict[tuple[s
             configs.update(chances)
             runs.update(_searches(chances, out, device, world, data_dir, progress))
     picks = {k: in_space(space, load_genotype(out / k[0] / f"seed{k[1]}" / "genotype.json")) for k in runs}
-    members = {network_key(space, Genotype(space.name, space.config.to_dict(), e["choices"]))
-               for e in population.genotypes().values()}
+    members = set(population.genotypes())  # keyed by network already
     strangers = [g for g in picks.values() if network_key(space, g) not in members]
     add_members(out / PLACED_FILE, population.spec, strangers, population.seeds(), data, world,
                 progress and world.is_main, desc="picks")
@@ -361,7 +361,7 @@ def _placed(path: Path, space: Any, seeds: Sequence[int]) -> dict[str, float]:
     """Mean test accuracy over ``seeds`` of every network trained in ``path`` (the picks that are not members)."""
     by_key: dict[str, dict[int, float]] = {}
     for row in read_rows(path):
-        key = network_key(space, Genotype(space.name, space.config.to_dict(), row["choices"]))
+        key = choices_key(space, row["choices"])
         by_key.setdefault(key, {}).setdefault(row["seed"], row["test_accuracy"])
     return {k: statistics.fmean(v[s] for s in seeds) for k, v in by_key.items() if all(s in v for s in seeds)}
 

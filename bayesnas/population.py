@@ -154,6 +154,11 @@ def network_key(space: DecisionSpace, genotype: Genotype) -> str:
     return genotype_key(space.canonical(genotype))
 
 
+def choices_key(space: DecisionSpace, choices: dict[str, Any]) -> str:
+    """:func:`network_key` of a row's ``choices`` (as ``population.jsonl`` stores them) in ``space``."""
+    return network_key(space, Genotype(space.name, space.config.to_dict(), choices))
+
+
 def sample_genotypes(space: DecisionSpace, n: int, seed: int) -> list[Genotype]:
     """``n`` uniform draws of ``space.random_genotype`` that build distinct networks, in draw order (fewer only
     where the space has fewer distinct networks than ``100 n`` draws find)."""
@@ -211,7 +216,7 @@ class Population:
         order the networks were added."""
         out: dict[str, dict[str, Any]] = {}
         for row in self.rows:
-            key = network_key(self.space, Genotype(self.space.name, self.space.config.to_dict(), row["choices"]))
+            key = choices_key(self.space, row["choices"])
             entry = out.setdefault(key, {"choices": row["choices"], "params": row["params"], "flops": row["flops"],
                                          "twins": [], "runs": {}})
             if row["key"] not in entry["twins"]:
@@ -294,7 +299,7 @@ def add_members(rows_file: Path, spec: PopulationSpec, genotypes: Sequence[Genot
     ``rows_file`` after each round; returns how many were trained."""
     space, recipe = spec.space(data), spec.recipe
     rows = read_rows(rows_file)
-    done = {(network_key(space, Genotype(space.name, space.config.to_dict(), r["choices"])), r["seed"]) for r in rows}
+    done = {(choices_key(space, r["choices"]), r["seed"]) for r in rows}
     jobs = []
     for g in genotypes:
         key = network_key(space, g)

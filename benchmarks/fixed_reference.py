@@ -24,8 +24,7 @@ from pathlib import Path
 
 from bayesnas.compare import PLACED_FILE, mean_interval
 from bayesnas.io import read_jsonl, write_json, write_jsonl
-from bayesnas.population import ROWS_FILE, Population, network_key, percentile_of, sample_genotypes
-from bayesnas.spaces import Genotype
+from bayesnas.population import ROWS_FILE, Population, choices_key, network_key, percentile_of, sample_genotypes
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
     space = population.space
 
     def key(row: dict) -> str:
-        return network_key(space, Genotype(space.name, space.config.to_dict(), row["choices"]))
+        return choices_key(space, row["choices"])
 
     drawn = [network_key(space, g) for g in sample_genotypes(space, args.members, population.spec.config.seed)]
     rows = population.rows
@@ -68,7 +67,7 @@ def main() -> None:
         for method in result["methods"]:
             picks = []
             for p in method["per_seed"]:
-                k = network_key(space, Genotype(space.name, space.config.to_dict(), json.loads(p["genotype"])))
+                k = choices_key(space, json.loads(p["genotype"]))
                 accuracy = table.get(k, statistics.fmean(placed[k]) if k in placed else None)
                 picks.append({"seed": p["seed"], "member": k in table, "test_accuracy": accuracy,
                               "percentile": None if accuracy is None else percentile_of(means, accuracy),

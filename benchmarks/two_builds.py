@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bayesnas.compare import rank_correlation
-from bayesnas.population import Population, network_key, percentile_of
-from bayesnas.spaces import Genotype
+from bayesnas.population import Population, choices_key, percentile_of
 
 
 def _line(label: str, x: list[float], y: list[float]) -> str:
@@ -66,7 +65,7 @@ def main() -> None:
         for result in results:
             for row in result["methods"]:
                 picks.setdefault(row["method"], []).extend(  # a pick's network: its twins are one member
-                    network_key(space, Genotype(space.name, space.config.to_dict(), json.loads(p["genotype"])))
+                    choices_key(space, json.loads(p["genotype"]))
                     for p in row["per_seed"])
         for method, genotypes in picks.items():
             values = [percentile_of(merged_accuracies, merged[g]) for g in genotypes if g in merged]
