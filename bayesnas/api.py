@@ -8,6 +8,7 @@ directly with keyword arguments. Errors are the library's own types (:class:`~ba
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, replace
@@ -182,13 +183,12 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
     only with ``force=True``) and a drawing of the architecture, ``architecture.png`` (a file of that name that
     bayesnas did not write is left as it is)."""
     from bayesnas.data import load_dataset
-    from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
-    from bayesnas.infer import RUN_MARKER, resolve_device
-    from bayesnas.io import check_writable, write_json
+    from bayesnas.infer import resolve_device
+    from bayesnas.io import check_writable
     from bayesnas.precision import resolve_precision
+    from bayesnas.run_folder import LOCK, RunLock, folder_kind
     from bayesnas.spaces import get_space
-    from bayesnas.spaces.branches import count_params
-    from bayesnas.training import TrainRecipe, accuracy, train_network
+    from bayesnas.training import TrainRecipe
 
     if epochs < 1:
         raise ConfigError("`epochs` must be >= 1")
@@ -229,6 +229,20 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
     recipe = replace(recipe, precision=resolve_precision(precision, device))
     if out is not None:
         check_writable(out)  # before the training, not after it
+    # while it trains, a second training (or a search) into the same folder is refused
+    with RunLock(out / LOCK, folder_kind(out) or "training") if out is not None else contextlib.nullcontext():
+        return _train_and_write(genotype, source, net, data, recipe, seed, epochs, progress, out)
+
+
+def _train_and_write(genotype: Genotype, source: Path | None, net: Any, data: Any, recipe: Any, seed: int,
+                     epochs: int, progress: bool, out: Path | None) -> dict[str, Any]:
+    """:func:`train`'s training, result and files (into ``out``, held by the caller)."""
+    from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
+    from bayesnas.io import write_json
+    from bayesnas.run_folder import RUN_MARKER
+    from bayesnas.spaces.branches import count_params
+    from bayesnas.training import accuracy, train_network
+
     history = train_network(net, data.train, data.val, recipe, seed, progress=progress)
     result = {"genotype": str(source) if source is not None else genotype.to_dict(), "dataset": data.name,
               "params": count_params(net), "params_with_auxiliary": count_params(net, auxiliary=True),

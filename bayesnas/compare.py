@@ -333,7 +333,7 @@ def _claims(out: Path, world: World) -> Iterator[Callable[[str], bool]]:
         claims.mkdir(parents=True)
     world.barrier()
     yield lambda name: _claim(claims / name)
-    world.barrier()
+    world.barrier(patient=True)  # each rank's last search
     if world.is_main:
         shutil.rmtree(out / CLAIMS_DIR, ignore_errors=True)
 

@@ -14,6 +14,13 @@ builds the same modules from the same seed, and then:
   seeded generators on every rank, so parameters, and architecture parameters in particular, stay identical;
 - only rank 0 writes files (checkpoints, metrics, plots); ``--resume`` loads the same checkpoint on every rank;
 - candidate scoring in the selection (PGNAS's C draws) is split across ranks and gathered.
+
+Timeouts: a collective of the lock-step work (gradients, metrics, broadcasts, barriers) fails after
+``BAYESNAS_COLLECTIVE_TIMEOUT`` minutes (default 15): ranks that stopped meeting each other (a rank stuck, a
+mismatched collective) end the launch in minutes, not a day. The waits for a rank's own share of uneven work (a
+whole search or training of ``bench compare``/``bench population``/``rank``, rank 0 alone writing a run's
+exports) go through a second process group whose timeout is ``BAYESNAS_PATIENT_TIMEOUT`` minutes (default
+1440), since such a share can legitimately take hours.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,6 +48,9 @@ class World:
 
     rank: int = 0
     size: int = 1
+    patient: Any = field(default=None, compare=False, repr=False)
+    """The process group of the waits for uneven work (its timeout ``BAYESNAS_PATIENT_TIMEOUT``); None: the
+    default group."""
 
     @property
     def is_main(self) -> bool:
@@ -114,11 +125,12 @@ class World:
         return box[0]
 
     def gather(self, items: dict[int, Any]) -> dict[int, Any]:
-        """The union over ranks of ``{index: result}`` dictionaries (results of a list split with :meth:`owns`)."""
+        """The union over ranks of ``{index: result}`` dictionaries (results of a list split with :meth:`owns`:
+        whole pieces of work, so the wait for the slowest rank is a patient one)."""
         if not self.distributed:
             return dict(items)
         parts: list[Any] = [None] * self.size
-        dist.all_gather_object(parts, items)
+        dist.all_gather_object(parts, items, group=self.patient)
         return {k: v for part in parts for k, v in part.items()}
 
     def share_random_state(self, device: torch.device) -> None:
@@ -135,9 +147,11 @@ class World:
         if cuda:
             torch.cuda.set_rng_state(state[1], device)
 
-    def barrier(self) -> None:
+    def barrier(self, patient: bool = False) -> None:
+        """Wait for every rank; ``patient``: after uneven work (a rank's own search, rank 0's exports), under the
+        patient timeout instead of the collective one."""
         if self.distributed:
-            dist.barrier()
+            dist.barrier(group=self.patient if patient else None)
 
     def owns(self, item: int) -> bool:
         """Whether this rank handles item ``item`` of a list split across ranks (round robin)."""
@@ -154,22 +168,43 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_world(device: torch.device, timeout_hours: float = 24.0) -> tuple[World, torch.device]:
-    """Join the process group ``torchrun`` describes (a no-op in a plain process).
+COLLECTIVE_TIMEOUT = ("BAYESNAS_COLLECTIVE_TIMEOUT", 15.0)
+"""Environment variable and default (minutes) of the lock-step collectives' timeout."""
+PATIENT_TIMEOUT = ("BAYESNAS_PATIENT_TIMEOUT", 1440.0)
+"""Environment variable and default (minutes) of the waits for a rank's own share of uneven work."""
 
-    Returns the world and this rank's device: with CUDA, ``cuda:LOCAL_RANK``. The long timeout lets ranks wait
-    while rank 0 writes plots or retrains at the end of a search.
+
+def timeout_from_environment(variable: tuple[str, float]) -> datetime.timedelta:
+    """The timeout that ``variable`` (name, default minutes) sets: one-line :class:`ConfigError` for a value that
+    is not a positive number of minutes (at most 30 days)."""
+    name, default = variable
+    text = os.environ.get(name)
+    try:
+        minutes = default if text is None else float(text)
+    except ValueError:
+        minutes = math.nan
+    if not 0 < minutes <= 43200:
+        raise ConfigError(f"{name}={text!r}: the timeout is a number of minutes in (0, 43200]")
+    return datetime.timedelta(minutes=minutes)
+
+
+def init_world(device: torch.device) -> tuple[World, torch.device]:
+    """Join the process group ``torchrun`` describes (a no-op in a plain process), with the collective timeout,
+    and create the patient group of the waits for uneven work (module docstring).
+
+    Returns the world and this rank's device: with CUDA, ``cuda:LOCAL_RANK``.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return SINGLE, device
+    collective, patient = timeout_from_environment(COLLECTIVE_TIMEOUT), timeout_from_environment(PATIENT_TIMEOUT)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(hours=timeout_hours))
-    return World(dist.get_rank(), dist.get_world_size()), device
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective)
+    # gloo on every backend: the patient waits exchange small Python objects and barriers only
+    return World(dist.get_rank(), dist.get_world_size(), dist.new_group(backend="gloo", timeout=patient)), device
 
 
 @contextlib.contextmanager

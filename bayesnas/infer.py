@@ -432,6 +432,8 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
     with count_passes() as passes:
         selection = method.select(progress)
     select_seconds = time.perf_counter() - tic
+    # the last collective before rank 0 writes alone; the other ranks then wait for it patiently (below)
+    select_passes = dict(zip(passes.as_dict(), method.world.sum(list(passes.as_dict().values())), strict=True))
     if method.world.is_main:
         genotype = replace(selection.genotype, dataset=method.config.dataset)
         genotype.save(run_dir / "genotype.json")
@@ -455,8 +457,7 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
         "select_seconds": round(select_seconds, 2),
         # machine-independent compute (bayesnas.compute): examples through a network of the space, summed over ranks
         **{f"search_{k}": sum(int(r.get(k, 0)) for r in rows) for k in ("train_passes", "eval_passes")},
-        **{f"select_{k}": int(v) for k, v in zip(passes.as_dict(), method.world.sum(list(passes.as_dict().values())),
-                                                 strict=True)},
+        **{f"select_{k}": int(v) for k, v in select_passes.items()},
         "genotype": "genotype.json",
         **selection.extra,
     }
@@ -467,5 +468,5 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
         summary["world_size"] = method.world.size
     if method.world.is_main:
         write_json(run_dir / "summary.json", summary)
-    method.world.barrier()
+    method.world.barrier(patient=True)
     return summary

@@ -23,13 +23,16 @@ import torch
 from tqdm import tqdm
 
 from bayesnas.config import ConfigError, SearchConfig
-from bayesnas.distributed import World, world_of
+from bayesnas.distributed import World, agree, world_of
 from bayesnas.infer import config_data, load_trained, resolve_device, run_search
 from bayesnas.io import read_json, write_json
 from bayesnas.methods.pcnas import PCNAS, OneShotOptions, search_recipe
+from bayesnas.run_folder import check_folder, folder_in_use, pin_settings
 from bayesnas.training import accuracy, train_network
 
 RANK_FILE = "rank.json"
+RANK_SETTINGS = "rank_config.json"
+"""The settings a ranking folder was started with: continuing it (finished searches reused) needs the same."""
 
 
 def correlation(x: list[float], y: list[float]) -> dict[str, Any]:
@@ -88,9 +91,16 @@ def run_rank(config: SearchConfig, out: str | Path, *, num_archs: int = 12, trai
         raise ConfigError("rank needs at least 3 architectures and 1 training epoch")
     if population not in ("pool", "uniform"):
         raise ConfigError(f"unknown population {population!r}: pool or uniform")
+    out = Path(out)
+    # the two searches may have run before, into out/oneshot and out/pcnas (each checks its own folder)
+    check_folder(out, "rank", ours=(out / RANK_FILE).exists(), preseeded=("oneshot", "pcnas"))
+    settings = {**config.to_dict(), "num_archs": num_archs, "train_epochs": train_epochs,
+                "population": population}
     with world_of(resolve_device(device)) as (world, device):
-        return _rank(config, Path(out), num_archs, train_epochs, population, device, world, data_dir, download,
-                     progress and world.is_main)
+        agree(world, settings, f"ranking into {out}")
+        with folder_in_use(out, "rank", world, lambda: pin_settings(out / RANK_SETTINGS, settings, "ranking")):
+            return _rank(config, out, num_archs, train_epochs, population, device, world, data_dir, download,
+                         progress and world.is_main)
 
 
 def supernet_configs(config: SearchConfig) -> dict[str, SearchConfig]:

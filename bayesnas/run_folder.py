@@ -1,4 +1,5 @@
-"""The life cycle every output folder of bayesnas shares: a search run, a population, a comparison.
+"""The life cycle every output folder of bayesnas shares: a search run, a population, a comparison, a ranking
+(``bayesnas rank``) and, for its lock, a training (``bayesnas train``).
 
 A folder is ours when it holds the marker :data:`RUN_MARKER` (``{"kind": ...}``), written before anything else;
 a folder that is not ours is written into only when it is empty (nothing of a user's is ever replaced), a folder
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bayesnas.config import ConfigError
-from bayesnas.io import orphaned_temporaries, write_json
+from bayesnas.io import orphaned_temporaries, read_json, write_json
 
 if TYPE_CHECKING:
     from bayesnas.distributed import World
@@ -61,6 +62,20 @@ def check_folder(folder: Path, kind: str, ours: bool = False, preseeded: Collect
                              "(nothing was written)")
 
 
+def pin_settings(path: Path, settings: dict[str, Any], kind: str) -> None:
+    """Write ``settings`` (JSON-like) to ``path``, or check that the folder being continued was started with the
+    same ones: one-line :class:`RunFolderError` naming the keys that differ."""
+    settings = json.loads(json.dumps(settings))
+    if path.exists():
+        saved = read_json(path)
+        keys = config_diff(saved, settings) if isinstance(saved, dict) else ["(the whole file)"]
+        if keys:
+            raise RunFolderError(f"{path.parent} holds a {kind} of other settings (differ in: {', '.join(keys)}; see "
+                                 f"{path}); choose another `out`")
+        return
+    write_json(path, settings)
+
+
 def claim_folder(folder: Path, kind: str) -> RunLock:
     """Create ``folder`` (checked by :func:`check_folder` first), lock it, remove what killed writes left and write
     the marker; returns the lock, to release when the work ends."""
@@ -97,6 +112,12 @@ class RunLock:
     def release(self) -> None:
         if _lock_pid(self.path) == os.getpid():
             self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _lock_pid(path: Path) -> int | None:

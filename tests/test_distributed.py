@@ -228,3 +228,35 @@ def test_ranks_started_with_different_settings_stop_at_once_naming_the_keys(tmp_
     torch.multiprocessing.spawn(disagreement_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
     messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert messages[0] == messages[1] and "differ in: epochs)" in messages[0] and "\n" not in messages[0]
+
+
+def test_lock_step_collectives_time_out_in_minutes_and_uneven_work_waits_patiently(tmp_path: Path) -> None:
+    """A rank that stops meeting the others fails the lock-step collective after BAYESNAS_COLLECTIVE_TIMEOUT (1.8 s
+    here, not the day it used to be), while a patient wait outlasts it for a rank's own uneven work (4 s)."""
+    from tests.two_ranks import timeout_worker
+
+    torch.multiprocessing.spawn(timeout_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    outcome, seconds = (tmp_path / "rank0.txt").read_text().split()
+    assert outcome == "timed-out" and 1.0 < float(seconds) < 7.0
+    assert (tmp_path / "rank1.txt").read_text().startswith("met")
+
+
+@pytest.mark.parametrize(("value", "minutes"), [(None, 15.0), ("2.5", 2.5), ("43200", 43200.0)])
+def test_collective_timeout_comes_from_the_environment(monkeypatch, value, minutes) -> None:
+    from bayesnas.distributed import COLLECTIVE_TIMEOUT, timeout_from_environment
+
+    if value is None:
+        monkeypatch.delenv("BAYESNAS_COLLECTIVE_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("BAYESNAS_COLLECTIVE_TIMEOUT", value)
+    assert timeout_from_environment(COLLECTIVE_TIMEOUT).total_seconds() == minutes * 60
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf", "50000"])
+def test_a_bad_timeout_is_one_line(monkeypatch, value) -> None:
+    from bayesnas.config import ConfigError
+    from bayesnas.distributed import PATIENT_TIMEOUT, timeout_from_environment
+
+    monkeypatch.setenv("BAYESNAS_PATIENT_TIMEOUT", value)
+    with pytest.raises(ConfigError, match=r"^BAYESNAS_PATIENT_TIMEOUT='.*': the timeout is a number of minutes"):
+        timeout_from_environment(PATIENT_TIMEOUT)

@@ -14,7 +14,7 @@ from pyro.infer import TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 from torch.distributions.utils import clamp_probs
 
-from bayesnas.config import preset
+from bayesnas.config import ConfigError, preset
 from bayesnas.data import load_dataset
 from bayesnas.infer import run_search
 from bayesnas.io import read_jsonl
@@ -260,7 +260,7 @@ def test_phases_splits_optimisers_and_start(data):
     """Algorithm 1 with the paper's settings: weights on D_T by SGD (the search configuration: lr, momentum,
     nesterov, weight decay, clipping, cosine schedule); logits A on D_V by Adam (lr 3e-4, betas (0.5, 0.999),
     weight decay 1e-3, constant); the architecture phase starts after ``warmup_epochs``."""
-    method = make(data, warmup_epochs=3)
+    method = make(data, warmup_epochs=1)
     config = method.config
     weights, arch = method.phases()
     assert (weights.name, weights.split, arch.name, arch.split) == ("weights", "weights", "architecture",
@@ -270,7 +270,7 @@ def test_phases_splits_optimisers_and_start(data):
             weights.grad_clip) == (config.lr, config.lr_min, config.momentum, config.nesterov,
                                    config.weight_decay, config.grad_clip)
     assert (config.lr, config.lr_min, config.momentum, config.weight_decay) == (0.025, 0.001, 0.9, 3e-4)
-    assert (arch.optimizer, arch.schedule, arch.start_epoch) == ("adam", "constant", 3)
+    assert (arch.optimizer, arch.schedule, arch.start_epoch) == ("adam", "constant", 1)
     assert (arch.betas, arch.weight_decay, arch.lr) == ((0.5, 0.999), 1e-3, method.options.arch_lr)
     assert arch.lr == method.options.arch_lr == 0.01  # the gdas-digits preset; the paper's defaults:
     defaults = get_method("gdas").options_type()
@@ -443,3 +443,14 @@ def test_uniform_arch_gate_runs_in_the_architecture_step_only(data):
     assert method.model.uniform_gate is False
     with pytest.raises(ValueError, match="arch_gate"):
         make(data, arch_gate="half")
+
+
+@pytest.mark.parametrize("warmup", [2, 7])
+def test_warmup_at_or_beyond_epochs_is_refused_before_anything_is_written(data, tmp_path, warmup):
+    """A warm-up of ``epochs`` (2 here) or more would never train the logits: one line, and no run folder."""
+    with pytest.raises(ConfigError, match=rf"method 'gdas': warmup_epochs \({warmup}\) must be below epochs \(2\)"):
+        make(data, warmup_epochs=warmup)
+    config = preset("gdas-digits").merged({**TINY, "options": {**TINY["options"], "warmup_epochs": warmup}})
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        run_search(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -213,7 +213,8 @@ def test_compare_places_picks_against_a_fixed_reference(population, tmp_path):
     before = {name: (pop.folder / name).read_bytes() for name in ("population.json", "population.jsonl",
                                                                   "population.csv", "population.md")}
     result = run_compare(pop.folder, tmp_path, methods=["gdas", "random"], seeds=1,
-                         overrides={"gdas": {"epochs": 1}}, device="cpu", progress=False)
+                         overrides={"gdas": {"epochs": 1, "options": {"warmup_epochs": 0}}}, device="cpu",
+                         progress=False)
     assert {name: (pop.folder / name).read_bytes() for name in before} == before
     table = {t["key"]: t for t in pop.table()}
     placed = read_jsonl(tmp_path / "placed.jsonl")
@@ -250,8 +251,8 @@ def test_compare_places_picks_against_a_fixed_reference(population, tmp_path):
 
 def test_a_variant_is_its_own_row_with_its_own_seeds(population, tmp_path):
     pop, _ = population
-    overrides = {"gdas": {"epochs": 1}, "gdas-uniform-gate": {"method": "gdas", "seeds": 2, "epochs": 1,
-                                                              "options": {"arch_gate": "uniform"}}}
+    overrides = {"gdas": {"epochs": 1, "options": {"warmup_epochs": 0}}, "gdas-uniform-gate": {
+        "method": "gdas", "seeds": 2, "epochs": 1, "options": {"arch_gate": "uniform", "warmup_epochs": 0}}}
     result = run_compare(pop.folder, tmp_path, methods=["gdas", "gdas-uniform-gate"], seeds=1, overrides=overrides,
                          device="cpu", progress=False)
     assert [(r["method"], r["runs"], r["seeds"]) for r in result["methods"]] == [("gdas", "gdas", 1),
@@ -275,7 +276,7 @@ def test_inherited_accuracy_equals_the_built_network_with_batch_statistics(popul
 
     pop, _ = population
     run = tmp_path / "gdas"
-    config = method_config("gdas", pop, 0, {"epochs": 1})
+    config = method_config("gdas", pop, 0, {"epochs": 1, "options": {"warmup_epochs": 0}})
     run_search(config, run, device="cpu", progress=False)
     data = load_population_data(pop.spec, torch.device("cpu"))
     method = load_trained(config, run, data, torch.device("cpu"))
@@ -316,7 +317,8 @@ def test_compare_under_two_ranks_deals_whole_searches(population, tmp_path):
 
     pop, _ = population
     # random search's candidates pinned, to keep its seconds short
-    overrides = {"gdas": {"epochs": 1}, "random": {"epochs": 1, "options": {"num_samples": 2}}}
+    overrides = {"gdas": {"epochs": 1, "options": {"warmup_epochs": 0}},
+                 "random": {"epochs": 1, "options": {"num_samples": 2}}}
     folder = _copy_population(pop, tmp_path / "pop")
     torch.multiprocessing.spawn(compare_worker, args=(2, free_port(), str(folder), str(tmp_path / "two"), overrides),
                                 nprocs=2)
@@ -431,12 +433,14 @@ def test_compare_refuses_a_users_folder_and_stale_searches(population, tmp_path)
     (mine / "compare.md").write_text("my notes")
     with pytest.raises(ConfigError, match="not a bayesnas run folder"):
         run_compare(pop.folder, mine, methods=["gdas"], overrides={"gdas": {"epochs": 1}}, device="cpu")
+    one_epoch = {"gdas": {"epochs": 1, "options": {"warmup_epochs": 0}}}
     assert [p.name for p in mine.iterdir()] == ["compare.md"] and (mine / "compare.md").read_text() == "my notes"
     out = tmp_path / "cmp"
-    run_compare(pop.folder, out, methods=["gdas"], overrides={"gdas": {"epochs": 1}}, device="cpu", progress=False)
+    run_compare(pop.folder, out, methods=["gdas"], overrides=one_epoch, device="cpu", progress=False)
     before = (out / "compare.json").read_bytes()
     with pytest.raises(ConfigError, match="other settings \\(differs in: epochs\\)"):
-        run_compare(pop.folder, out, methods=["gdas"], overrides={"gdas": {"epochs": 2}}, device="cpu")
+        run_compare(pop.folder, out, methods=["gdas"], overrides={"gdas": {"epochs": 2, "options": {"warmup_epochs": 0}}},
+                    device="cpu")
     assert (out / "compare.json").read_bytes() == before
     with pytest.raises(ConfigError, match="holds a bayesnas compare, not a population"):
         build_population(pop.spec, out, n=1, device="cpu", progress=False)

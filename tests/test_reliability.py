@@ -450,3 +450,52 @@ def test_a_population_larger_than_its_space_is_refused_at_once(tmp_path, capsys)
                  "--out", str(tmp_path / "pop"), "--no-progress"]) == EXIT_ERROR
     assert re.search("has [0-9]+ architectures, fewer than the 1000000 asked for", _one_line(capsys))
     assert not (tmp_path / "pop").exists()
+
+
+def test_a_second_training_into_a_folder_in_use_is_refused(finished_run, tmp_path, capsys):
+    """``train`` holds its output folder's lock while it trains: a second one (or a running search) there is refused
+    with one line, and the folder is left as it was."""
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    (folder / "genotype.json").write_text((finished_run / "genotype.json").read_text())
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / LOCK).write_text(str(sleeper.pid))
+        before = _hashes(folder)
+        assert main(["train", str(folder / "genotype.json"), "--epochs", "1", "--no-progress"]) == EXIT_ERROR
+        assert f"in use by a running training (process {sleeper.pid})" in _one_line(capsys)
+        assert _hashes(folder) == before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (folder / LOCK).unlink()
+    assert main(["train", str(folder / "genotype.json"), "--epochs", "1", "--no-progress"]) == 0
+    assert not (folder / LOCK).exists() and (folder / "train_summary.json").exists()
+
+
+@pytest.mark.parametrize("case", ["user folder", "other settings", "a search"])
+def test_rank_shares_the_folder_life_cycle(case, tmp_path, capsys):
+    """``bayesnas rank`` refuses a user's folder, a folder of another kind and a ranking of other settings (naming
+    the keys) before it trains anything."""
+    from bayesnas.config import preset
+    from bayesnas.rank import RANK_SETTINGS
+
+    out = tmp_path / "rank"
+    out.mkdir()
+    if case == "user folder":
+        (out / "notes.txt").write_text("mine")
+        expected = "is not empty and is not a bayesnas run folder"
+    elif case == "a search":
+        (out / RUN_MARKER).write_text('{"kind": "search"}')
+        expected = "holds a bayesnas search, not a rank"
+    else:
+        (out / RUN_MARKER).write_text('{"kind": "rank"}')
+        settings = {**preset("pcnas-digits").to_dict(), "num_archs": 5, "train_epochs": 1,
+                    "population": "pool"}
+        (out / RANK_SETTINGS).write_text(json.dumps(settings))
+        expected = "holds a ranking of other settings (differ in: epochs, num_archs;"
+    before = _hashes(out)
+    assert main(["rank", "--out", str(out), "-n", "4", "--train-epochs", "1", "--epochs", "1",
+                 "--no-progress"]) == EXIT_ERROR
+    assert expected in _one_line(capsys)
+    assert _hashes(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)

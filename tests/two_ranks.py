@@ -139,3 +139,29 @@ def disagreement_worker(rank: int, size: int, port: int, out: str) -> None:
     with open(f"{out}/rank{rank}.txt", "w") as fh:
         fh.write(message)
     dist.destroy_process_group()
+
+
+def timeout_worker(rank: int, size: int, port: int, out: str) -> None:
+    """A patient barrier after 4 s of uneven work under a 1.8 s collective timeout, then a lock-step barrier that
+    rank 1 never meets; what rank ``r`` saw into ``out/rank<r>.txt``: ``<outcome> <seconds waited>``."""
+    import time
+
+    from bayesnas.distributed import init_world
+
+    join(rank, size, port)
+    os.environ["BAYESNAS_COLLECTIVE_TIMEOUT"] = "0.03"
+    world, _ = init_world(torch.device("cpu"))
+    if rank == 1:
+        time.sleep(4.0)  # a rank's own share of uneven work, longer than the collective timeout
+    world.barrier(patient=True)
+    tic = time.monotonic()
+    outcome = "met"
+    if rank == 0:
+        try:
+            world.barrier()
+        except RuntimeError:
+            outcome = "timed-out"
+    else:
+        time.sleep(8.0)
+    with open(f"{out}/rank{rank}.txt", "w") as fh:
+        fh.write(f"{outcome} {time.monotonic() - tic:.1f}")

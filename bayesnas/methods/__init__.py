@@ -164,6 +164,13 @@ class SearchMethod(ABC):
         loop, the retraining and ``summary.json`` use it, ``config.json`` keeps what was asked)."""
         self.options = parse_options(self.options_type, config.options, self.name)
 
+    def check_warmup(self, warmup_epochs: int) -> None:
+        """Refuse a warm-up of ``epochs`` or more, which would leave the architecture phase (``start_epoch =
+        warmup_epochs``) without a single epoch: one-line :class:`ConfigError` before anything is written."""
+        if warmup_epochs >= self.config.epochs:
+            raise ConfigError(f"method {self.name!r}: warmup_epochs ({warmup_epochs}) must be below epochs "
+                              f"({self.config.epochs}), or the architecture is never trained")
+
     def build_space(self) -> Any:
         """The search space of this run: ``config.space_name`` (default: the first of :meth:`search_spaces`)
         shaped by the data and :attr:`space_defaults`, overridden by ``config.space`` (one-line

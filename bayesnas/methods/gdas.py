@@ -77,6 +77,7 @@ class GDAS(SearchMethod):
     def __init__(self, config, data, device) -> None:
         super().__init__(config, data, device)
         o = self.options
+        self.check_warmup(o.warmup_epochs)
         self.space = self.build_space()
         shapes = {name: g.shape for name, g in self.space.groups().items()}
         if not shapes:

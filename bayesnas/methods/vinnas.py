@@ -99,9 +99,7 @@ class VINNAS(SearchMethod):
     def __init__(self, config, data, device) -> None:
         super().__init__(config, data, device)
         o = self.options
-        if o.warmup_epochs >= config.epochs:
-            raise ConfigError(f"method 'vinnas': warmup_epochs ({o.warmup_epochs}) must be below epochs "
-                              f"({config.epochs}), or the architecture is never trained")
+        self.check_warmup(o.warmup_epochs)
         self.space = self.build_space()
         groups = self.space.groups()
         if not groups:
