@@ -29,7 +29,7 @@ _EXPORTS = {
     "preset": "bayesnas.config", "PRESETS": "bayesnas.config", "METHOD_SPACES": "bayesnas.config",
     "Genotype": "bayesnas.spaces", "GenotypeError": "bayesnas.spaces", "load_genotype": "bayesnas.spaces",
     "get_space": "bayesnas.spaces", "get_method": "bayesnas.methods", "SearchMethod": "bayesnas.methods",
-    "SearchError": "bayesnas.infer", "load_dataset": "bayesnas.data",
+    "SearchError": "bayesnas.search_folder", "load_dataset": "bayesnas.data",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -2,7 +2,7 @@
 
 ``bayesnas search`` and ``bayesnas train`` call :func:`search` and :func:`train`; a notebook or script calls them
 directly with keyword arguments. Errors are the library's own types (:class:`~bayesnas.config.ConfigError`,
-:class:`~bayesnas.infer.SearchError`, ...) and name the Python arguments in backquotes (```out```,
+:class:`~bayesnas.search_folder.SearchError`, ...) and name the Python arguments in backquotes (```out```,
 ```resume=True```); the command line shows them as its flags (``--out``, ``--resume``).
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bayesnas.config import ConfigError, SearchConfig, build_config
 from bayesnas.domains import domain_of
 from bayesnas.io import DamagedFileError, read_json
-from bayesnas.spaces.genotype import Genotype, load_genotype
+from bayesnas.spaces import Genotype, load_genotype
 
 if TYPE_CHECKING:
     import arviz as az
@@ -131,9 +131,10 @@ def predict(run: Run | str | os.PathLike, *, samples: int = 32, split: str = "te
     import pyro
 
     from bayesnas.diagnostics import save_figure
-    from bayesnas.infer import SELECTED_WEIGHTS, config_data, load_trained, resolve_device
+    from bayesnas.infer import config_data, load_trained, resolve_device
     from bayesnas.io import check_writable, load_weights, write_json
     from bayesnas.predictive import SPLITS, plot_reliability, plot_sample_curve, predict_method
+    from bayesnas.search_folder import SELECTED_WEIGHTS
 
     run = run if isinstance(run, Run) else load_run(run)
     if split not in SPLITS:

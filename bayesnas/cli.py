@@ -30,6 +30,7 @@ from bayesnas.config import (
     load_config_file,
 )
 from bayesnas.domains import domain_text
+from bayesnas.errors import BayesNASError
 
 EXIT_ERROR = 2
 PRECISION_HELP = ("bf16: autocast the network to bfloat16 (KL terms and loss stay fp32); auto: bf16 where the device "
@@ -333,6 +334,7 @@ def _require_out_when_distributed(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from bayesnas.api import search
     from bayesnas.distributed import is_main_process
+    from bayesnas.methods import get_method
 
     _require_out_when_distributed(args)
     run = search(search_config(args), out=args.out, preset=args.preset, device=args.device, resume=args.resume,
@@ -347,30 +349,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"search {summary['search_seconds']:.1f} s, selection {summary['select_seconds']:.1f} s")
     shared = f" (super-network {summary['supernet_params']:,})" if "supernet_params" in summary else ""
     print(f"parameters {summary['params']:,}{shared}")
-    if "pruned_params" in summary:
-        print(f"super-network weights left after pruning at log lambda >= {summary['prune_threshold']:g}: "
-              f"{summary['pruned_params']:,} "
-              f"({1 - summary['pruned_fraction']:.1%})")
     fading = "log10_effective_architectures"
     if f"{fading}_first" in summary:
         print(f"effective number of architectures sharing the weights: 10^{summary[fading + '_first']:.2f} "
               f"(first epoch) -> 10^{summary[fading + '_last']:.2f} (last epoch)")
-    if "baseline_test_accuracy" in summary:
-        print(f"fixed-rate baseline (a super-network trained with drop rate {summary['baseline_drop_rate']}, "
-              f"same candidates): test accuracy {summary['baseline_test_accuracy']:.4f}, "
-              f"parameters {summary['baseline_params']:,}")
-    if "latency_ms" in summary:  # PC-NAS and one-shot on a space with a latency table (the chain)
-        limit, source = summary.get("latency_limit_ms"), summary.get("latency_source", "measured")
-        unit = "M multiply-adds" if source == "flops proxy" else "ms"
-        print(f"latency {summary['latency_ms']:.3f} {unit} (limit: {f'{limit:g} {unit}' if limit else 'none'}; "
-              f"{source}, {summary['latency_device']}, batch {summary['latency_batch_size']}), "
-              f"{summary['flops'] / 1e6:.2f} M multiply-adds")
-    if "potentials" in summary:  # PC-NAS and one-shot on any space
-        print("partial-model pool potentials per interval (Eq. 11, mean one-batch validation accuracy):")
-        for interval in summary["potentials"]:
-            over = f", {interval['infeasible']} over the limit" if interval["infeasible"] else ""
-            print(f"  interval {interval['interval']} (decision {interval['decision']}, {interval['candidates']} "
-                  f"candidates{over}): " + "  ".join(f"{p:.3f}" for p in interval["potentials"]))
+    for line in get_method(config.method).summary_lines(summary):  # the method's own figures
+        print(line)
     files = ["summary.json", "genotype.json", "architecture.png", "posterior.nc", "training.png"]
     files += [p.name for p in sorted(out.glob("*.png")) if p.name not in files]
     print(f"run folder: {out}  ({', '.join(files)})")
@@ -419,10 +403,10 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from bayesnas import latency
     from bayesnas.data import load_dataset
     from bayesnas.infer import resolve_device
     from bayesnas.methods import get_method, shaped_space
+    from bayesnas.spaces import latency
 
     config = search_config(args)
     out = Path(args.out)
@@ -559,7 +543,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 def cmd_rank(args: argparse.Namespace) -> int:
     from bayesnas.distributed import is_main_process
-    from bayesnas.rank import run_rank
+    from bayesnas.experiments.rank import run_rank
 
     config = search_config(args)
     _require_out_when_distributed(args)
@@ -590,7 +574,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_fashion(args: argparse.Namespace) -> int:
-    from bayesnas.bench import run_benchmark
+    from bayesnas.experiments.bench import run_benchmark
 
     out = Path(args.out or f"runs/bench-{args.benchmark}-{args.budget}")
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
@@ -604,7 +588,7 @@ def _bench_fashion(args: argparse.Namespace) -> int:
 
 def _bench_population(args: argparse.Namespace) -> int:
     from bayesnas.distributed import is_main_process
-    from bayesnas.population import build_population, population_spec
+    from bayesnas.experiments.population import build_population, population_spec
 
     overrides = load_config_file(args.config) if args.config else {}
     if args.train_epochs is not None:
@@ -622,8 +606,8 @@ def _bench_population(args: argparse.Namespace) -> int:
 
 
 def _bench_compare(args: argparse.Namespace) -> int:
-    from bayesnas.compare import method_overrides, run_compare, summary_lines
     from bayesnas.distributed import is_main_process
+    from bayesnas.experiments.compare import method_overrides, run_compare, summary_lines
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     overrides = method_overrides(load_config_file(args.config) if args.config else {}, methods, args.epochs)
@@ -661,18 +645,10 @@ def as_flags(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before the heavy imports: --help answers at once
-    from bayesnas.data import DatasetCorruptedError, DatasetNotFoundError, UnknownDatasetError
-    from bayesnas.diagnostics import DiagnosticsError
-    from bayesnas.infer import SearchError
-    from bayesnas.methods import UnknownMethodError
-    from bayesnas.spaces import GenotypeError, UnknownSpaceError
-
-    known = (ConfigError, SearchError, GenotypeError, UnknownSpaceError, UnknownMethodError,
-             UnknownDatasetError, DatasetNotFoundError, DatasetCorruptedError, DiagnosticsError)
     debug = args.debug or os.environ.get("BAYESNAS_DEBUG", "") not in ("", "0")
     try:
         return COMMANDS[args.command](args)
-    except known as err:
+    except BayesNASError as err:  # the one family of errors raised on purpose (bayesnas.errors)
         if debug:
             raise
         print(f"bayesnas {args.command}: error: {as_flags(str(err))}", file=sys.stderr)

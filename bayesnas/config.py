@@ -9,12 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from bayesnas.domains import check_domains, setting
+from bayesnas.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "auto")
-
-
-class ConfigError(ValueError):
-    """A configuration (preset name, config file, option value) that cannot describe a search."""
 
 
 @dataclass(frozen=True)

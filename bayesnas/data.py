@@ -57,6 +57,8 @@ from urllib.error import URLError
 import numpy as np
 import torch
 
+from bayesnas.errors import BayesNASError
+
 __all__ = [
     "DATASETS",
     "DataBundle",
@@ -93,21 +95,21 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(BayesNASError, FileNotFoundError):
     """The files of a data set are not where they were looked for (the message says where and what to do)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(_one_line(message))
 
 
-class DatasetCorruptedError(ValueError):
+class DatasetCorruptedError(BayesNASError, ValueError):
     """The files of a data set exist but cannot be read or fail torchvision's checks."""
 
     def __init__(self, message: str) -> None:
         super().__init__(_one_line(message))
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(BayesNASError, ValueError):
     """The requested data set name is not one of :data:`DATASETS`."""
 
 

@@ -11,6 +11,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bayesnas.errors import BayesNASError
+
 with warnings.catch_warnings():  # arviz 0.x announces its 1.0 refactor on import
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 POSTERIOR_FILE = "posterior.nc"
 
 
-class DiagnosticsError(ValueError):
+class DiagnosticsError(BayesNASError, ValueError):
     pass
 
 

@@ -10,7 +10,6 @@ selection and export. A run folder holds ``config.json``, ``checkpoint.pt``, ``m
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 import time
@@ -31,29 +30,24 @@ from bayesnas.config import SearchConfig
 from bayesnas.data import DataBundle, Split, load_dataset
 from bayesnas.distributed import SINGLE, World, agree, synchronise_batchnorm, world_of
 from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
-from bayesnas.io import DamagedFileError, atomic_write, flat_figures, read_json, read_jsonl, write_json, write_jsonl
-from bayesnas.latency import LATENCY_FILE
+from bayesnas.io import DamagedFileError, flat_figures, read_jsonl, write_json, write_jsonl
 from bayesnas.methods import Phase, SearchMethod, get_method
 from bayesnas.precision import channels_last, precision_context
 from bayesnas.predictive import add_predictive_groups
-from bayesnas.run_folder import RUN_MARKER, RunLock, check_folder, claim_folder, config_diff
+from bayesnas.search_folder import (
+    CHECKPOINT,
+    SELECTED_WEIGHTS,
+    Checkpoint,
+    SearchError,
+    prepare_run_dir,
+    save_tensors,
+)
 from bayesnas.spaces.branches import count_params
 from bayesnas.training import augment, epoch_batches
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
-
-
-class SearchError(RuntimeError):
-    """A search that cannot start or go on; the message is one line for the command line."""
-
 
 class SearchDivergedError(SearchError):
-    pass
-
-
-class CheckpointError(SearchError):
-    pass
+    """A loss, a trained tensor or a logged figure became NaN or infinite: the search stopped."""
 
 
 def resolve_device(spec: str | torch.device) -> torch.device:
@@ -81,110 +75,6 @@ class StepEvent:
     loss: float
 
 
-SELECTED_WEIGHTS = "selected.pt"
-"""The retrained selected network's state dict (weights only), where the search retrained it."""
-
-
-def save_tensors(path: Path, data: Any) -> None:
-    """``torch.save`` ``data`` (tensors and plain containers: ``weights_only=True`` reads it back) atomically."""
-    buffer = io.BytesIO()
-    torch.save(data, buffer)
-    atomic_write(path, lambda fh: fh.write(buffer.getvalue()))
-
-
-class Checkpoint:
-    """Atomic save/load of everything a search needs to continue exactly where it stopped."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / CHECKPOINT
-
-    def save(self, config: SearchConfig, epoch: int, modules: dict[str, nn.Module],
-             optimizers: dict[str, tuple[torch.optim.Optimizer, Any]]) -> None:
-        state = {
-            "format": CHECKPOINT_FORMAT, "config": config.to_dict(), "epoch": epoch,
-            "modules": {name: m.state_dict() for name, m in modules.items()},
-            "optimizers": {name: {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
-                           for name, (opt, sched) in optimizers.items()},
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-        save_tensors(self.path, state)
-
-    def load(self, config: SearchConfig, modules: dict[str, nn.Module],
-             optimizers: dict[str, tuple[torch.optim.Optimizer, Any]], device: torch.device) -> int:
-        """Restore the state and return the last completed epoch."""
-        try:
-            state = torch.load(self.path, map_location=device, weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise CheckpointError(f"checkpoint {self.path} is corrupted or unreadable ({type(err).__name__}); "
-                                  "delete it to start the search again") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint {self.path} is not a bayesnas search checkpoint")
-        problem = _checkpoint_problem(state, config)
-        if problem:  # before anything is loaded or truncated
-            raise CheckpointError(f"checkpoint {self.path} is damaged: {problem}; delete it to start the search "
-                                  "again")
-        diff = config_diff(state["config"], config.to_dict())
-        if diff:
-            raise CheckpointError(f"checkpoint {self.path} was written for a different configuration "
-                                  f"(differs in: {', '.join(diff)})")
-        try:
-            for name, module in modules.items():
-                module.load_state_dict(state["modules"][name])
-            for name, (optimizer, scheduler) in optimizers.items():
-                optimizer.load_state_dict(state["optimizers"][name]["optimizer"])
-                scheduler.load_state_dict(state["optimizers"][name]["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise CheckpointError(f"checkpoint {self.path} does not match this search "
-                                  f"({str(err).splitlines()[0]})") from None
-        torch.set_rng_state(state["rng"].cpu())
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        return int(state["epoch"])
-
-
-def _checkpoint_problem(state: dict[str, Any], config: SearchConfig) -> str | None:
-    """What is wrong with a checkpoint's entries (their types, the epoch's range, the random state's form), or
-    None."""
-    kinds = {"config": dict, "epoch": int, "modules": dict, "optimizers": dict, "rng": torch.Tensor,
-             "cuda_rng": list}
-    for key, kind in kinds.items():
-        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
-            return f"its {key!r} entry is missing or not a {kind.__name__}"
-    if not 0 <= state["epoch"] < config.epochs:
-        return f"its epoch {state['epoch']} is outside this search's 0..{config.epochs - 1}"
-    rng = state["rng"]
-    if rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
-        return "its random state is not a generator state of this torch"
-    return None
-
-
-PRESEEDED = frozenset({LATENCY_FILE})
-"""Files a new search folder may already hold: caches a search reads instead of measuring (PC-NAS's latency
-table, copied from an earlier run on the same device)."""
-
-
-def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> RunLock:
-    """Check ``run_dir`` (nothing is written into a folder that is not a run of ours, unless empty; ``resume``
-    needs a run there; a new search never replaces one), lock it against a second search, remove temporaries a
-    killed write left, write the marker and ``config.json``; returns the lock to release when the search ends."""
-    saved = run_dir / "config.json"
-    if resume and not run_dir.is_file() and not ((run_dir / RUN_MARKER).exists() or saved.exists()):
-        raise SearchError(f"nothing to resume at {run_dir}: it holds no bayesnas search run")
-    check_folder(run_dir, "search", ours=saved.exists(), preseeded=PRESEEDED)
-    if saved.exists():
-        if not resume:
-            raise SearchError(f"{run_dir} already holds a search run; pass `resume=True` to continue it or "
-                              "choose another `out`")
-        diff = config_diff(read_json(saved), config.to_dict())
-        if diff:
-            raise CheckpointError(f"{run_dir} was started with a different configuration "
-                                  f"(differs in: {', '.join(diff)})")
-    lock = claim_folder(run_dir, "search")
-    write_json(saved, config.to_dict())
-    return lock
-
-
 def config_data(config: SearchConfig, device: torch.device, data_dir: str | os.PathLike | None = None,
                 download: bool = False) -> DataBundle:
     """The data split ``config`` searches on (its data set, fractions and split seed), on ``device``."""
@@ -199,7 +89,7 @@ def load_trained(config: SearchConfig, run_dir: str | Path, data: DataBundle, de
     run_dir = Path(run_dir)
     method = get_method(config.method)(config, data, device)
     method.prepare(run_dir, True)
-    state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True)
+    state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=True)
     for name, module in method.modules().items():
         module.load_state_dict(state["modules"][name])
         module.eval()
@@ -234,7 +124,7 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
     method = method_cls(config, data, device)  # validates options and space before anything is written
     method.world = world
     method.prepare(run_dir, resume)
-    lock = prepare_run_dir(run_dir, config, resume) if world.is_main else None
+    lock = prepare_run_dir(run_dir, config, resume, method.preseeded) if world.is_main else None
     try:
         return _train_and_finish(config, run_dir, method, data, device, world, resume, progress, on_step)
     finally:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from bayesnas.config import PRECISIONS
+from bayesnas.config import PRECISIONS, SearchConfig
 from bayesnas.data import Split
 from bayesnas.domains import check_domains, setting
 from bayesnas.optimizers import build_optimizer
@@ -166,6 +166,15 @@ def train_network(net: nn.Module, train: Split, val: Split, recipe: TrainRecipe,
         bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['val_accuracy']:.3f}")
         history.append(row)
     return history
+
+
+def search_recipe(config: SearchConfig, epochs: int, lr: float | None = None) -> TrainRecipe:
+    """Training from scratch with the search's own settings (lr unless ``lr`` is given, schedule, momentum, weight
+    decay, clipping, augmentation), as PC-NAS retrains "with the search settings" (Li et al., "Improving One-Shot NAS
+    by Suppressing the Posterior Fading", CVPR 2020, Sec. 4.1); random search and populations train under it too."""
+    return TrainRecipe(epochs=epochs, batch_size=config.batch_size, lr=lr or config.lr, lr_min=config.lr_min,
+                       momentum=config.momentum, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+                       shift=config.shift, flip=config.flip)
 
 
 def retrain(space: Any, genotype: Any, train: Split, val: Split, test: Split, recipe: TrainRecipe,

@@ -5,8 +5,8 @@ Before comparisons kept the reference fixed, ``bench compare`` trained a pick th
 population itself, so the population grew with every comparison (the Fashion-MNIST cells: 50 -> 64 -> 67
 genotypes) and a method's percentile depended on which other methods had run. This script rewrites such a folder
 as ``bench compare`` now leaves one: ``population.jsonl`` keeps the first ``--members`` networks (the build's own
-draws, checked against :func:`bayesnas.population.sample_genotypes` with the configuration's seed), and the other
-rows move to ``placed.jsonl`` beside each comparison whose picks they are. It then prints, per comparison and
+draws, checked against :func:`bayesnas.experiments.population.sample_genotypes` with the configuration's seed), and
+the other rows move to ``placed.jsonl`` beside each comparison whose picks they are. It then prints, per comparison and
 method, every pick's percentile among the reference's members and their mean with a bootstrap 95 % interval over
 search seeds, and writes ``fixed_reference.json`` beside each comparison (a pick whose training is in none of the
 folders is left out and counted as missing). Run it once (a second run finds nothing to move and prints the same
@@ -22,9 +22,16 @@ import json
 import statistics
 from pathlib import Path
 
-from bayesnas.compare import PLACED_FILE, mean_interval
+from bayesnas.experiments.compare import PLACED_FILE, mean_interval
+from bayesnas.experiments.population import (
+    ROWS_FILE,
+    Population,
+    choices_key,
+    network_key,
+    percentile_of,
+    sample_genotypes,
+)
 from bayesnas.io import read_jsonl, write_json, write_jsonl
-from bayesnas.population import ROWS_FILE, Population, choices_key, network_key, percentile_of, sample_genotypes
 
 
 def main() -> None:

@@ -6,8 +6,9 @@ k-th by mean test accuracy, both ends included), again under a longer recipe (``
 images for ``--epochs`` epochs; the same split seed, space and optimiser settings) with ``--seeds`` training seeds,
 into a population folder of its own, and prints Kendall's tau and Spearman's rho between the short recipe's means
 and the long one's, with percentile-bootstrap 95 % intervals over the networks
-(:func:`bayesnas.compare.rank_correlation`), beside the long recipe's own seed-to-seed agreement. The compute
-ratio printed is (data fraction x epochs) long over short. Under ``torchrun`` the trainings are dealt to the ranks.
+(:func:`bayesnas.experiments.compare.rank_correlation`), beside the long recipe's own seed-to-seed agreement. The
+compute ratio printed is (data fraction x epochs) long over short. Under ``torchrun`` the trainings are dealt to the
+ranks.
 
     python benchmarks/long_recipe.py POPULATION OUT [--members 16] [--seeds 2] [--data-fraction 0.4] [--epochs 10]
 """
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from bayesnas.compare import rank_correlation
 from bayesnas.distributed import world_of
-from bayesnas.population import (
+from bayesnas.experiments.compare import rank_correlation
+from bayesnas.experiments.population import (
     ROWS_FILE,
     Population,
     PopulationSpec,

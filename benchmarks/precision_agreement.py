@@ -24,7 +24,7 @@ import statistics
 
 from scipy import stats
 
-from bayesnas.population import Population
+from bayesnas.experiments.population import Population
 
 
 def accuracies(population: Population, seed: int) -> dict[str, dict[str, float]]:

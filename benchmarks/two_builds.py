@@ -3,9 +3,9 @@
 A population's percentiles are only as good as its ranking of genotypes. Two builds of the same population (the
 same space, split and recipe, e.g. on two machines whose floating point differs, or with other training seeds)
 should rank the genotypes alike; this script reports, over the genotypes both hold, Kendall's tau and Spearman's
-rho with bootstrap 95 % intervals (:func:`bayesnas.compare.rank_correlation`) of their test accuracies (each the
-mean over the build's training seeds) and of their validation accuracies, the mean absolute difference, and, within
-each build, the same between training seeds 0 and 1 (one seed's ranking against another's: the floor that a
+rho with bootstrap 95 % intervals (:func:`bayesnas.experiments.compare.rank_correlation`) of their test accuracies
+(each the mean over the build's training seeds) and of their validation accuracies, the mean absolute difference, and,
+within each build, the same between training seeds 0 and 1 (one seed's ranking against another's: the floor that a
 single-seed population would have).
 
 Then, for each pair of comparisons given (``--pair A_COMPARE B_COMPARE``: the same methods searched against each
@@ -25,8 +25,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bayesnas.compare import rank_correlation
-from bayesnas.population import Population, choices_key, percentile_of
+from bayesnas.experiments.compare import rank_correlation
+from bayesnas.experiments.population import Population, choices_key, percentile_of
 
 
 def _line(label: str, x: list[float], y: list[float]) -> str:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bayesnas import bench
 from bayesnas.cli import main
 from bayesnas.config import ConfigError
+from bayesnas.experiments import bench
 from bayesnas.infer import StepEvent, run_search
 from bayesnas.spaces import get_space, load_genotype
 from bayesnas.spaces.profile import count_params
@@ -181,6 +181,17 @@ def test_every_method_builds_under_each_budget(budget_name: str) -> None:
     for method in ("pgnas", "vinnas", "gdas", "pcnas"):
         config = budget.search_config(method, 0)
         searcher = get_method(method)(config, fashion_shaped, torch.device("cpu"))  # validates space and options
+        # the budget's settings reached the method: its search schedule and its own options
+        own = budget.methods[method]
+        assert (searcher.config.epochs, searcher.config.batch_size, searcher.config.data_fraction) == (
+            own.get("epochs", budget.search_epochs), own.get("batch_size", budget.search_batch_size),
+            own.get("data_fraction", budget.search_fraction))
+        for key, value in own.get("options", {}).items():
+            assert getattr(searcher.options, key) == value, (method, key)
         (phase, *_) = searcher.phases()
-        loss, _ = phase.loss(fashion_shaped.train.x[:4], fashion_shaped.train.y[:4], torch.arange(4))
-        assert torch.isfinite(loss)
+        loss, right = phase.loss(fashion_shaped.train.x[:4], fashion_shaped.train.y[:4], torch.arange(4))
+        # one step's loss, as the loop takes it: a finite positive number whose gradient reaches the weights
+        assert torch.isfinite(loss) and float(loss) > 0 and 0 <= right <= 4, method
+        loss.backward()
+        grads = [p.grad for group in phase.param_groups for p in group["params"] if p.grad is not None]
+        assert grads and any(float(g.abs().sum()) > 0 for g in grads), method

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from bayesnas import latency
-from bayesnas.spaces import get_space
+from bayesnas.spaces import get_space, latency
 from bayesnas.spaces.ops import SearchConv2d
 
 # stage 0 keeps the stem's width and resolution (both mixops offer Identity); stage 1's first layer halves the

@@ -1,5 +1,5 @@
-"""Random search evaluated exactly on a population (bayesnas.chance), the noise of a ground truth
-(bayesnas.noise) and compute counted in example-passes (bayesnas.compute)."""
+"""Random search evaluated exactly on a population (bayesnas.experiments.chance), the noise of a ground truth
+(bayesnas.experiments.noise) and compute counted in example-passes (bayesnas.compute)."""
 
 import itertools
 import json
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from bayesnas.chance import RandomSearchChance, random_search_chance
 from bayesnas.compute import SpaceNetwork, count_passes, population_trainings
 from bayesnas.config import SearchConfig
+from bayesnas.experiments.chance import RandomSearchChance, random_search_chance
+from bayesnas.experiments.noise import variance_components
+from bayesnas.experiments.population import Population, percentile_of, population_spec
 from bayesnas.infer import run_search
 from bayesnas.io import write_jsonl
-from bayesnas.noise import variance_components
-from bayesnas.population import Population, percentile_of, population_spec
 
 CHAIN = {"stem_channels": 8, "stem_stride": 1, "first_block_channels": 0, "widths": [8, 16], "depths": [2, 2],
          "strides": [1, 2], "head_channels": 0, "ops": ["MBConv_1_3", "MBConv_3_3", "Identity"],

@@ -14,8 +14,9 @@ def snapshot():
             "backend": str(dict.__getitem__(matplotlib.rcParams, "backend")),
             "grad": torch.is_grad_enabled()}
 before = snapshot()
-import bayesnas, bayesnas.cli, bayesnas.infer, bayesnas.methods, bayesnas.population, bayesnas.compare
-import bayesnas.diagnostics, bayesnas.rank, bayesnas.bench, bayesnas.models, bayesnas.guides, bayesnas.spaces
+import bayesnas, bayesnas.cli, bayesnas.infer, bayesnas.methods, bayesnas.diagnostics
+import bayesnas.experiments.population, bayesnas.experiments.compare, bayesnas.experiments.rank
+import bayesnas.experiments.bench, bayesnas.models, bayesnas.guides, bayesnas.spaces
 after = snapshot()
 print(json.dumps({"before": before, "after": after}))
 """

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from pyro import poutine
 from scipy import stats
 
-from bayesnas import latency
 from bayesnas.cli import EXIT_ERROR, main
 from bayesnas.config import ConfigError, preset
 from bayesnas.data import Split, load_dataset
+from bayesnas.experiments.rank import correlation
 from bayesnas.infer import run_search
 from bayesnas.io import read_jsonl
 from bayesnas.methods import get_method
@@ -31,9 +31,9 @@ from bayesnas.methods.pcnas import (  # the proposals (guides/pcnas.py) and the 
     UniformProposal,
     conditioned_nll,
 )
-from bayesnas.rank import correlation
-from bayesnas.spaces import Genotype, GenotypeError, get_space, load_genotype
+from bayesnas.spaces import Genotype, GenotypeError, get_space, latency, load_genotype
 from bayesnas.spaces.chain import ChainSpace
+from bayesnas.spaces.profile import count_flops
 
 SPACE = {"in_channels": 1, "num_classes": 10, "image_size": 8, "stem_channels": 8, "stem_stride": 1,
          "first_block_channels": 0, "widths": [8, 16], "depths": [2, 2], "strides": [1, 2], "head_channels": 0,
@@ -130,7 +130,7 @@ def test_latency_table_is_cached_and_reused(space, tmp_path, monkeypatch):
     # what the proposals index: one row per decision, its options in the decision's order
     assert table.costs(space) == [[table.ms[i][op] for op in d.options] for i, d in enumerate(space.decisions())]
     conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
-    assert latency.count_macs(conv, (4, 5, 5)) == 6 * 5 * 5 * 4 * 9
+    assert count_flops(conv, (4, 5, 5)) == 6 * 5 * 5 * 4 * 9
 
 
 # --- proposals --------------------------------------------------------------------------------------------------

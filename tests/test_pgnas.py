@@ -10,10 +10,11 @@ from pyro import poutine
 import bayesnas.distributions as bd
 from bayesnas.config import preset
 from bayesnas.data import load_dataset
-from bayesnas.infer import CheckpointError, SearchDivergedError, SearchError, run_search
+from bayesnas.infer import SearchDivergedError, run_search
 from bayesnas.io import read_jsonl
 from bayesnas.methods import get_method
 from bayesnas.reparam import LocalReparameterization
+from bayesnas.search_folder import CheckpointError, SearchError
 from bayesnas.spaces import BranchSpace, load_genotype
 from bayesnas.spaces.profile import count_params
 from bayesnas.training import accuracy
@@ -342,6 +343,12 @@ def test_unknown_method_writes_nothing(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_search_on_cuda(tiny_config, tmp_path):
-    summary = run_search(tiny_config.merged({"epochs": 1}), tmp_path / "run", device="cuda", progress=False)
-    assert summary["device"].startswith("cuda")
+def test_search_on_cuda_gives_the_cpu_figures(tiny_config, tmp_path):
+    """The same seed on CUDA and on the CPU: the epoch's logged loss within a few per cent (other kernels, other
+    rounding), and both selections' figures in range; the run records the CUDA device."""
+    runs = {device: run_search(tiny_config.merged({"epochs": 1}), tmp_path / device, device=device, progress=False)
+            for device in ("cpu", "cuda")}
+    assert runs["cuda"]["device"].startswith("cuda") and runs["cpu"]["device"] == "cpu"
+    losses = {device: read_jsonl(tmp_path / device / "metrics.jsonl")[0]["loss"] for device in runs}
+    assert losses["cuda"] == pytest.approx(losses["cpu"], rel=0.05)
+    assert all(0 <= r["test_accuracy"] <= 1 for r in runs.values())

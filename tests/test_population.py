@@ -10,15 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from bayesnas.chance import random_search_chance
 from bayesnas.cli import main
-from bayesnas.compare import method_config, method_overrides, rank_correlation, run_compare
 from bayesnas.config import PRESETS, ConfigError
 from bayesnas.data import load_dataset
 from bayesnas.distributed import SINGLE
-from bayesnas.io import read_jsonl, write_jsonl
-from bayesnas.methods import get_method
-from bayesnas.population import (
+from bayesnas.experiments.chance import random_search_chance
+from bayesnas.experiments.compare import method_config, method_overrides, rank_correlation, run_compare
+from bayesnas.experiments.population import (
     ENUMERATION_LIMIT,
     Population,
     add_members,
@@ -30,6 +28,8 @@ from bayesnas.population import (
     population_spec,
     sample_genotypes,
 )
+from bayesnas.io import read_jsonl, write_jsonl
+from bayesnas.methods import get_method
 from bayesnas.spaces import Genotype, get_space
 from bayesnas.spaces.profile import count_params
 
@@ -271,8 +271,8 @@ def test_a_variant_is_its_own_row_with_its_own_seeds(population, tmp_path):
 def test_inherited_accuracy_equals_the_built_network_with_batch_statistics(population, tmp_path):
     """GDAS's trained super-network: the inherited-weight accuracy is that of the discrete network built from its
     state dict, every BatchNorm on the batch's statistics (computed here by hand, in one full batch)."""
+    from bayesnas.experiments.population import load_population_data
     from bayesnas.infer import load_trained, run_search
-    from bayesnas.population import load_population_data
 
     pop, _ = population
     run = tmp_path / "gdas"
@@ -360,7 +360,7 @@ def test_random_search_gets_the_searches_compute_in_candidates(population):
     """Random search's trained check: the searches' median compute in member trainings, rounded, at least one, each
     candidate trained under the population's recipe (its epochs, learning rate, batch size); a pinned
     ``num_samples`` wins."""
-    from bayesnas.compare import _random_config
+    from bayesnas.experiments.compare import _random_config
 
     pop, _ = population
     recipe = pop.spec.recipe
@@ -372,7 +372,7 @@ def test_random_search_gets_the_searches_compute_in_candidates(population):
 
 
 def test_method_config_finds_a_preset_under_any_of_its_names(tmp_path):
-    from bayesnas.compare import preset_for
+    from bayesnas.experiments.compare import preset_for
 
     assert preset_for("vinnas", "fashion-mnist") == "vinnas-fashion"
     assert preset_for("gdas", "fashion-mnist") == "gdas-digits"  # none for that data set: the digits preset
@@ -439,8 +439,8 @@ def test_compare_refuses_a_users_folder_and_stale_searches(population, tmp_path)
     run_compare(pop.folder, out, methods=["gdas"], overrides=one_epoch, device="cpu", progress=False)
     before = (out / "compare.json").read_bytes()
     with pytest.raises(ConfigError, match="other settings \\(differs in: epochs\\)"):
-        run_compare(pop.folder, out, methods=["gdas"], overrides={"gdas": {"epochs": 2, "options": {"warmup_epochs": 0}}},
-                    device="cpu")
+        run_compare(pop.folder, out, methods=["gdas"],
+                    overrides={"gdas": {"epochs": 2, "options": {"warmup_epochs": 0}}}, device="cpu")
     assert (out / "compare.json").read_bytes() == before
     with pytest.raises(ConfigError, match="holds a bayesnas compare, not a population"):
         build_population(pop.spec, out, n=1, device="cpu", progress=False)

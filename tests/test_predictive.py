@@ -17,7 +17,7 @@ import bayesnas
 from bayesnas import calibration, predictive
 from bayesnas.cli import EXIT_ERROR, main
 from bayesnas.diagnostics import DiagnosticsError, compare_runs
-from bayesnas.infer import SELECTED_WEIGHTS
+from bayesnas.search_folder import SELECTED_WEIGHTS
 
 SPLIT = {"data_fraction": 0.3, "seed": 0, "device": "cpu", "progress": False}
 GDAS = {"method": "gdas", "epochs": 3, "space": {"channels": 4, "layout": "NR", "states": 2},

@@ -478,7 +478,7 @@ def test_rank_shares_the_folder_life_cycle(case, tmp_path, capsys):
     """``bayesnas rank`` refuses a user's folder, a folder of another kind and a ranking of other settings (naming
     the keys) before it trains anything."""
     from bayesnas.config import preset
-    from bayesnas.rank import RANK_SETTINGS
+    from bayesnas.experiments.rank import RANK_SETTINGS
 
     out = tmp_path / "rank"
     out.mkdir()

@@ -104,7 +104,7 @@ def compare_worker(rank: int, size: int, port: int, population: str, out: str, o
     """``run_compare`` on this rank, recording which searches this rank ran (into ``out/ran.rank<r>.json``)."""
     import json
 
-    from bayesnas import compare
+    from bayesnas.experiments import compare
 
     join(rank, size, port)
     ran = []

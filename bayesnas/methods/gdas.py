@@ -17,7 +17,7 @@ from bayesnas.config import ConfigError
 from bayesnas.domains import check_domains, setting
 from bayesnas.elbo import AnalyticKLELBO
 from bayesnas.guides.gdas import GumbelSoftmaxProposal
-from bayesnas.methods import Phase, SearchMethod, Selection, register
+from bayesnas.methods.base import Phase, SearchMethod, Selection, register
 from bayesnas.models.gdas import GDASModel, arch_site
 from bayesnas.spaces.decisions import on_batch_statistics
 from bayesnas.spaces.profile import count_params

@@ -12,7 +12,7 @@ options.
 
 from __future__ import annotations
 
-from bayesnas.methods import register
+from bayesnas.methods.base import register
 from bayesnas.methods.pcnas import PCNAS, OneShotOptions
 
 

@@ -17,7 +17,7 @@ cosine schedule spans the whole search), and an explicit value must agree with `
 ``100 + 20 x 5 = 200`` epochs for 21 mixops; Algorithm 2 runs ``L * T_i`` epochs after warm-up, which we follow
 (the ``pcnas-small``/``-large`` presets use 205).
 
-The latency limit (Sec. 3.3, 4.1) needs a per-(decision, option) lookup table (:mod:`bayesnas.latency`, which
+The latency limit (Sec. 3.3, 4.1) needs a per-(decision, option) lookup table (:mod:`bayesnas.spaces.latency`, which
 times the chain's modules); on a space without one ``latency_ms`` is refused before anything runs.
 
 ``proposal: uniform`` (or the ``oneshot`` method, :mod:`bayesnas.methods.oneshot`) is the One-Shot baseline of
@@ -35,36 +35,28 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from bayesnas import diagnostics, latency
-from bayesnas.config import ConfigError, SearchConfig
+from bayesnas import diagnostics
+from bayesnas.config import ConfigError
 from bayesnas.data import Split
 from bayesnas.domains import check_domains, setting
 from bayesnas.guides.pcnas import Completion, LatencyLimitError, PartialModelPool, UniformProposal
 from bayesnas.io import atomic_write, read_jsonl
-from bayesnas.methods import Phase, SearchMethod, Selection, register
+from bayesnas.methods.base import Phase, SearchMethod, Selection, register
 from bayesnas.models.pcnas import PCNASModel, conditioned_nll
+from bayesnas.spaces import latency
 from bayesnas.spaces.chain import ChainSpace
 from bayesnas.spaces.decisions import DecisionSpace, batch_statistics, on_batch_statistics
 from bayesnas.spaces.profile import count_params
-from bayesnas.training import TrainRecipe
+from bayesnas.training import search_recipe
 
 __all__ = ["PCNAS", "Completion", "LatencyLimitError", "OneShotOptions", "PCNASModel", "PCNASOptions",
-           "PartialModelPool", "UniformProposal", "conditioned_nll", "has_latency_table", "plot_fading",
-           "search_recipe"]
+           "PartialModelPool", "UniformProposal", "conditioned_nll", "has_latency_table", "plot_fading"]
 
 
 def has_latency_table(space: DecisionSpace) -> bool:
-    """Whether :mod:`bayesnas.latency` can time the space's options (one module per option of each decision:
+    """Whether :mod:`bayesnas.spaces.latency` can time the space's options (one module per option of each decision:
     the chain's mixops; a cell's edges run inside a cell of several edges, so the cells have no table)."""
     return isinstance(space, ChainSpace)
-
-
-def search_recipe(config: SearchConfig, epochs: int, lr: float | None = None) -> TrainRecipe:
-    """Training from scratch with the search's own settings (lr unless ``lr`` is given, schedule, momentum, weight
-    decay, clipping, augmentation): PC-NAS retrains "with the search settings" (Sec. 4.1)."""
-    return TrainRecipe(epochs=epochs, batch_size=config.batch_size, lr=lr or config.lr, lr_min=config.lr_min,
-                       momentum=config.momentum, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-                       shift=config.shift, flip=config.flip)
 
 
 @dataclass(frozen=True)
@@ -120,6 +112,28 @@ class PCNAS(SearchMethod):
 
     name = "pcnas"
     options_type = PCNASOptions
+    preseeded = (latency.LATENCY_FILE,)  # a latency table measured earlier on the same device
+
+    @classmethod
+    def summary_lines(cls, summary: dict[str, Any]) -> list[str]:
+        """The pick's latency against the limit (on a space with a latency table) and the pool's potentials per
+        interval (Eq. 11)."""
+        lines = []
+        if "latency_ms" in summary:
+            limit, source = summary.get("latency_limit_ms"), summary.get("latency_source", "measured")
+            unit = "M multiply-adds" if source == "flops proxy" else "ms"
+            bound = f"{limit:g} {unit}" if limit else "none"
+            lines.append(f"latency {summary['latency_ms']:.3f} {unit} (limit: {bound}; {source}, "
+                         f"{summary['latency_device']}, batch {summary['latency_batch_size']}), "
+                         f"{summary['flops'] / 1e6:.2f} M multiply-adds")
+        if summary.get("potentials"):
+            lines.append("partial-model pool potentials per interval (Eq. 11, mean one-batch validation accuracy):")
+        for interval in summary.get("potentials", []):
+            over = f", {interval['infeasible']} over the limit" if interval["infeasible"] else ""
+            lines.append(f"  interval {interval['interval']} (decision {interval['decision']}, "
+                         f"{interval['candidates']} candidates{over}): "
+                         + "  ".join(f"{p:.3f}" for p in interval["potentials"]))
+        return lines
 
     @property
     def proposal_kind(self) -> str:

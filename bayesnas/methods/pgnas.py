@@ -16,7 +16,7 @@ from bayesnas import diagnostics
 from bayesnas.domains import check_domains, setting
 from bayesnas.elbo import AnalyticKLELBO
 from bayesnas.guides.pgnas import ConcreteDropoutGuide
-from bayesnas.methods import Phase, SearchMethod, Selection, register
+from bayesnas.methods.base import Phase, SearchMethod, Selection, register
 from bayesnas.models.pgnas import PGNASModel
 from bayesnas.reparam import LocalReparameterization
 from bayesnas.select import posterior_guided_sampling
@@ -75,6 +75,13 @@ class PGNAS(SearchMethod):
 
     name = "pgnas"
     options_type = PGNASOptions
+
+    @classmethod
+    def summary_lines(cls, summary: dict[str, Any]) -> list[str]:
+        """The fixed-rate baseline beside the selection (Sec. 4: the same candidates, one fixed drop rate)."""
+        return [f"fixed-rate baseline (a super-network trained with drop rate {summary['baseline_drop_rate']}, "
+                f"same candidates): test accuracy {summary['baseline_test_accuracy']:.4f}, "
+                f"parameters {summary['baseline_params']:,}"] if "baseline_test_accuracy" in summary else []
     space_reasons = {
         "cells": "its spike-and-slab prior switches input channels of searchable convolutions off, and a DARTS "
                  "cell's choices are between operations, not channels",

@@ -5,7 +5,7 @@ Ferianc et al., arXiv:2007.06103, Table II).
 ``num_samples`` genotypes are drawn with the space's :meth:`~bayesnas.spaces.decisions.DecisionSpace.random_genotype`
 (seeded by the search's seed), each is built as its own network and trained alone for the search's ``epochs``
 with the search's optimiser settings, the one with the best validation accuracy is kept and retrained from scratch
-by the retraining recipe of PC-NAS (:func:`~bayesnas.methods.pcnas.search_recipe`: ``retrain_epochs``,
+by the retraining recipe of PC-NAS (:func:`~bayesnas.training.search_recipe`: ``retrain_epochs``,
 ``retrain_lr``), and its validation and test accuracy are reported.
 
 There is no super-network and nothing is shared: the search loop trains the candidates side by side, one phase
@@ -28,9 +28,8 @@ from torch import nn
 from bayesnas import diagnostics
 from bayesnas.data import Split
 from bayesnas.domains import check_domains, setting
-from bayesnas.methods import Phase, SearchMethod, Selection, register
-from bayesnas.methods.pcnas import search_recipe
-from bayesnas.training import accuracy
+from bayesnas.methods.base import Phase, SearchMethod, Selection, register
+from bayesnas.training import accuracy, search_recipe
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from bayesnas.distributions import kl_normal_log_uniform_elementwise
 from bayesnas.domains import check_domains, setting
 from bayesnas.elbo import AnalyticKLELBO
 from bayesnas.guides.vinnas import VINNASGuide
-from bayesnas.methods import Phase, SearchMethod, Selection, register
+from bayesnas.methods.base import Phase, SearchMethod, Selection, register
 from bayesnas.models.vinnas import VINNASModel
 from bayesnas.reparam import LocalReparameterization
 from bayesnas.spaces.genotype import Genotype
@@ -92,6 +92,12 @@ class VINNAS(SearchMethod):
 
     name = "vinnas"
     options_type = VINNASOptions
+
+    @classmethod
+    def summary_lines(cls, summary: dict[str, Any]) -> list[str]:
+        """The super-network's weights left after ARD pruning (Eq. 6: log lambda below the threshold)."""
+        return [f"super-network weights left after pruning at log lambda >= {summary['prune_threshold']:g}: "
+                f"{summary['pruned_params']:,} ({1 - summary['pruned_fraction']:.1%})"]
     space_defaults: ClassVar[dict[str, dict[str, Any]]] = {"cells": {"ops": "vinnas"}, "chain": {"affine": False}}
     """Space options the method sets unless the configuration does: the paper's op set of K = 10 on cells (the
     chain's op sets are its own) and, on both, BatchNorm without affine parameters during the search (Sec. V-A)."""

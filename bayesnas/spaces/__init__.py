@@ -6,19 +6,23 @@ categorical method searches either; ``branches`` is PGNAS's channel-level space.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from bayesnas.errors import BayesNASError
+from bayesnas.io import DamagedFileError, read_json
 from bayesnas.spaces.branches import BranchSpace
 from bayesnas.spaces.cell import CellSpace
 from bayesnas.spaces.chain import ChainSpace
 from bayesnas.spaces.decisions import Decision, DecisionGroup, DecisionSpace
-from bayesnas.spaces.genotype import Genotype, GenotypeError, load_genotype
+from bayesnas.spaces.genotype import Genotype, GenotypeError
 
 SPACES = {"branches": BranchSpace, "cells": CellSpace, "chain": ChainSpace}
 
 
-class UnknownSpaceError(ValueError):
+class UnknownSpaceError(BayesNASError, ValueError):
     pass
 
 
@@ -30,6 +34,20 @@ def get_space(name: str, config: Mapping[str, Any] | None = None) -> Any:
         return SPACES[name].from_dict(dict(config or {}))
     except (TypeError, ValueError) as err:
         raise GenotypeError(f"space {name!r}: invalid configuration ({err})") from None
+
+
+def load_genotype(path: str | os.PathLike) -> Genotype:
+    """Read and validate a genotype JSON file (one-line :class:`GenotypeError` on any problem)."""
+    path = Path(path)
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        raise GenotypeError(f"genotype file not found: {path}") from None
+    except DamagedFileError as err:
+        raise GenotypeError(str(err)) from None
+    genotype = Genotype.from_dict(data, origin=str(path))
+    get_space(genotype.space, genotype.config).validate(genotype)
+    return genotype
 
 
 __all__ = ["SPACES", "BranchSpace", "CellSpace", "ChainSpace", "Decision", "DecisionGroup", "DecisionSpace",

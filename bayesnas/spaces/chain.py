@@ -65,6 +65,7 @@ from bayesnas.spaces.decisions import (
 )
 from bayesnas.spaces.genotype import Genotype, GenotypeError, SpaceConfig, integers
 from bayesnas.spaces.ops import SearchConv2d
+from bayesnas.spaces.profile import count_flops
 
 SMALL_OPS: tuple[str, ...] = (
     "MBConv_1_3", "MBConv_3_3", "MBConv_6_3", "MBConv_1_5", "MBConv_3_5", "MBConv_6_5",
@@ -564,10 +565,8 @@ class ChainSpace(DecisionSpace):
 
     def flops(self, genotype: Genotype) -> int:
         """Multiply-accumulates of one image through the built network (convolutions and the classifier)."""
-        from bayesnas.latency import count_macs
-
         c = self.config
-        return count_macs(self.build(genotype), (c.in_channels, c.image_size, c.image_size))
+        return count_flops(self.build(genotype), (c.in_channels, c.image_size, c.image_size))
 
     def describe(self, genotype: Genotype) -> str:
         self.validate(genotype)

@@ -12,11 +12,12 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Self
 
+from bayesnas.errors import BayesNASError
 
-class GenotypeError(ValueError):
+
+class GenotypeError(BayesNASError, ValueError):
     """A genotype file or value that does not describe an architecture of its space."""
 
 
@@ -79,21 +80,3 @@ class Genotype:
         if not isinstance(data.get("dataset", ""), str):
             raise GenotypeError(f"{origin}: 'dataset' must be a data set's name")
         return cls(data["space"], data["config"], data["choices"], data.get("dataset"))
-
-
-def load_genotype(path: str | os.PathLike) -> Genotype:
-    """Read and validate a genotype JSON file (one-line :class:`GenotypeError` on any problem)."""
-    path = Path(path)
-    from bayesnas.io import DamagedFileError, read_json
-
-    try:
-        data = read_json(path)
-    except FileNotFoundError:
-        raise GenotypeError(f"genotype file not found: {path}") from None
-    except DamagedFileError as err:
-        raise GenotypeError(str(err)) from None
-    genotype = Genotype.from_dict(data, origin=str(path))
-    from bayesnas.spaces import get_space
-
-    get_space(genotype.space, genotype.config).validate(genotype)
-    return genotype

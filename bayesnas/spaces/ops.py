@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayesnas import reparam
+from bayesnas.errors import BayesNASError
 from bayesnas.precision import depthwise_leaves_autocast, memory_format
 
 
@@ -214,7 +215,7 @@ OP_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
-class UnknownOpError(ValueError):
+class UnknownOpError(BayesNASError, ValueError):
     pass
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -21,9 +23,9 @@ def count_params(net: nn.Module, auxiliary: bool = False) -> int:
 
 
 @torch.no_grad()
-def count_flops(net: nn.Module, input_shape: tuple[int, ...], **forward_kwargs) -> int:
+def count_flops(net: nn.Module, input_shape: Sequence[int], **forward_kwargs) -> int:
     """Multiply-accumulates of one forward pass of a single input of ``input_shape`` (C, H, W), counted by
-    hooks on every convolution and linear layer."""
+    hooks on every convolution and linear layer (the FLOPs of the spaces' sizes and PC-NAS's FLOPs proxy)."""
     total = 0
 
     def conv_hook(module: nn.Conv2d, inputs, output) -> None:
@@ -40,7 +42,8 @@ def count_flops(net: nn.Module, input_shape: tuple[int, ...], **forward_kwargs) 
     was_training = net.training
     net.eval()
     try:
-        device = next(net.parameters()).device
+        param = next(net.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
         net(torch.zeros(1, *input_shape, device=device), **forward_kwargs)
     finally:
         net.train(was_training)
