@@ -241,7 +241,7 @@ def _train_and_write(genotype: Genotype, source: Path | None, net: Any, data: An
     from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
     from bayesnas.io import write_json
     from bayesnas.run_folder import RUN_MARKER
-    from bayesnas.spaces.branches import count_params
+    from bayesnas.spaces.profile import count_params
     from bayesnas.training import accuracy, train_network
 
     history = train_network(net, data.train, data.val, recipe, seed, progress=progress)

@@ -42,7 +42,7 @@ from bayesnas.search_folder import (
     prepare_run_dir,
     save_tensors,
 )
-from bayesnas.spaces.branches import count_params
+from bayesnas.spaces.profile import count_params
 from bayesnas.training import augment, epoch_batches
 
 

@@ -11,30 +11,18 @@ Algorithm 1; either can be frozen (detached) so that a stage's backward pass ski
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager
 
 import pyro
 import torch
-from pyro import poutine
 from torch import nn
 
 from bayesnas.distributions import LocalNormal, log_lambda
-from bayesnas.models.vinnas import in_param_store
+from bayesnas.models.vinnas import alpha_site, in_param_store, kl_weight
 from bayesnas.reparam import ONLY_FEEDS_LAYERS
 
 
 def _key(site: str) -> str:
     return site.replace(".", "/")
-
-
-def alpha_site(group: str) -> str:
-    """The name of a decision group's strength site (as in ``bayesnas.models.vinnas``)."""
-    return f"alpha.{group}"
-
-
-def kl_weight(gamma: float) -> AbstractContextManager:
-    """The same handler as the model's: scale the KL by ``gamma``, or leave it out (mask) when 0."""
-    return poutine.scale(scale=gamma) if gamma > 0 else poutine.mask(mask=False)
 
 
 class VINNASGuide(nn.Module):

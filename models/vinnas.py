@@ -83,6 +83,7 @@ def in_param_store(name: str, module: nn.Module) -> None:
 
 
 def alpha_site(group: str) -> str:
+    """The name of a decision group's strength site (the model's and the guide's)."""
     return f"alpha.{group}"
 
 

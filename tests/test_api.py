@@ -48,6 +48,7 @@ def test_build_config_layers_preset_file_settings_and_options(tmp_path):
         build_config(method="foo")
 
 
+@pytest.mark.slow
 def test_search_load_run_and_train_from_python(tmp_path, one_thread):
     out = tmp_path / "run"
     run = bayesnas.search(out=out, device="cpu", progress=False, **TINY_GDAS)

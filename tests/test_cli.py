@@ -143,6 +143,7 @@ def test_nan_loss_stops_with_one_line(tmp_path, capsys):
     assert not (run / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_search_train_diagnose_round_trip(tmp_path, capsys):
     runs = []
     for seed in (0, 1):

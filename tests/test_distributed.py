@@ -28,10 +28,12 @@ GDAS_TINY = {
 }
 
 
+@pytest.mark.slow
 def test_synced_batchnorm_is_the_global_batch_norm() -> None:
     mp.spawn(batchnorm_worker, args=(2, free_port()), nprocs=2)
 
 
+@pytest.mark.slow
 def test_batchnorm_of_a_pyro_module_network_is_synchronised_too() -> None:
     """PGNAS's network is converted by ``to_pyro_module_``: its BatchNorms are ``PyroModule[BatchNorm2d]``, which an
     exact type check passed over (the ranks then normalised with their own shards' statistics)."""
@@ -108,6 +110,7 @@ def _parameters(run_dir: Path) -> dict[str, torch.Tensor]:
             if value.is_floating_point()}
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume(tmp_path: Path) -> None:
     config = preset("gdas-digits").merged(GDAS_TINY)
     # In float32 the two runs drift apart by rounding (sums over two half-batches, synced batch-norm moments):
@@ -170,6 +173,7 @@ def test_torchrun_digits_search(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "needs --out" in refused.stderr and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_candidate_scoring_is_split_across_ranks_and_gathered() -> None:
     mp.spawn(scoring_worker, args=(2, free_port()), nprocs=2)
 
@@ -206,6 +210,7 @@ def _uneven_worker(rank: int, size: int, port: int, configs: dict, root: str) ->
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_uneven_shards_with_augmentation_stay_in_step(tmp_path: Path) -> None:
     """Ranks whose random streams are advanced differently (augmentation of unequal shards) still draw the same
     architecture every step, so their collectives match and every method's search runs to the end on both, and
@@ -220,6 +225,7 @@ def test_uneven_shards_with_augmentation_stay_in_step(tmp_path: Path) -> None:
         assert timeless(summaries[0]) == timeless(summaries[1]), method
 
 
+@pytest.mark.slow
 def test_ranks_started_with_different_settings_stop_at_once_naming_the_keys(tmp_path: Path) -> None:
     """Ranks launched with different settings deadlocked at mismatched collectives (the process group waits a day);
     every rank now stops with the same one line before the work's first collective."""
@@ -230,6 +236,7 @@ def test_ranks_started_with_different_settings_stop_at_once_naming_the_keys(tmp_
     assert messages[0] == messages[1] and "differ in: epochs)" in messages[0] and "\n" not in messages[0]
 
 
+@pytest.mark.slow
 def test_lock_step_collectives_time_out_in_minutes_and_uneven_work_waits_patiently(tmp_path: Path) -> None:
     """A rank that stops meeting the others fails the lock-step collective after BAYESNAS_COLLECTIVE_TIMEOUT (1.8 s
     here, not the day it used to be), while a patient wait outlasts it for a rank's own uneven work (4 s)."""

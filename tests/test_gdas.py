@@ -315,6 +315,7 @@ def test_losses_and_sites(data, beta, sample_per):
     assert trace.nodes["arch_normal"]["value"].shape == expected
 
 
+@pytest.mark.slow
 def test_tiny_search_writes_fading_and_cells(tmp_path):
     config = preset("gdas-digits").merged({**TINY, "epochs": 3, "options": {**TINY["options"], "arch_lr": 0.05,
                                                                             "retrain_auxiliary": 0.4}})

@@ -61,6 +61,7 @@ def test_steps_cover_every_method_in_every_mode() -> None:
         f"throughput-{m}-compile" for m in methods]
 
 
+@pytest.mark.slow
 def test_cuda_tests_step_collects_and_reports_the_cases(tmp_path: Path, monkeypatch) -> None:
     """The step on one of the test files that look for a GPU (the dry run's other files add only time): on a CPU
     the CUDA cases are collected and skip, and the step reports each with its outcome. pytest-xdist is blocked, as

@@ -311,6 +311,7 @@ def test_tiny_search_end_to_end_meets_the_latency_limit(tiny_config, tmp_path, m
     assert genotype.choices["ops"] == summary["pool"][0]["ops"]
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes_with_its_pool(tiny_config, tmp_path):
     figures = ("test_accuracy", "potentials", "pool", "latency_ms")
     config = tiny_config.merged({"options": {"retrain_epochs": 0}})
@@ -499,6 +500,7 @@ def test_latency_limit_on_cells_is_refused_before_anything_runs(tiny_config, tmp
     assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space_name", ["chain", "cells"])
 def test_oneshot_is_uniform_all_along_then_the_pool_search(tiny_config, tmp_path, space_name):
     """``oneshot`` = ``pcnas`` with ``proposal: uniform``: the same figures at the same seed."""

@@ -269,6 +269,7 @@ def test_baseline_can_be_switched_off(tiny_config, tmp_path):
     assert not (tmp_path / "run/baseline_genotype.json").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_same_search(tiny_config, tmp_path):
     config = tiny_config.merged({"epochs": 2})
     a = run_search(config, tmp_path / "a", progress=False)
@@ -277,6 +278,7 @@ def test_same_seed_same_search(tiny_config, tmp_path):
     assert (tmp_path / "a/genotype.json").read_text() == (tmp_path / "b/genotype.json").read_text()
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes_to_the_same_result(tiny_config, tmp_path):
     full = run_search(tiny_config, tmp_path / "full", progress=False)
 

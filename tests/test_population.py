@@ -249,6 +249,7 @@ def test_compare_places_picks_against_a_fixed_reference(population, tmp_path):
     assert "| gdas | 1 |" in (tmp_path / "compare.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_variant_is_its_own_row_with_its_own_seeds(population, tmp_path):
     pop, _ = population
     overrides = {"gdas": {"epochs": 1, "options": {"warmup_epochs": 0}}, "gdas-uniform-gate": {
@@ -309,6 +310,7 @@ def _copy_population(population: Population, folder):
     return folder
 
 
+@pytest.mark.slow
 def test_compare_under_two_ranks_deals_whole_searches(population, tmp_path):
     """Under ``torchrun`` each search runs once, whole, on one rank (ranks take the next unclaimed one), and the
     comparison is the one of a single process: the same picks, percentiles and super-network ranking."""

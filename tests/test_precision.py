@@ -110,6 +110,7 @@ def test_channels_last_trainer_keeps_weights_and_images_channels_last(one_thread
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow
 def test_channels_last_survives_a_checkpoint_round_trip(tiny_config, tmp_path, one_thread):
     config = tiny_config.merged({"channels_last": True, "epochs": 2})
     full = run_search(config, tmp_path / "full", device="cpu", progress=False)

@@ -62,6 +62,7 @@ def test_the_pick_is_the_best_validation_candidate(tmp_path, space_name):
     assert {"candidate1_loss", "candidate1_accuracy"} <= set(row)  # each candidate's own training
 
 
+@pytest.mark.slow
 def test_candidates_train_alone_and_a_resumed_search_redoes_no_finished_epoch(tmp_path):
     """Each candidate learns as it would with no other candidate beside it (without augmentation: the random shifts
     of every candidate's batches come from one stream), and a resumed search trains only the epochs left, ending

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bayesnas.spaces import GenotypeError, UnknownSpaceError, get_space, load_genotype
-from bayesnas.spaces.branches import BranchSpace, count_params
+from bayesnas.spaces.branches import BranchSpace
+from bayesnas.spaces.profile import count_params
 
 CONFIG = {"stem_channels": 8, "widths": [8, 16], "depths": [1, 2], "kernel_sizes": [1, 3, 5]}
 

@@ -83,6 +83,7 @@ def test_compile_matches_eager_and_falls_back_with_a_warning() -> None:
     torch.testing.assert_close(other(x), reference)  # eager from now on, no second warning
 
 
+@pytest.mark.slow
 def test_a_compiled_search_gives_the_eager_figures(tiny_config: SearchConfig, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The same seed with and without ``compile``: the logged losses and accuracies and the selection's figures

@@ -395,6 +395,7 @@ def test_bad_genotypes_fail_with_a_clear_error(tmp_path):
                                                 "reduce": GOOD}))
 
 
+@pytest.mark.slow
 def test_search_writes_run_folder_prints_cells_and_diagnoses(config, tmp_path, capsys):
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({**TINY, "method": "vinnas"}))
@@ -444,6 +445,7 @@ def test_a_checkpoint_with_the_zero_op_buffer_still_loads(method):
     assert {"mu_alpha.normal", "log_var_alpha.reduce", "best_mu_alpha_normal", "best_log_var_alpha_reduce"} <= keys
 
 
+@pytest.mark.slow
 def test_best_alpha_travels_with_the_checkpoint(config, tmp_path):
     class Stop(Exception):
         pass

@@ -27,6 +27,7 @@ from bayesnas.distributed import SINGLE, World
 from bayesnas.errors import BayesNASError
 from bayesnas.optimizers import build_optimizer
 from bayesnas.precision import resolve_precision
+from bayesnas.spaces import SPACES, Genotype, SearchSpace
 from bayesnas.training import TrainRecipe, retrain
 
 
@@ -34,11 +35,9 @@ class UnknownMethodError(BayesNASError, ValueError):
     pass
 
 
-def shaped_space(name: str, data: DataBundle, options: Mapping[str, Any], origin: str = "") -> Any:
+def shaped_space(name: str, data: DataBundle, options: Mapping[str, Any], origin: str = "") -> SearchSpace:
     """Space ``name`` shaped by the data (input channels, classes, image size where the space has them), then
     ``options``; one-line :class:`ConfigError` (prefixed by ``origin``) for a bad option."""
-    from bayesnas.spaces import SPACES
-
     space_type = SPACES[name]
     fields = typing.get_type_hints(space_type)["config"].__dataclass_fields__
     shape = {"in_channels": data.in_channels, "num_classes": data.num_classes, "image_size": data.image_size}
@@ -107,7 +106,7 @@ class Phase:
 class Selection:
     """What a method's final selection returns: the architecture and the figures of ``summary.json``."""
 
-    genotype: Any
+    genotype: Genotype
     network: nn.Module
     val_accuracy: float
     test_accuracy: float
@@ -189,12 +188,10 @@ class SearchMethod(ABC):
             raise ConfigError(f"method {self.name!r}: warmup_epochs ({warmup_epochs}) must be below epochs "
                               f"({self.config.epochs}), or the architecture is never trained")
 
-    def build_space(self) -> Any:
+    def build_space(self) -> SearchSpace:
         """The search space of this run: ``config.space_name`` (default: the first of :meth:`search_spaces`)
         shaped by the data and :attr:`space_defaults`, overridden by ``config.space`` (one-line
         :class:`ConfigError` for a space the method cannot search or a bad option)."""
-        from bayesnas.spaces import SPACES
-
         spaces = self.search_spaces()
         name = self.config.space_name or spaces[0]
         if name not in SPACES:
@@ -233,7 +230,7 @@ class SearchMethod(ABC):
         nothing; VINNAS's weights are Gaussian and its super-network has no BatchNorm to inherit)."""
         return None
 
-    def inherited_network(self, genotype: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def inherited_network(self, genotype: Genotype) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """``genotype`` built with the super-network's weights, as a function from images to logits with BatchNorm
         on batch statistics (a single-path super-network's running averages mix every path; Guo et al., ECCV
         2020); None without a super-network state."""
@@ -245,7 +242,7 @@ class SearchMethod(ABC):
         return on_batch_statistics(self.space.build(genotype, inherit=state).to(self.device).eval())
 
     @torch.no_grad()
-    def inherited_accuracy(self, genotype: Any, split: Split, batch_size: int = 512) -> float | None:
+    def inherited_accuracy(self, genotype: Genotype, split: Split, batch_size: int = 512) -> float | None:
         """Accuracy on ``split`` of :meth:`inherited_network`; None without a super-network state."""
         predict = self.inherited_network(genotype)
         if predict is None:
@@ -283,7 +280,7 @@ class SearchMethod(ABC):
     def select(self, progress: bool = True) -> Selection:
         """Turn the trained posterior into one architecture."""
 
-    def retrain_selected(self, space: Any, genotype: Any, recipe: TrainRecipe, progress: bool,
+    def retrain_selected(self, space: SearchSpace, genotype: Genotype, recipe: TrainRecipe, progress: bool,
                          **build_options: Any) -> tuple[nn.Module, float, float]:
         """``(network, val acc, test acc)`` of the selected ``genotype``: retrained from scratch by ``recipe``; with
         ``recipe.epochs == 0`` built untrained (for its size) with the super-network's accuracy, for callers that

@@ -20,7 +20,7 @@ from bayesnas.methods.base import Phase, SearchMethod, Selection, register
 from bayesnas.models.pgnas import PGNASModel
 from bayesnas.reparam import LocalReparameterization
 from bayesnas.select import posterior_guided_sampling
-from bayesnas.spaces.branches import count_params
+from bayesnas.spaces.profile import count_params
 from bayesnas.training import TrainRecipe, accuracy, train_network
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+from torch import nn
 
 from bayesnas.errors import BayesNASError
 from bayesnas.io import DamagedFileError, read_json
@@ -19,6 +21,23 @@ from bayesnas.spaces.chain import ChainSpace
 from bayesnas.spaces.decisions import Decision, DecisionGroup, DecisionSpace
 from bayesnas.spaces.genotype import Genotype, GenotypeError
 
+
+@runtime_checkable
+class SearchSpace(Protocol):
+    """What every search space is to a method and to the search loop (the decision spaces, ``cells`` and
+    ``chain``, and PGNAS's ``branches``): a name and a configuration, a super-network, and the checks, drawings and
+    networks of its genotypes."""
+
+    name: str
+    config: Any
+
+    def validate(self, genotype: Genotype) -> None: ...
+
+    def describe(self, genotype: Genotype) -> str: ...
+
+    def build(self, genotype: Genotype, **options: Any) -> nn.Module: ...
+
+
 SPACES = {"branches": BranchSpace, "cells": CellSpace, "chain": ChainSpace}
 
 
@@ -26,7 +45,7 @@ class UnknownSpaceError(BayesNASError, ValueError):
     pass
 
 
-def get_space(name: str, config: Mapping[str, Any] | None = None) -> Any:
+def get_space(name: str, config: Mapping[str, Any] | None = None) -> SearchSpace:
     """The space called ``name`` configured by ``config`` (one-line error for unknown names or options)."""
     if name not in SPACES:
         raise UnknownSpaceError(f"unknown search space {name!r}; choose one of: {', '.join(SPACES)}")
@@ -51,4 +70,4 @@ def load_genotype(path: str | os.PathLike) -> Genotype:
 
 
 __all__ = ["SPACES", "BranchSpace", "CellSpace", "ChainSpace", "Decision", "DecisionGroup", "DecisionSpace",
-           "Genotype", "GenotypeError", "UnknownSpaceError", "get_space", "load_genotype"]
+           "Genotype", "GenotypeError", "SearchSpace", "UnknownSpaceError", "get_space", "load_genotype"]

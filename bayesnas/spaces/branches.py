@@ -25,7 +25,6 @@ from torch import nn
 from bayesnas.compute import SpaceNetwork
 from bayesnas.spaces.genotype import Genotype, GenotypeError, SpaceConfig, integers
 from bayesnas.spaces.ops import AuxiliaryHead, DropPath, SearchConv2d
-from bayesnas.spaces.profile import count_params  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
