@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from bayesnas import __version__
 from bayesnas.config import (
     DEFAULT_PRESET,
     METHOD_SPACES,
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bayesnas", formatter_class=_Formatter,
         description="Bayesian neural architecture search in Pyro (PGNAS, VINNAS, GDAS, PC-NAS).")
+    parser.add_argument("--version", action="version", version=f"bayesnas {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (also: environment variable BAYESNAS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -103,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--epochs", type=int, help=f"search epochs, {_domain('epochs')} (default: the preset's)")
     search.add_argument("--batch-size", type=int,
                         help=f"mini-batch size, {_domain('batch_size')} (default: the preset's)")
+    search.add_argument("--data-fraction", type=float,
+                        help=f"fraction of the training images searched on, {_domain('data_fraction')} (default: the "
+                        "preset's)")
     search.add_argument("--lr", type=float, help=f"learning rate of the weights, {_domain('lr')} (SGD with momentum; "
                         "VINNAS: Adam, as in its paper); architecture parameters have their own option (bayesnas "
                         "options METHOD) (default: the preset's)")
@@ -304,6 +309,9 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def search_config(args: argparse.Namespace) -> SearchConfig:
+    """The configuration the flags describe: over the preset, or, with ``--resume`` into a run folder, over the
+    run's own ``config.json`` (so no flag need be repeated; a flag given must agree with it, or the search refuses
+    naming the keys that differ)."""
     options = dict(_parse_option(o) for o in args.option)
     if getattr(args, "sample_per", None):
         options["sample_per"] = args.sample_per
@@ -311,9 +319,19 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
         if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
     settings = {key: getattr(args, key, None) for key in
-                ("dataset", "seed", "epochs", "batch_size", "lr", "precision", "channels_last", "compile")}
+                ("dataset", "seed", "epochs", "batch_size", "data_fraction", "lr", "precision", "channels_last",
+                 "compile")}
     if getattr(args, "fixed_reduction", False):
         settings["space"] = {"fixed_reduction": True}
+    saved = Path(args.out) / "config.json" if getattr(args, "resume", False) and args.out else None
+    if saved is not None and saved.is_file():
+        from bayesnas.io import read_json
+
+        base = SearchConfig.from_dict(read_json(saved), origin=str(saved))
+        if args.config:
+            base = base.merged(load_config_file(args.config))
+        return build_config(base, method=args.method, space_name=getattr(args, "space", None), options=options,
+                            **settings)
     return build_config(args.config, preset_name=args.preset, method=args.method,
                         space_name=getattr(args, "space", None), options=options, **settings)
 

@@ -342,6 +342,8 @@ def build_config(config: SearchConfig | Mapping[str, Any] | str | os.PathLike | 
         file_options = dict(config) if isinstance(config, Mapping) else (
             load_config_file(config) if config is not None else {})
         method = method or file_options.get("method")
+        if isinstance(method, str) and method.lower() in METHOD_SPACES:
+            method = method.lower()  # GDAS, PCNAS: the papers' spellings
         if method is not None and method not in METHOD_SPACES:
             raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHOD_SPACES)}")
         if preset_name is not None and method is not None and preset_name in PRESETS \

@@ -154,6 +154,8 @@ def _train_and_finish(config: SearchConfig, run_dir: Path, method: SearchMethod,
     if any(isinstance(r.get("epoch"), bool) or not isinstance(r.get("epoch"), int) for r in rows):
         raise DamagedFileError(f"{metrics_path} holds a row without an integer epoch: not this run's metrics")
     rows = [r for r in rows if r["epoch"] < start]
+    if start and world.is_main:  # on stdout, with the results: stderr holds errors only
+        print(f"resuming {run_dir} from epoch {start} of {config.epochs}", flush=True)
     if world.is_main:
         write_jsonl(metrics_path, rows)
 

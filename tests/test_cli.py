@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from bayesnas.cli import EXIT_ERROR, build_parser, main
+from bayesnas.config import preset
 from tests.conftest import TINY
 
 
@@ -211,3 +212,53 @@ def test_corrupted_checkpoint_via_cli(tmp_path, capsys):
     assert main(["search", "--config", config, "--out", str(run), "--resume", "--no-progress"]) == EXIT_ERROR
     assert "corrupted or unreadable" in _error_line(capsys)
     assert (run / "checkpoint.pt").read_bytes() == b"garbage"
+
+
+def test_version_prints_the_package_version(capsys):
+    import bayesnas
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"bayesnas {bayesnas.__version__}"
+
+
+def test_method_names_are_case_insensitive_and_data_fraction_is_a_flag():
+    from bayesnas.cli import search_config
+
+    config = search_config(build_parser().parse_args(["search", "--method", "GDAS", "--data-fraction", "0.2"]))
+    assert (config.method, config.data_fraction) == ("gdas", 0.2)
+    assert config.options == preset("gdas-digits").options  # the method's own preset, as with --method gdas
+
+
+def test_a_configuration_key_given_as_an_option_says_where_it_belongs(tmp_path, capsys):
+    assert main(["search", "--method", "gdas", "--option", "data_fraction=0.2", "--out", str(tmp_path / "r"),
+                 "--no-progress"]) == EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data_fraction: a configuration key, not an option of method 'gdas'" in err[0]
+    assert "--data-fraction" in err[0] and not (tmp_path / "r").exists()
+
+
+def test_dir_of_the_package_lists_the_public_api_only():
+    import bayesnas
+
+    assert dir(bayesnas) == sorted({*bayesnas.__all__, "__version__"})
+    assert not {"importlib", "annotations", "Any"} & set(dir(bayesnas))
+
+
+def test_resume_needs_only_the_run_folder_and_says_where_it_resumes(tmp_path, capsys):
+    """``--resume --out DIR`` continues from the run's own config.json (the flags it was started with need not be
+    repeated; one given must agree, or it is refused naming the key) and says from which epoch it resumes."""
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY, "epochs": 2}))
+    run = tmp_path / "run"
+    assert main(["search", "--config", str(config), "--seed", "3", "--out", str(run), "--no-progress"]) == 0
+    first = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()  # as if killed after its last checkpoint
+    capsys.readouterr()
+    assert main(["search", "--epochs", "3", "--resume", "--out", str(run), "--no-progress"]) == EXIT_ERROR
+    assert "differs in: epochs" in capsys.readouterr().err
+    assert main(["search", "--resume", "--out", str(run), "--no-progress"]) == 0
+    assert f"resuming {run} from epoch 2 of 2" in capsys.readouterr().out
+    again = json.loads((run / "summary.json").read_text())
+    assert (again["seed"], again["epochs"], again["genotype"]) == (3, 2, first["genotype"])
+    assert again["test_accuracy"] == first["test_accuracy"]

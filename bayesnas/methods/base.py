@@ -121,6 +121,10 @@ def parse_options(options_type: type, options: dict[str, Any], method: str) -> A
     known = {f.name: f for f in dataclasses.fields(options_type)}
     unknown = set(options) - set(known)
     if unknown:
+        config_keys = sorted(unknown & {f.name for f in dataclasses.fields(SearchConfig)})
+        if config_keys:  # e.g. --option data_fraction=0.25
+            raise ConfigError(f"{', '.join(config_keys)}: a configuration key, not an option of method {method!r}; "
+                              f"set it as a key of the configuration (`{config_keys[0]}=...`, or in --config)")
         raise ConfigError(f"method {method!r}: unknown option(s) {', '.join(sorted(unknown))}; "
                           f"known: {', '.join(known)}")
     hints = typing.get_type_hints(options_type)
