@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from bayesnas.data import DataBundle
     from bayesnas.methods import SearchMethod
+    from bayesnas.training import TrainRecipe
 
 
 @dataclass(frozen=True)
@@ -235,8 +237,8 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
         return _train_and_write(genotype, source, net, data, recipe, seed, epochs, progress, out)
 
 
-def _train_and_write(genotype: Genotype, source: Path | None, net: Any, data: Any, recipe: Any, seed: int,
-                     epochs: int, progress: bool, out: Path | None) -> dict[str, Any]:
+def _train_and_write(genotype: Genotype, source: Path | None, net: torch.nn.Module, data: DataBundle,
+                     recipe: TrainRecipe, seed: int, epochs: int, progress: bool, out: Path | None) -> dict[str, Any]:
     """:func:`train`'s training, result and files (into ``out``, held by the caller)."""
     from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
     from bayesnas.io import write_json

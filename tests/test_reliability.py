@@ -2,6 +2,7 @@
 refuses are one-line errors, and a search folder holds one search at a time. Each case asserts a non-zero exit,
 one line on stderr without a traceback, and the folder's files unchanged (hashes)."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -96,19 +97,26 @@ def test_a_run_has_our_marker_and_no_lock_when_done(finished_run):
     assert not (finished_run / LOCK).exists()
 
 
-def test_a_running_search_refuses_a_second_resume(finished_run, tmp_path, capsys):
+@contextlib.contextmanager
+def _locked_by_a_live_process(folder):
+    """``folder``'s lock held by another live process (its id is yielded); the lock is removed afterwards."""
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (finished_run / LOCK).write_text(str(sleeper.pid))
-        before = _hashes(finished_run)
-        assert main(["search", "--config", _config(tmp_path), "--out", str(finished_run), "--resume",
-                     "--no-progress"]) == EXIT_ERROR
-        assert f"in use by a running search (process {sleeper.pid})" in _one_line(capsys)
-        assert _hashes(finished_run) == before
+        (folder / LOCK).write_text(str(sleeper.pid))
+        yield sleeper.pid
     finally:
         sleeper.kill()
         sleeper.wait()
-        (finished_run / LOCK).unlink()
+        (folder / LOCK).unlink()
+
+
+def test_a_running_search_refuses_a_second_resume(finished_run, tmp_path, capsys):
+    with _locked_by_a_live_process(finished_run) as pid:
+        before = _hashes(finished_run)
+        assert main(["search", "--config", _config(tmp_path), "--out", str(finished_run), "--resume",
+                     "--no-progress"]) == EXIT_ERROR
+        assert f"in use by a running search (process {pid})" in _one_line(capsys)
+        assert _hashes(finished_run) == before
 
 
 def test_a_stale_lock_and_orphaned_temporaries_are_cleaned_on_resume(tmp_path):
@@ -458,17 +466,11 @@ def test_a_second_training_into_a_folder_in_use_is_refused(finished_run, tmp_pat
     folder = tmp_path / "trained"
     folder.mkdir()
     (folder / "genotype.json").write_text((finished_run / "genotype.json").read_text())
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (folder / LOCK).write_text(str(sleeper.pid))
+    with _locked_by_a_live_process(folder) as pid:
         before = _hashes(folder)
         assert main(["train", str(folder / "genotype.json"), "--epochs", "1", "--no-progress"]) == EXIT_ERROR
-        assert f"in use by a running training (process {sleeper.pid})" in _one_line(capsys)
+        assert f"in use by a running training (process {pid})" in _one_line(capsys)
         assert _hashes(folder) == before
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    (folder / LOCK).unlink()
     assert main(["train", str(folder / "genotype.json"), "--epochs", "1", "--no-progress"]) == 0
     assert not (folder / LOCK).exists() and (folder / "train_summary.json").exists()
 

@@ -158,6 +158,9 @@ class SearchMethod(ABC):
     search are :data:`bayesnas.config.METHOD_SPACES`."""
     progress_keys: ClassVar[tuple[str, ...]] = ()
     """``epoch_metrics`` keys also shown in the progress bar."""
+    preseeded: ClassVar[tuple[str, ...]] = ()
+    """Files a new run folder may already hold: caches the method reads instead of measuring (PC-NAS's latency
+    table, copied from an earlier run on the same device)."""
     world: World = SINGLE
     """The processes of a distributed search (set by the loop); selections split candidate scoring over it."""
 
@@ -165,10 +168,6 @@ class SearchMethod(ABC):
     def search_spaces(cls) -> tuple[str, ...]:
         """The spaces the method's math applies to, its default first."""
         return METHOD_SPACES[cls.name]
-
-    preseeded: ClassVar[tuple[str, ...]] = ()
-    """Files a new run folder may already hold: caches the method reads instead of measuring (PC-NAS's latency
-    table, copied from an earlier run on the same device)."""
 
     @classmethod
     def summary_lines(cls, summary: dict[str, Any]) -> list[str]:
