@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bayesnas.config import ConfigError, SearchConfig, build_config
 from bayesnas.domains import domain_of
 from bayesnas.io import DamagedFileError, read_json
-from bayesnas.spaces import Genotype, load_genotype
+from bayesnas.spaces import Genotype, genotype_path, load_genotype
 
 if TYPE_CHECKING:
     import arviz as az
@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from bayesnas.data import DataBundle
     from bayesnas.methods import SearchMethod
     from bayesnas.training import TrainRecipe
+
+
+TRAINED_WEIGHTS = "model.pt"
+"""The network :func:`train` trained, as a weights-only state dict beside ``train_summary.json``."""
 
 
 @dataclass(frozen=True)
@@ -182,9 +186,11 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
     ``train_summary.json`` content (accuracies, parameters, the per-epoch history).
 
     ``dataset`` defaults to the one the genotype was searched on; ``out`` (default: the genotype file's folder,
-    or nothing written for a :class:`Genotype` object) receives ``train_summary.json`` (an earlier one is replaced
-    only with ``force=True``) and a drawing of the architecture, ``architecture.png`` (a file of that name that
-    bayesnas did not write is left as it is)."""
+    or nothing written for a :class:`Genotype` object; ``genotype`` may also name a run folder) receives
+    ``train_summary.json`` (an earlier one is replaced only with ``force=True``), the trained network's weights
+    (:data:`TRAINED_WEIGHTS`, weights only: ``net.load_state_dict(torch.load(path, weights_only=True))`` on
+    ``get_space(genotype.space, genotype.config).build(genotype)``) and a drawing of the architecture,
+    ``architecture.png`` (a file of that name that bayesnas did not write is left as it is)."""
     from bayesnas.data import load_dataset
     from bayesnas.infer import resolve_device
     from bayesnas.io import check_writable
@@ -207,8 +213,8 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
         raise ConfigError(f"training recipe: {err}") from None
     source = None
     if not isinstance(genotype, Genotype):
-        source = Path(genotype)
-        genotype = load_genotype(source)
+        source = genotype_path(genotype)
+        genotype = load_genotype(genotype)
     searched_on, dataset = genotype.dataset, dataset or genotype.dataset
     if dataset is None:
         raise ConfigError("the genotype does not record the data set it was searched on; pass `dataset`")
@@ -217,6 +223,8 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
     if out is not None and (out / "train_summary.json").exists() and not force:
         raise ConfigError(f"{out / 'train_summary.json'} holds an earlier result; pass `force=True` to replace it "
                           "or choose another `out`")
+    if out is not None and (out / TRAINED_WEIGHTS).exists() and not (out / "train_summary.json").exists():
+        raise ConfigError(f"{out / TRAINED_WEIGHTS} was not written by bayesnas train; choose another `out`")
     data = load_dataset(dataset, data_dir=data_dir, download=download, seed=seed).to(device)
     space = get_space(genotype.space, genotype.config)
     # the image size a genotype's space records is its search data's only where the genotype names that data set
@@ -243,6 +251,7 @@ def _train_and_write(genotype: Genotype, source: Path | None, net: torch.nn.Modu
     from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
     from bayesnas.io import write_json
     from bayesnas.run_folder import RUN_MARKER
+    from bayesnas.search_folder import save_tensors
     from bayesnas.spaces.profile import count_params
     from bayesnas.training import accuracy, train_network
 
@@ -257,6 +266,7 @@ def _train_and_write(genotype: Genotype, source: Path | None, net: torch.nn.Modu
         drawing = out / ARCHITECTURE_FILE
         # a drawing already there is replaced only where we wrote it: in a run folder, or beside our own result
         ours = not drawing.exists() or (out / RUN_MARKER).exists() or (out / "train_summary.json").exists()
+        save_tensors(out / TRAINED_WEIGHTS, {k: v.detach().cpu() for k, v in net.state_dict().items()})
         write_json(out / "train_summary.json", result)
         if ours and not drawing.is_symlink():
             draw_genotype(genotype, drawing)

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train the discrete network of GENOTYPE.json from scratch with the "
                                        "standard recipe (SGD + cosine, weight decay, optional cutout, "
                                        "auxiliary head and drop-path) and report its test accuracy.")
-    train.add_argument("genotype", help="genotype JSON file (e.g. a run folder's genotype.json)")
+    train.add_argument("genotype", help="genotype JSON file, or a run folder (its genotype.json)")
     train.add_argument("--epochs", type=int, default=30, help="training epochs")
     train.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
     train.add_argument("--lr", type=float, default=0.05, help="initial SGD learning rate")
@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     train.add_argument("--channels-last", action="store_true",
                        help="channels-last memory format for images and convolutions")
-    train.add_argument("--out", help="folder for train_summary.json (default: next to the genotype)")
+    train.add_argument("--out", help="folder for train_summary.json and the trained weights, model.pt (default: next "
+                       "to the genotype)")
     train.add_argument("--force", action="store_true", help="replace an earlier train_summary.json in that folder")
     _add_common(train, "the one the genotype was searched on")
 
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Draw GENOTYPE.json's architecture into a PNG: cells as graphs (inputs, "
                                       "states, an op per edge, output), the chain as its layer sequence, branches "
                                       "as the channels each branch keeps (matplotlib only).")
-    draw.add_argument("genotype", help="genotype JSON file (e.g. a run folder's genotype.json)")
+    draw.add_argument("genotype", help="genotype JSON file, or a run folder (its genotype.json)")
     draw.add_argument("--out", help="the PNG to write (default: architecture.png beside the genotype)")
 
     measure = sub.add_parser(
@@ -381,8 +382,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from bayesnas.api import train
+    from bayesnas.spaces import genotype_path
 
-    out = Path(args.out) if args.out else Path(args.genotype).parent
+    out = Path(args.out) if args.out else genotype_path(args.genotype).parent
     result = train(args.genotype, dataset=args.dataset, out=out, force=args.force, epochs=args.epochs,
                    batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, cutout=args.cutout,
                    auxiliary=args.auxiliary, drop_path=args.drop_path, precision=args.precision,
@@ -390,7 +392,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
     print(f"trained {args.genotype} on {result['dataset']}: test accuracy {result['test_accuracy']:.4f}, "
           f"parameters {result['params']:,} (without the auxiliary head; with it "
-          f"{result['params_with_auxiliary']:,}) -> {out / 'train_summary.json'}")
+          f"{result['params_with_auxiliary']:,}) -> {out / 'train_summary.json'}, weights {out / 'model.pt'}")
     return 0
 
 
@@ -412,10 +414,11 @@ def attribute_docs(cls: type) -> dict[str, str]:
 
 def cmd_draw(args: argparse.Namespace) -> int:
     from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
-    from bayesnas.spaces import load_genotype
+    from bayesnas.spaces import genotype_path, load_genotype
 
     genotype = load_genotype(args.genotype)
-    path = draw_genotype(genotype, Path(args.out) if args.out else Path(args.genotype).parent / ARCHITECTURE_FILE)
+    path = draw_genotype(genotype, Path(args.out) if args.out else genotype_path(args.genotype).parent
+                         / ARCHITECTURE_FILE)
     print(f"drew {args.genotype} ({genotype.space}) -> {path}")
     return 0
 

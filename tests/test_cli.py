@@ -262,3 +262,41 @@ def test_resume_needs_only_the_run_folder_and_says_where_it_resumes(tmp_path, ca
     again = json.loads((run / "summary.json").read_text())
     assert (again["seed"], again["epochs"], again["genotype"]) == (3, 2, first["genotype"])
     assert again["test_accuracy"] == first["test_accuracy"]
+
+
+def test_train_and_draw_take_a_run_folder_and_train_keeps_the_weights(tmp_path, capsys):
+    """``train RUN`` and ``draw RUN`` read RUN/genotype.json; ``train`` saves the trained network's weights
+    (weights only) that load into the genotype's network and give the test accuracy it reported."""
+    import torch
+
+    from bayesnas.data import load_dataset
+    from bayesnas.spaces import get_space, load_genotype
+    from bayesnas.training import accuracy
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY, "epochs": 1}))
+    run = tmp_path / "run"
+    assert main(["search", "--config", str(config), "--out", str(run), "--no-progress"]) == 0
+    (run / "architecture.png").unlink()
+    assert main(["draw", str(run)]) == 0 and (run / "architecture.png").is_file()
+    assert main(["train", str(run), "--epochs", "1", "--no-progress"]) == 0
+    summary = json.loads((run / "train_summary.json").read_text())
+    genotype = load_genotype(run)
+    net = get_space(genotype.space, genotype.config).build(genotype)
+    net.load_state_dict(torch.load(run / "model.pt", weights_only=True))
+    data = load_dataset(summary["dataset"], seed=0)
+    assert accuracy(net, data.test) == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+
+def test_train_never_replaces_weights_it_did_not_write(tmp_path, capsys):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY, "epochs": 1}))
+    assert main(["search", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "genotype.json").write_text((tmp_path / "run" / "genotype.json").read_text())
+    (mine / "model.pt").write_bytes(b"my own weights")
+    capsys.readouterr()
+    assert main(["train", str(mine), "--epochs", "1", "--no-progress"]) == EXIT_ERROR
+    assert "model.pt was not written by bayesnas train" in capsys.readouterr().err
+    assert (mine / "model.pt").read_bytes() == b"my own weights" and not (mine / "train_summary.json").exists()

@@ -170,7 +170,7 @@ def test_debug_shows_the_traceback(tmp_path):
     folder.mkdir()
     from bayesnas.spaces import GenotypeError
 
-    with pytest.raises(GenotypeError, match="is not a regular file"):  # propagated, not one line
+    with pytest.raises(GenotypeError, match="is a folder without a genotype.json"):  # propagated, not one line
         main(["--debug", "train", str(folder)])
 
 

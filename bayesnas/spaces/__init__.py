@@ -55,12 +55,22 @@ def get_space(name: str, config: Mapping[str, Any] | None = None) -> SearchSpace
         raise GenotypeError(f"space {name!r}: invalid configuration ({err})") from None
 
 
-def load_genotype(path: str | os.PathLike) -> Genotype:
-    """Read and validate a genotype JSON file (one-line :class:`GenotypeError` on any problem)."""
+def genotype_path(path: str | os.PathLike) -> Path:
+    """The genotype file ``path`` names: the file itself, or a run folder's ``genotype.json``."""
     path = Path(path)
+    return path / "genotype.json" if path.is_dir() else path
+
+
+def load_genotype(path: str | os.PathLike) -> Genotype:
+    """Read and validate a genotype JSON file, or a run folder's (one-line :class:`GenotypeError` on any
+    problem)."""
+    given, path = Path(path), genotype_path(path)
     try:
         data = read_json(path)
     except FileNotFoundError:
+        if given.is_dir():
+            raise GenotypeError(f"{given} is a folder without a genotype.json; give a genotype file or a run "
+                                "folder") from None
         raise GenotypeError(f"genotype file not found: {path}") from None
     except DamagedFileError as err:
         raise GenotypeError(str(err)) from None
@@ -70,4 +80,5 @@ def load_genotype(path: str | os.PathLike) -> Genotype:
 
 
 __all__ = ["SPACES", "BranchSpace", "CellSpace", "ChainSpace", "Decision", "DecisionGroup", "DecisionSpace",
-           "Genotype", "GenotypeError", "SearchSpace", "UnknownSpaceError", "get_space", "load_genotype"]
+           "Genotype", "GenotypeError", "SearchSpace", "UnknownSpaceError", "genotype_path", "get_space",
+           "load_genotype"]
