@@ -365,7 +365,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(_describe(genotype))
     print(f"validation accuracy {summary['val_accuracy']:.4f} (the selection's own split: optimistic)   "
           f"test accuracy {summary['test_accuracy']:.4f} (unbiased)")
-    print(f"search {summary['search_seconds']:.1f} s, selection {summary['select_seconds']:.1f} s")
+    print(f"search {summary['search_seconds']:.1f} s, selection {summary['select_seconds']:.1f} s, export "
+          f"{summary.get('export_seconds', 0.0):.1f} s (posterior draws, predictive groups, plots)")
     shared = f" (super-network {summary['supernet_params']:,})" if "supernet_params" in summary else ""
     print(f"parameters {summary['params']:,}{shared}")
     fading = "log10_effective_architectures"

@@ -326,6 +326,7 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
     select_seconds = time.perf_counter() - tic
     # the last collective before rank 0 writes alone; the other ranks then wait for it patiently (below)
     select_passes = dict(zip(passes.as_dict(), method.world.sum(list(passes.as_dict().values())), strict=True))
+    tic = time.perf_counter()
     if method.world.is_main:
         genotype = replace(selection.genotype, dataset=method.config.dataset)
         genotype.save(run_dir / "genotype.json")
@@ -336,6 +337,7 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
         method.export(run_dir)
         add_predictive_groups(method, run_dir)
         diagnostics.plot_training(run_dir)
+    export_seconds = time.perf_counter() - tic  # rank 0's: the others only wait for it
     config = method.config
     summary = {
         "method": config.method, "dataset": config.dataset, "seed": config.seed, "data_seed": config.split_seed,
@@ -347,6 +349,8 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
         "params_with_auxiliary": count_params(selection.network, auxiliary=True),
         "search_seconds": round(sum(r["seconds"] for r in rows), 2),
         "select_seconds": round(select_seconds, 2),
+        # the posterior export, its predictive groups and the plots (their cost grows with posterior_draws)
+        "export_seconds": round(export_seconds, 2),
         # machine-independent compute (bayesnas.compute): examples through a network of the space, summed over ranks
         **{f"search_{k}": sum(int(r.get(k, 0)) for r in rows) for k in ("train_passes", "eval_passes")},
         **{f"select_{k}": int(v) for k, v in select_passes.items()},

@@ -155,7 +155,10 @@ def test_search_train_diagnose_round_trip(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "chosen architecture" in out and "test accuracy" in out and "run folder" in out
     assert "(the selection's own split: optimistic)" in out and "(unbiased)" in out
-    assert re.search(r"^search [\d.]+ s, selection [\d.]+ s$", out, re.MULTILINE)
+    seconds = re.search(r"^search [\d.]+ s, selection [\d.]+ s, export ([\d.]+) s \(posterior draws, predictive "
+                        r"groups, plots\)$", out, re.MULTILINE)
+    exported = json.loads((tmp_path / "run0/summary.json").read_text())["export_seconds"]
+    assert seconds and exported > 0 and float(seconds.group(1)) == pytest.approx(exported, abs=0.051)
     before = (tmp_path / "run0/summary.json").read_bytes()
     # a second search into the same folder is refused and leaves it untouched
     assert main(["search", "--config", _tiny_config_file(tmp_path), "--out", runs[0], "--no-progress"]) \
