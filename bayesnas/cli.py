@@ -324,16 +324,15 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
                  "compile")}
     if getattr(args, "fixed_reduction", False):
         settings["space"] = {"fixed_reduction": True}
+    source: Any = args.config
     saved = Path(args.out) / "config.json" if getattr(args, "resume", False) and args.out else None
-    if saved is not None and saved.is_file():
+    if saved is not None and saved.is_file():  # a SearchConfig is build_config's starting point (no preset)
         from bayesnas.io import read_json
 
-        base = SearchConfig.from_dict(read_json(saved), origin=str(saved))
+        source = SearchConfig.from_dict(read_json(saved), origin=str(saved))
         if args.config:
-            base = base.merged(load_config_file(args.config))
-        return build_config(base, method=args.method, space_name=getattr(args, "space", None), options=options,
-                            **settings)
-    return build_config(args.config, preset_name=args.preset, method=args.method,
+            source = source.merged(load_config_file(args.config))
+    return build_config(source, preset_name=args.preset, method=args.method,
                         space_name=getattr(args, "space", None), options=options, **settings)
 
 

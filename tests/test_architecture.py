@@ -5,6 +5,7 @@ and a method class, here) searches digits from the command line without any othe
 from __future__ import annotations
 
 import ast
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ LAYERS = [
 ]
 
 
+@functools.cache
 def _modules() -> dict[str, Path]:
     """Every module of the package by its dotted name (``models/`` and ``guides/`` install as subpackages)."""
     found = {}
@@ -72,6 +74,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     return {m for m in found if m in known and m != name}
 
 
+@functools.cache
 def _graph() -> dict[str, set[str]]:
     modules = _modules()
     return {name: _imports(name, path, set(modules)) for name, path in modules.items()}
