@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bayesnas.config import ConfigError, SearchConfig, build_config
-from bayesnas.domains import domain_of
+from bayesnas.domains import DomainError
 from bayesnas.io import DamagedFileError, read_json
 from bayesnas.spaces import Genotype, genotype_path, load_genotype
 
@@ -197,20 +197,15 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
     from bayesnas.precision import resolve_precision
     from bayesnas.run_folder import LOCK, RunLock, folder_kind
     from bayesnas.spaces import get_space
-    from bayesnas.training import TrainRecipe
+    from bayesnas.training import StandaloneTraining
 
-    if epochs < 1:
-        raise ConfigError("`epochs` must be >= 1")
-    if not 0 <= drop_path < 1:
-        raise ConfigError("`drop_path` must lie in [0, 1)")
-    seeds = domain_of(SearchConfig, "seed")
-    if seeds is not None and seed not in seeds:
-        raise ConfigError(f"`seed` must be {seeds.describe()}, got {seed!r}")
     try:
-        recipe = TrainRecipe(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, cutout=cutout,
-                             aux_weight=auxiliary, precision=precision, channels_last=channels_last)
-    except ValueError as err:
-        raise ConfigError(f"training recipe: {err}") from None
+        recipe = StandaloneTraining(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                    cutout=cutout, aux_weight=auxiliary, precision=precision,
+                                    channels_last=channels_last, drop_path=drop_path, seed=seed)
+    except DomainError as err:  # named as the argument (and so the command line's flag) that set it
+        argument = "auxiliary" if err.name == "aux_weight" else err.name
+        raise ConfigError(f"`{argument}` {err.requirement}") from None
     source = None
     if not isinstance(genotype, Genotype):
         source = genotype_path(genotype)

@@ -25,6 +25,7 @@ from bayesnas.config import (
     METHOD_SPACES,
     PRECISIONS,
     PRESETS,
+    SPACE_DEFAULTS,
     ConfigError,
     SearchConfig,
     build_config,
@@ -164,18 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     measure = sub.add_parser(
         "latency", formatter_class=_Formatter, help="measure a chain space's latency table into a file",
-        description="Time every (mixop, op) of the chain space that a PC-NAS search with these settings would search "
-                    "(the minimum of latency_runs passes at latency_batch_size) and write the table to --out, for "
-                    "bayesnas search --latency-table FILE on another machine or run.")
+        description="Time every (mixop, op) of a chain space (the minimum of --runs passes at --batch-size) and "
+                    "write the table to --out, for bayesnas search --latency-table FILE (PC-NAS) on another machine "
+                    "or run; the batch size must be the search's latency_batch_size.")
     measure.add_argument("--out", required=True, help="the table file to write (a new file)")
-    measure.add_argument("--preset", help="named settings to start from (default: pcnas-digits)")
-    measure.add_argument("--config", help="JSON file of options applied over the preset")
-    measure.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                         help="a PC-NAS option, e.g. latency_batch_size=16, latency_runs=20")
+    measure.add_argument("--preset", help="named settings whose chain space to time (default: the chain's default "
+                         "options)")
+    measure.add_argument("--config", help="JSON file of options applied over the preset (e.g. its space)")
+    measure.add_argument("--batch-size", dest="timed_batch_size", type=int,
+                         help="images per timed pass (default: 16, the paper's)")
+    measure.add_argument("--runs", type=int, help="timed passes per entry, the fastest kept (default: 7)")
     measure.add_argument("--dataset", help="the data set whose image shape the space takes (default: the preset's)")
     measure.add_argument("--data-dir", help="folder holding the torchvision files of mnist/fashion-mnist/cifar")
     measure.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    measure.set_defaults(method="pcnas")
+    measure.set_defaults(space="chain", method=None, option=[])
 
     options = sub.add_parser("options", formatter_class=_Formatter, help="list a method's --option keys",
                              description="The keys --option KEY=VALUE accepts for METHOD (its options dataclass): "
@@ -217,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a uniform one-shot and a PC-NAS super-network on the same data and budget (into "
                     "OUT/oneshot and OUT/pcnas), sample N architectures, train each alone, and print Kendall tau "
                     "and Pearson r between super-network and stand-alone accuracy for both (OUT/rank.json).")
-    rank.add_argument("--preset", default="pcnas-digits", help="pcnas preset of both super-networks")
+    rank.add_argument("--preset", help="PC-NAS preset of both super-networks (default: pcnas-digits)")
     rank.add_argument("--config", help="JSON file of options applied over the preset")
     rank.add_argument("--epochs", type=int, help="super-network epochs (default: the preset's)")
     rank.add_argument("--batch-size", type=int, help="mini-batch size (default: the preset's)")
@@ -259,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "under random search's retraining recipe (retrain_epochs, retrain_lr of the random-digits "
                     "preset, or of --config), and write population.jsonl/.csv/.md and plots into OUT. Run the same "
                     "command again to continue, or with a larger --n or --seeds to extend.")
-    population.add_argument("--space", required=True, choices=METHOD_SPACES["random"], help="the search space")
+    population.add_argument("--space", required=True, choices=sorted(SPACE_DEFAULTS),
+                            help="the search space (one that random search draws from)")
     population.add_argument("--dataset", default="digits", help="digits (embedded), mnist, fashion-mnist, cifar10 "
                             "or cifar100")
     population.add_argument("--config", help="JSON file of options over the random-digits preset (space, options: "
@@ -426,23 +430,21 @@ def cmd_draw(args: argparse.Namespace) -> int:
 def cmd_latency(args: argparse.Namespace) -> int:
     from bayesnas.data import load_dataset
     from bayesnas.infer import resolve_device
-    from bayesnas.methods import get_method, shaped_space
+    from bayesnas.methods import shaped_space
     from bayesnas.spaces import latency
 
     config = search_config(args)
     out = Path(args.out)
     if out.exists():
         raise ConfigError(f"{out} exists; --out names a new file")
-    if (config.space_name or "chain") != "chain":
-        raise ConfigError(f"the {config.space_name} space has no latency table (only the chain has one)")
-    try:
-        o = get_method(config.method).options_type(**config.options)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"method {config.method!r}: {err}") from None
+    batch_size = latency.BATCH_SIZE if args.timed_batch_size is None else args.timed_batch_size
+    runs = latency.RUNS if args.runs is None else args.runs
+    if batch_size < 1 or runs < 1:
+        raise ConfigError(f"--batch-size and --runs must be >= 1, got {batch_size} and {runs}")
     device = resolve_device(args.device)
     data = load_dataset(config.dataset, data_dir=args.data_dir, seed=config.split_seed, fraction=config.data_fraction)
     space = shaped_space("chain", data, config.space)
-    table = latency.measure(space, device, o.latency_batch_size, o.latency_runs)
+    table = latency.measure(space, device, batch_size, runs)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.save(out)
     print(f"{len(table.ms)} mixops timed on {table.device} at batch {table.batch_size} ({table.source}); fastest "
@@ -564,9 +566,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 def cmd_rank(args: argparse.Namespace) -> int:
     from bayesnas.distributed import is_main_process
-    from bayesnas.experiments.rank import run_rank
+    from bayesnas.experiments.rank import DEFAULT_PRESET, SUPERNETWORKS, run_rank
 
-    config = search_config(args)
+    config = search_config(argparse.Namespace(**{**vars(args), "preset": args.preset or DEFAULT_PRESET}))
     _require_out_when_distributed(args)
     out = Path(args.out or f"runs/rank-{config.dataset}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = run_rank(config, out, num_archs=args.num_archs, train_epochs=args.train_epochs,
@@ -580,11 +582,10 @@ def cmd_rank(args: argparse.Namespace) -> int:
     def fmt(v: float | None) -> str:
         return "undefined" if v is None else f"{v:+.3f}"
 
-    for name, label in (("oneshot", "one-shot (uniform)"), ("pcnas", "PC-NAS (pool)")):
+    for name, label in SUPERNETWORKS.items():
         r = result[name]
-        print(f"  {label:<20} Kendall tau {fmt(r['kendall_tau'])}   Pearson r {fmt(r['pearson_r'])}")
-    print(f"paper (ImageNet): Pearson {result['paper_pearson']['oneshot']} (one-shot) vs "
-          f"{result['paper_pearson']['pcnas']} (PC-NAS)")
+        print(f"  {label:<20} Kendall tau {fmt(r['kendall_tau'])}   Pearson r {fmt(r['pearson_r'])}   "
+              f"paper (ImageNet): Pearson {result['paper_pearson'][name]}")
     print(f"written: {out / 'rank.json'}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -14,11 +15,53 @@ from bayesnas.errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
+METHOD_DECLARATIONS = Path(__file__).parent / "methods"
+"""Where each built-in method declares its presets and spaces: ``<module>.toml`` beside its ``<module>.py``."""
+
+
+def read_declarations(folder: Path) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, ...]],
+                                                dict[str, dict[str, Any]], str]:
+    """The presets, the spaces of each method (its default first), each space's default options and the default
+    preset that the ``*.toml`` files in ``folder`` declare (plain data, read without importing torch so that
+    ``--help`` stays fast). A preset's ``method`` is its file's; ``extends`` names another preset (of any method)
+    that it starts from, the keys it gives replacing that preset's (``space`` and ``options`` whole)."""
+    declared: dict[str, dict[str, Any]] = {}
+    method_spaces: dict[str, tuple[str, ...]] = {}
+    space_owners: dict[str, str] = {}
+    default = ""
+    for path in sorted(folder.glob("*.toml")):
+        with path.open("rb") as file:
+            declaration = tomllib.load(file)
+        method = declaration["method"]
+        method_spaces[method] = tuple(declaration["spaces"])
+        space_owners.update(declaration.get("space_defaults", {}))
+        default = declaration.get("default_preset", default)
+        declared.update({name: {"method": method, **settings}
+                         for name, settings in declaration.get("presets", {}).items()})
+
+    def resolve(name: str) -> dict[str, Any]:
+        settings = dict(declared[name])
+        base = settings.pop("extends", None)
+        return {**resolve(base), **settings} if base else settings
+
+    presets = {name: resolve(name) for name in declared}
+    return presets, method_spaces, {space: presets[name]["space"] for space, name in space_owners.items()}, default
+
+
+PRESETS, METHOD_SPACES, SPACE_DEFAULTS, DEFAULT_PRESET = read_declarations(METHOD_DECLARATIONS)
+"""Named settings (``PRESETS``), the spaces each method's math applies to, its default first (``METHOD_SPACES``,
+read by the methods and by ``--help``), the space options a preset starts from when ``--space`` moves it to a space
+other than its own (``SPACE_DEFAULTS``: the digits settings of the method that owns that space; data shape and image
+size always come from the data) and the default search (``DEFAULT_PRESET``). Methods defined outside the package
+join them through :func:`bayesnas.methods.register`."""
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Everything a search run depends on; saved as ``config.json`` in the run folder."""
 
-    method: str = "pgnas"
+    method: str = PRESETS[DEFAULT_PRESET]["method"]
+    """The search method (the default preset's where none is given)."""
     dataset: str = "digits"
     space_name: str = ""
     """The search space (``cells``, ``chain``, ``branches``); empty: the method's default space."""
@@ -75,225 +118,26 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> SearchConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{origin}: expected a JSON object of options")
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(data) - set(known)
-        if unknown:
-            raise ConfigError(f"{origin}: unknown option(s) {', '.join(sorted(unknown))}; "
-                              f"known: {', '.join(known)}")
-        base = cls()
-        for key, value in data.items():
-            if known[key].type == "int | None":
-                if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                    raise ConfigError(f"{origin}: option {key!r} must be int or null, got {value!r}")
-                continue
-            expected = type(getattr(base, key))
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                continue
-            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                raise ConfigError(f"{origin}: option {key!r} must be {expected.__name__}, got {value!r}")
-        return cls(**data)
+        """The configuration ``data`` describes (every key not given at its default)."""
+        return cls().merged(data, origin)
 
-    def merged(self, overrides: dict[str, Any]) -> SearchConfig:
-        """A copy with ``overrides`` applied; ``space`` and ``options`` dictionaries are merged key by key."""
+    def merged(self, overrides: dict[str, Any], origin: str = "overrides") -> SearchConfig:
+        """A copy with ``overrides`` applied; ``space`` and ``options`` dictionaries are merged key by key. Unknown
+        keys are refused in one line naming ``origin``, values of the wrong type or outside their domains in one line
+        naming the key."""
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{origin}: expected a JSON object of options")
+        known = [f.name for f in fields(self)]
+        unknown = set(overrides) - set(known)
+        if unknown:
+            raise ConfigError(f"{origin}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}")
         data = dict(overrides)
         for key in ("space", "options"):
             if key in data:
                 if not isinstance(data[key], dict):
-                    raise ConfigError(f"option {key!r} must be a JSON object")
+                    raise ConfigError(f"{origin}: option {key!r} must be a JSON object")
                 data[key] = {**getattr(self, key), **data[key]}
-        SearchConfig.from_dict(data, origin="overrides")
-        return replace(self, **data)
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The default: a PGNAS search on scikit-learn's 8x8 digits that takes a few minutes on 2 CPU cores.
-    "pgnas-digits": {
-        "method": "pgnas", "dataset": "digits", "epochs": 40, "batch_size": 64, "lr": 0.05,
-        "space": {"stem_channels": 32, "widths": [32, 64], "depths": [1, 1], "kernel_sizes": [1, 3, 5]},
-        # KL weighted as if N were 5e4 (the authors weight it by 10x CIFAR's N for the same reason: with the
-        # real N = 1258, d^2 (1-p) / 2N ~ 0.05 is far above the weight-decay range and every p runs to 1);
-        # drop-rate logits learn at 10x the weights' lr. Chosen by two 40-epoch runs on seed 0
-        # (N_kl 5e5 / drop lr 2: test 0.997 with 2 % fewer parameters; 5e4 / 0.5: 0.994 with 61 % fewer).
-        "options": {"temperature": 0.2, "init_drop_rate": 0.1, "prior_precision": 150.0,
-                    "kl_dataset_size": 50000, "drop_rate_lr": 0.5, "num_candidates": 100,
-                    "baseline_drop_rate": 0.3},
-    },
-    # The paper's CIFAR-10 search (SupNet-M after shake-shake 26 2x96d; supplement and authors' code):
-    # tau = 1/5, p0 = 0.1, l^2 = 50 (SupNet-M), KL over N = 5e5 "to keep it in the weight-decay range",
-    # 1500 candidates, no weight decay, SGD with cosine schedule.
-    "pgnas-cifar10": {
-        "method": "pgnas", "dataset": "cifar10", "epochs": 600, "batch_size": 128, "lr": 0.2, "shift": 4,
-        "flip": True,
-        "space": {"in_channels": 3, "stem_channels": 16, "widths": [96, 192, 384], "depths": [4, 4, 4],
-                  "kernel_sizes": [1, 3, 5, 7]},
-        "options": {"temperature": 0.2, "init_drop_rate": 0.1, "prior_precision": 50.0,
-                    "kl_dataset_size": 500000, "num_candidates": 1500, "baseline_drop_rate": 0.3},
-    },
-    # GDAS on digits: 3 small cells (8x8 -> 4x4), the paper's tau 10 -> 1, one architecture per mini-batch.
-    # With ~10 weight steps per epoch the paper's schedule (A learning from the start at lr 3e-4) leaves A
-    # almost uniform and the cells collapse onto parameter-free pooling ops (seed 0, 30 epochs: test 0.983);
-    # 10 weight-only warm-up epochs and arch lr 0.01 make A move (fading 10^25.29 -> 10^24.68, seed 0) and retraining
-    # 60 epochs gives the margin.
-    "gdas-digits": {
-        "method": "gdas", "dataset": "digits", "epochs": 40, "batch_size": 64, "lr": 0.025, "lr_min": 0.001,
-        "momentum": 0.9, "nesterov": False, "weight_decay": 3e-4, "grad_clip": 5.0,
-        "space": {"channels": 16, "layout": "NRN", "states": 4, "ops": "gdas"},
-        "options": {"tau_max": 10.0, "tau_min": 1.0, "warmup_epochs": 10, "arch_lr": 0.01, "retrain_epochs": 60},
-    },
-    # GDAS as the paper describes it (Sec. 4.1): 8 cells (N=2 per stage, figure), 240 epochs, tau 10 -> 1,
-    # SGD lr 0.025 cosine to 0.001, momentum 0.9, wd 3e-4; architecture Adam lr 3e-4, wd 1e-3; retraining
-    # 600 epochs with auxiliary towers and drop-path, channels 36 and 20 cells as in DARTS.
-    "gdas-paper": {
-        "method": "gdas", "dataset": "cifar10", "epochs": 240, "batch_size": 128, "lr": 0.025, "lr_min": 0.001,
-        "momentum": 0.9, "nesterov": False, "weight_decay": 3e-4, "grad_clip": 0.0, "shift": 4, "flip": True,
-        "space": {"in_channels": 3, "channels": 16, "layout": "NNRNNRNN", "states": 4, "ops": "gdas",
-                  "eval_layout": "6NR6NR6N", "eval_channels": 36},
-        "options": {"tau_max": 10.0, "tau_min": 1.0, "retrain_epochs": 600, "retrain_lr": 0.025,
-                    "retrain_auxiliary": 0.4, "retrain_drop_path": 0.2},
-    },
-    # GDAS as the authors' code runs it (xautodl 1.0.0): 6 cells [C]*N + [2C] + [2C]*(N-1) + [4C] + [4C]*(N-1),
-    # 250 epochs, batch 256, tau 10 -> 0.1, nesterov, wd 5e-4, gradient-norm clip 5.
-    "gdas-xautodl": {
-        "method": "gdas", "dataset": "cifar10", "epochs": 250, "batch_size": 256, "lr": 0.025, "lr_min": 0.001,
-        "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "grad_clip": 5.0, "shift": 4, "flip": True,
-        "space": {"in_channels": 3, "channels": 16, "layout": "NNRNRN", "states": 4, "ops": "gdas",
-                  "eval_layout": "6NR6NR6N", "eval_channels": 36},
-        "options": {"tau_max": 10.0, "tau_min": 0.1, "retrain_epochs": 600, "retrain_lr": 0.025,
-                    "retrain_auxiliary": 0.4, "retrain_drop_path": 0.2},
-    },
-}
-PRESETS.update({  # the fixed reduction cell of GDAS Fig. 3 (FRC)
-    f"{name}-frc": {**PRESETS[name], "space": {**PRESETS[name]["space"], "fixed_reduction": True}}
-    for name in ("gdas-paper", "gdas-xautodl")})
-PRESETS.update({
-    # PC-NAS on digits: 8x8 -> 4x4 -> 2x2, widths 16/32/64, stem stride 1, no fixed first block or head; the two
-    # shape-changing layers are a fixed MBConv_3_3 (a single-path super-network with random transitions learns
-    # several times slower on this budget), leaving 5 residual mixops of the small op set (10^5 architectures);
-    # warm-up 20 + 5 intervals x 4 epochs, P = 5, S = 20; the paper's optimiser but weight decay 5e-4 (1e-4 is
-    # ImageNet's; on 1,258 training images a retrained net reached test 0.983 with 1e-4, 0.992 with 5e-4) and
-    # retraining at lr 0.05 (test 0.989-0.994 over 5 runs; 0.981-0.989 at 0.1).
-    "pcnas-digits": {
-        "method": "pcnas", "dataset": "digits", "epochs": 40, "batch_size": 64, "lr": 0.1, "lr_min": 5e-4,
-        "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-        "space": {"stem_channels": 16, "stem_stride": 1, "first_block_channels": 0, "widths": [16, 32, 64],
-                  "depths": [2, 3, 2], "strides": [1, 2, 2], "head_channels": 0, "ops": "small",
-                  "transition_op": "MBConv_3_3"},
-        "options": {"pool_size": 5, "num_evaluations": 20, "warmup_epochs": 20, "interval_epochs": 4,
-                    "eval_batch_size": 64, "retrain_epochs": 40, "retrain_lr": 0.05},
-    },
-    # The paper's settings (Sec. 4.1): 21 mixops in the ProxylessNAS layout, P = 5, S = 900, T_w = 100, T_i = 5
-    # (100 + 21 x 5 = 205 epochs by Algorithm 2; the text says 200), SGD nesterov 0.9, cosine 0.1 -> 5e-4,
-    # wd 1e-4, batch 512, 10 ms at latency batch 16. On CIFAR-10 (no ImageNet here): 32x32 input, so the stem
-    # and the first stage keep the resolution (stride 1) as CIFAR adaptations of MobileNetV2 do.
-    "pcnas-small": {
-        "method": "pcnas", "dataset": "cifar10", "epochs": 205, "batch_size": 512, "lr": 0.1, "lr_min": 5e-4,
-        "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4, "shift": 4, "flip": True,
-        "space": {"in_channels": 3, "stem_channels": 32, "stem_stride": 1, "first_block_channels": 16,
-                  "widths": [24, 40, 80, 96, 192, 320], "depths": [4, 4, 4, 4, 4, 1], "strides": [1, 2, 2, 1, 2, 1],
-                  "head_channels": 1280, "ops": "small"},
-        "options": {"pool_size": 5, "num_evaluations": 900, "warmup_epochs": 100, "interval_epochs": 5,
-                    "latency_ms": 10.0, "latency_batch_size": 16, "eval_batch_size": 512, "retrain_epochs": 300},
-    },
-})
-PRESETS["pcnas-large"] = {**PRESETS["pcnas-small"], "space": {**PRESETS["pcnas-small"]["space"], "ops": "large"}}
-PRESETS.update({
-    # The uniform one-shot baseline (Bender et al., ICML 2018; PC-NAS Sec. 4.4) with PC-NAS's digits budget:
-    # uniform single-path training for all 40 epochs, then the same pool search on the trained super-network.
-    "oneshot-digits": {
-        **PRESETS["pcnas-digits"], "method": "oneshot",
-        "options": {k: v for k, v in PRESETS["pcnas-digits"]["options"].items()
-                    if k not in ("warmup_epochs", "interval_epochs")},
-    },
-    # Random search (the baseline of DARTS and VINNAS Table II): 8 uniformly random cells of the gdas-digits space,
-    # each trained alone for 10 epochs with GDAS's weight optimiser, the best on validation retrained for 60 epochs
-    # at lr 0.05 (the retraining of the other digits presets).
-    "random-digits": {
-        **{k: v for k, v in PRESETS["gdas-digits"].items() if k != "options"}, "method": "random", "epochs": 10,
-        "options": {"num_samples": 8, "retrain_epochs": 60, "retrain_lr": 0.05},
-    },
-})
-PRESETS.update({
-    # VINNAS on digits (Ferianc et al., arXiv:2007.06103; small enough for 2 CPU cores): a reduction then a normal
-    # cell with 2 states each, C = 8 in search, retrained from scratch with C = 16 for 40 epochs. Adam on the weights
-    # (cosine) and on alpha (constant), as in the paper. The paper gives no gammas, warm-up or learning rates; ours,
-    # from runs on digits (retrained test accuracy / super-network weights left after pruning / normal-cell op types):
-    # 20 epochs, gammas (0.1, 0.1, 0.05 in the older units below), arch_lr 3e-3: 0.989 / 39 % / 3, but alpha barely
-    # moves (sum H(E_q[z]) stays at its maximum 23.0); arch_lr 0.05: 0.989 / 41 % / 3 (seed 1: 0.994 / 41 % / 3), the
-    # entropy falls to 10.5; gamma_w = gamma_alpha = 1 (the plain ELBO): 0.994 but 15 % of the weights left and the
-    # super-network's validation accuracy falls from 0.95 to 0.85 (over-pruned: KL of 92 k weights against N = 629
-    # examples); 15 epochs with a 4-epoch warm-up (this preset, 25 % less time): 0.992 / 50 % / 2. gamma_1 * (weights)
-    # / N ~ 15 is the balance that works here; the paper presets scale by it.
-    # gamma_entropy is Eq. 8's gamma_3 as is (the entropy counts once against the NLL summed over the N examples of
-    # the architecture half, like the KLs). The runs above used 0.05 in the older units, where the entropy was
-    # weighted by gamma_entropy * N; every VINNAS preset keeps that weight: gamma_entropy = 0.05 * N, N = the
-    # architecture half, len(train) // 2 (bayesnas.data.DataBundle.halves). Digits: 1797 images - 359 test - 180 val =
-    # 1258 train, N = 629: 0.05 * 629 = 31.45.
-    "vinnas-digits": {
-        "method": "vinnas", "dataset": "digits", "epochs": 15, "batch_size": 64, "lr": 3e-3, "lr_min": 0.0,
-        "weight_decay": 0.0, "grad_clip": 5.0,
-        "space": {"channels": 8, "layout": "RN", "states": 2, "ops": "vinnas", "eval_channels": 16},
-        "options": {"warmup_epochs": 4, "arch_lr": 0.05, "gamma_w": 0.1, "gamma_alpha": 0.1,
-                    "gamma_entropy": 31.45, "label_smoothing": 0.1, "retrain_epochs": 40},
-    },
-    # The paper's settings (Sec. V-A): MNIST one reduction cell with 2 states, 20 search epochs on 25 % of the
-    # data (half of it for alpha), z-normalisation only; Adam for weights (cosine) and alpha (constant),
-    # log sigma^2 = -10, mu_alpha ~ N(0, 0.001), label smoothing, batch 256; evaluation with the same layout,
-    # 100 epochs. Not in the paper, our choices (untested here: no MNIST/CIFAR files on our machines): the
-    # warm-up (a quarter of the epochs), gamma_w = gamma_alpha with gamma_1 * (super-network weights) / N ~ 15
-    # as on digits (capped at 1, the ELBO), arch_lr with arch_lr * (stage-2 steps) ~ 7 as on digits, and
-    # gamma_entropy = 0.05 * N as on digits: 25 % of the 60,000 training images = 15,000, less 10 % val = 13,500
-    # train, N = 6,750: 337.5.
-    "vinnas-mnist": {
-        "method": "vinnas", "dataset": "mnist", "epochs": 20, "batch_size": 256, "lr": 3e-3, "lr_min": 0.0,
-        "data_fraction": 0.25, "shift": 0,
-        "space": {"in_channels": 1, "channels": 8, "layout": "R", "states": 2, "ops": "vinnas"},
-        "options": {"warmup_epochs": 5, "arch_lr": 0.02, "gamma_w": 1.0, "gamma_alpha": 1.0,
-                    "gamma_entropy": 337.5, "retrain_epochs": 100, "retrain_batch_size": 256},
-    },
-    # Fashion-MNIST: NRRN with 3 states, 50 epochs on 50 % of the data, random crops and flips (random erasing
-    # is not in our trainer); evaluation with 4x the channels, 200 epochs. Gammas and arch_lr as above;
-    # gamma_entropy = 0.05 * N: 50 % of 60,000 = 30,000, less 10 % val = 27,000 train, N = 13,500: 675.
-    "vinnas-fashion": {
-        "method": "vinnas", "dataset": "fashion-mnist", "epochs": 50, "batch_size": 256, "lr": 3e-3, "lr_min": 0.0,
-        "data_fraction": 0.5, "shift": 2, "flip": True,
-        "space": {"in_channels": 1, "channels": 8, "layout": "NRRN", "states": 3, "ops": "vinnas",
-                  "eval_channels": 32},
-        "options": {"warmup_epochs": 12, "arch_lr": 0.005, "gamma_w": 0.3, "gamma_alpha": 0.3,
-                    "gamma_entropy": 675.0, "retrain_epochs": 200, "retrain_batch_size": 256},
-    },
-    # CIFAR-10: NNRNNRNN with 4 states (C = 16), 100 epochs on 50 % of the data; evaluation 6NR6NR6N (20 cells)
-    # with 2.5x the channels (40), 300 epochs, crops and flips. Gammas and arch_lr as above;
-    # gamma_entropy = 0.05 * N: 50 % of 50,000 = 25,000, less 10 % val = 22,500 train, N = 11,250: 562.5.
-    "vinnas-cifar10": {
-        "method": "vinnas", "dataset": "cifar10", "epochs": 100, "batch_size": 256, "lr": 3e-3, "lr_min": 0.0,
-        "data_fraction": 0.5, "shift": 4, "flip": True,
-        "space": {"in_channels": 3, "channels": 16, "layout": "NNRNNRNN", "states": 4, "ops": "vinnas",
-                  "eval_layout": "6NR6NR6N", "eval_channels": 40},
-        "options": {"warmup_epochs": 25, "arch_lr": 0.003, "gamma_w": 0.03, "gamma_alpha": 0.03,
-                    "gamma_entropy": 562.5, "retrain_epochs": 300, "retrain_batch_size": 256},
-    },
-})
-DEFAULT_PRESET = "pgnas-digits"
-
-METHOD_SPACES: dict[str, tuple[str, ...]] = {
-    "pgnas": ("branches", "chain"),
-    "gdas": ("cells", "chain"),
-    "vinnas": ("cells", "chain"),
-    "pcnas": ("chain", "cells"),
-    "oneshot": ("chain", "cells"),
-    "random": ("cells", "chain"),
-}
-"""The spaces each method's math applies to, its default first (read by the methods and by ``--help``)."""
-
-SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "branches": PRESETS["pgnas-digits"]["space"],
-    "cells": PRESETS["gdas-digits"]["space"],
-    "chain": PRESETS["pcnas-digits"]["space"],
-}
-"""Space options a preset starts from when ``--space`` moves it to a space other than its own: the digits
-settings of the method that owns that space (data shape and image size always come from the data)."""
+        return replace(self, **data)  # its types and domains checked (__post_init__)
 
 
 def on_space(config: SearchConfig, name: str) -> SearchConfig:
@@ -347,8 +191,8 @@ def build_config(config: SearchConfig | Mapping[str, Any] | str | os.PathLike | 
         if method is not None and method not in METHOD_SPACES:
             raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHOD_SPACES)}")
         if preset_name is not None and method is not None and preset_name in PRESETS \
-                and PRESETS[preset_name].get("method", "pgnas") != method:
-            owner = PRESETS[preset_name].get("method", "pgnas")
+                and PRESETS[preset_name]["method"] != method:
+            owner = PRESETS[preset_name]["method"]
             raise ConfigError(f"preset {preset_name!r} belongs to {owner}, not {method}; choose a {method} preset "
                               f"({', '.join(p for p, v in PRESETS.items() if v.get('method') == method)})")
         base = preset(preset_name or (f"{method}-digits" if method else DEFAULT_PRESET))

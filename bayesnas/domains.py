@@ -1,8 +1,9 @@
 """Declared domains of settings: each option states its allowed values once, next to its default.
 
-``epochs: int = setting(40, ">= 1")`` declares a dataclass field whose value must be at least 1. The dataclass
-checks its fields with :func:`check_domains` (in ``__post_init__``), so the CLI, config files and the Python API
-refuse the same values with the same one-line message, and help texts print the same domain text
+``epochs: int = setting(40, ">= 1")`` declares a dataclass field whose value must be an int of at least 1. The
+dataclass checks its fields' types and domains with :func:`check_domains` (in ``__post_init__``; the one check of
+options there is), so the CLI, config files and the Python API refuse the same values with the same one-line
+message, and help texts print the same domain text
 (:func:`domain_text`). Domains are written as
 
 - a bound: ``"> 0"``, ``">= 1"``, ``"< 1"``, ``"<= 1"``;
@@ -16,14 +17,26 @@ optionally followed by ``" or null"``. Numeric domains also refuse NaN and infin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 _BOUND = re.compile(r"^(>=|>|<=|<)\s*(\S+)$")
 _INTERVAL = re.compile(r"^([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])$")
 _CHOICES = re.compile(r"^\{(.+)\}$")
+
+
+class DomainError(ValueError):
+    """A setting whose value is not of its annotated type or lies outside its declared domain."""
+
+    def __init__(self, name: str, requirement: str, value: Any) -> None:
+        super().__init__(f"{name} must be {requirement}, got {value!r}")
+        self.name = name
+        self.requirement = f"must be {requirement}, got {value!r}"
 
 
 @dataclass(frozen=True)
@@ -97,10 +110,39 @@ def domain_text(cls: type, name: str) -> str | None:
     return None if domain is None else domain.describe()
 
 
+@functools.cache
+def field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """The types each field of dataclass ``cls`` admits, from its annotation (``int | None`` -> ``(int,
+    NoneType)``, ``dict[str, Any]`` -> ``(dict,)``); fields annotated ``Any`` are left out."""
+    hints = typing.get_type_hints(cls)
+    admitted = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        allowed = tuple(typing.get_origin(t) or t for t in (typing.get_args(hint) if union else (hint,)))
+        if Any not in allowed:
+            admitted[f.name] = allowed
+    return admitted
+
+
+def _admits(allowed: tuple[type, ...], value: Any) -> bool:
+    """Whether ``value`` is of one of the ``allowed`` types (an int stands for a float, a bool for no int)."""
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, int) and float in allowed:
+        return True
+    return isinstance(value, allowed)
+
+
 def check_domains(obj: Any) -> None:
-    """Raise ``ValueError`` naming the first field of dataclass instance ``obj`` outside its declared domain."""
+    """Raise :class:`DomainError` naming the first field of dataclass instance ``obj`` whose value is not of its
+    annotated type or lies outside its declared domain."""
+    admitted = field_types(type(obj))
     for f in dataclasses.fields(obj):
-        domain = f.metadata.get("domain")
         value = getattr(obj, f.name)
+        if f.name in admitted and not _admits(admitted[f.name], value):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in admitted[f.name])
+            raise DomainError(f.name, names, value)
+        domain = f.metadata.get("domain")
         if domain is not None and value not in domain:
-            raise ValueError(f"{f.name} must be {domain.describe()}, got {value!r}")
+            raise DomainError(f.name, domain.describe(), value)

@@ -123,6 +123,17 @@ class TrainRecipe:
         return {"precision": self.precision, "channels_last": self.channels_last}
 
 
+@dataclass(frozen=True)
+class StandaloneTraining(TrainRecipe):
+    """One architecture trained alone from scratch (:func:`bayesnas.train`, ``bayesnas train``): a recipe of at least
+    one epoch, with the network's drop-path rate and the seed of its initialisation, batch order and data split."""
+
+    epochs: int = setting(30, "[1, 100000]")
+    drop_path: float = setting(0.0, "[0, 1)")
+    """Drop-path rate of the cell networks (DARTS; 0: off)."""
+    seed: int = setting(0, "[0, 4294967295]")
+
+
 def train_network(net: nn.Module, train: Split, val: Split, recipe: TrainRecipe, seed: int = 0,
                   progress: bool = True, desc: str = "train") -> list[dict[str, float]]:
     """Train ``net`` on ``train``; returns one row per epoch (loss, train and validation accuracy).

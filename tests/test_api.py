@@ -76,7 +76,7 @@ def test_search_load_run_and_train_from_python(tmp_path, one_thread):
     result = bayesnas.train(run.genotype, epochs=1, device="cpu", progress=False)
     assert result["dataset"] == "digits" and 0 <= result["test_accuracy"] <= 1
     assert not (out / "train_summary.json").exists()  # a Genotype object: nothing written unless out is given
-    with pytest.raises(ConfigError, match="`epochs` must be >= 1"):
+    with pytest.raises(ConfigError, match=r"`epochs` must be \[1, 100000\], got 0"):
         bayesnas.train(run.genotype, epochs=0)
 
     with pytest.raises(bayesnas.SearchError, match="pass `resume=True` to continue it or choose another `out`"):

@@ -122,6 +122,46 @@ def test_only_the_front_door_imports_an_experiment_driver():
     assert importers <= front and "bayesnas.cli" in importers
 
 
+NAMING_METHODS = ("bayesnas.experiments", "bayesnas.spaces")
+"""Modules that may name a method: the experiment drivers are defined in terms of named methods (random search as
+the chance reference, PC-NAS's ranking against one-shot), and the spaces name op sets after the papers that define
+them (``ops: gdas``)."""
+
+
+def _names_of_methods(path: Path, names: set[str]) -> set[str]:
+    """The method and preset names that ``path`` spells as string constants."""
+    return {node.value for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names}
+
+
+def _own_modules(method: str) -> set[str]:
+    """A method's own modules: its method module, model and guide (one stem)."""
+    stem = METHODS[method].__module__.rsplit(".", 1)[1]
+    return {f"bayesnas.methods.{stem}", f"bayesnas.models.{stem}", f"bayesnas.guides.{stem}"}
+
+
+def test_no_module_but_a_methods_own_names_it():
+    """Adding a method is its method module (with its declaration beside it), model, guide and a test: no other module
+    spells a method's name or one of its presets' (the front door, the base, the inference and the loop included)."""
+    owners = {name: settings["method"] for name, settings in PRESETS.items()} | {m: m for m in METHODS}
+    found = {}
+    for module, path in _modules().items():
+        if module.startswith(NAMING_METHODS):
+            continue
+        named = {n for n in _names_of_methods(path, set(owners)) if module not in _own_modules(owners[n])}
+        if named:
+            found[module] = sorted(named)
+    assert found == {}
+
+
+def test_the_method_name_checker_sees_a_name(tmp_path):
+    cli = tmp_path / "cli.py"
+    cli.write_text('"""Docs may say pcnas."""\nDEFAULT = "pcnas-digits"\nLABEL = "PC-NAS"\n')
+    assert _names_of_methods(cli, {"pcnas", "pcnas-digits"}) == {"pcnas-digits"}
+    assert "bayesnas.guides.vinnas" in _own_modules("vinnas") and "bayesnas.methods.random_search" in _own_modules(
+        "random")
+
+
 def test_the_checker_sees_a_cycle_and_a_layer_breach(tmp_path):
     """The two checks above can fail: a hand-made cycle and a base module importing a method are found."""
     a, b = tmp_path / "a.py", tmp_path / "b.py"

@@ -81,10 +81,10 @@ def test_module_entry_point_runs():
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["search", "--method", "darts"], "unknown method 'darts'; choose one of: pgnas, gdas"),
+    (["search", "--method", "darts"], "unknown method 'darts'; choose one of: gdas, oneshot, pcnas, pgnas, random,"),
     (["search", "--preset", "nope"], "unknown preset 'nope'"),
     (["search", "--dataset", "imagenet"], "unknown"),
-    (["search", "--option", "temperature=\"hot\""], "option 'temperature' must be float"),
+    (["search", "--option", "temperature=\"hot\""], "method 'pgnas': temperature must be float, got 'hot'"),
     (["search", "--option", "bogus=1"], "unknown option(s) bogus"),
     (["search", "--dataset", "mnist"], "--data-dir"),
     (["search", "--device", "tpu"], "unknown device"),
@@ -114,7 +114,7 @@ def test_missing_data_folder_says_where_it_looked(tmp_path, capsys):
 @pytest.mark.parametrize("content,match", [
     ("{broken", "not valid JSON"),
     ("[1]", "JSON object"),
-    ('{"epochs": "many"}', "option 'epochs' must be int"),
+    ('{"epochs": "many"}', "epochs must be int, got 'many'"),
     ('{"learning_rate": 0.1}', "unknown option(s) learning_rate"),
     ('{"epochs": 0}', "epochs must be [1, 100000], got 0"),
     ('{"space": {"widths": [8], "depths": [1, 2]}}', "widths and depths"),

@@ -342,13 +342,15 @@ def test_latency_command_measures_a_table_alone(tmp_path, capsys):
     out = tmp_path / "tables" / "cpu.json"
     space = json.dumps({"space": TINY["space"]})
     (tmp_path / "space.json").write_text(space)
-    argv = ["latency", "--config", str(tmp_path / "space.json"), "--option", "latency_batch_size=4", "--option",
-            "latency_runs=2", "--device", "cpu", "--out", str(out)]
+    argv = ["latency", "--config", str(tmp_path / "space.json"), "--batch-size", "4", "--runs", "2",
+            "--device", "cpu", "--out", str(out)]
     assert main(argv) == 0
     table = latency.LatencyTable.load(out)
     assert table.batch_size == 4 and table.source == "measured here, minimum of 2 runs" and len(table.ms) == 3
     assert f"-> {out}" in capsys.readouterr().out
     assert main(argv) == EXIT_ERROR and "exists" in capsys.readouterr().err  # a new file only
+    assert main([*argv[:-1], str(tmp_path / "other.json"), "--runs", "0"]) == EXIT_ERROR
+    assert "--runs must be >= 1" in capsys.readouterr().err and not (tmp_path / "other.json").exists()
     assert latency.LatencyTable.load(out) == table
     # a search of those settings takes it as its table
     config = preset("pcnas-digits").merged({**TINY, "options": {**TINY["options"], "latency_table": str(out)}})

@@ -37,7 +37,7 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from bayesnas.config import ConfigError, SearchConfig, on_space, preset
+from bayesnas.config import METHOD_SPACES, ConfigError, SearchConfig, on_space, preset
 from bayesnas.data import DataBundle
 from bayesnas.diagnostics import save_figure
 from bayesnas.distributed import World, agree, world_of
@@ -108,6 +108,9 @@ def population_spec(space: str, dataset: str, overrides: dict[str, Any] | None =
     """The random-search baseline's configuration on ``space`` and ``dataset``, with ``overrides`` (a config file's
     options: ``space``/``options`` merged key by key) applied last."""
     config = on_space(preset("random-digits").merged({"dataset": dataset}), space).merged(dict(overrides or {}))
+    if space not in METHOD_SPACES["random"]:
+        raise ConfigError(f"random search does not draw from the {space} space; a population samples one of: "
+                          f"{', '.join(METHOD_SPACES['random'])}")
     if config.method != "random":
         raise ConfigError(f"a population's configuration is random search's; got method {config.method!r}")
     spec = PopulationSpec(config)

@@ -32,6 +32,10 @@ from bayesnas.training import accuracy, search_recipe, train_network
 
 RANK_FILE = "rank.json"
 RANK_SETTINGS = "rank_config.json"
+DEFAULT_PRESET = "pcnas-digits"
+"""The settings of both super-networks where none are named."""
+SUPERNETWORKS = {"oneshot": "one-shot (uniform)", "pcnas": "PC-NAS (pool)"}
+"""The two super-networks compared (their methods and labels), as in PC-NAS Sec. 4.4 (Pearson 0.11 vs 0.92)."""
 """The settings a ranking folder was started with: continuing it (finished searches reused) needs the same."""
 
 
@@ -93,7 +97,7 @@ def run_rank(config: SearchConfig, out: str | Path, *, num_archs: int = 12, trai
         raise ConfigError(f"unknown population {population!r}: pool or uniform")
     out = Path(out)
     # the two searches may have run before, into out/oneshot and out/pcnas (each checks its own folder)
-    check_folder(out, "rank", ours=(out / RANK_FILE).exists(), preseeded=("oneshot", "pcnas"))
+    check_folder(out, "rank", ours=(out / RANK_FILE).exists(), preseeded=tuple(SUPERNETWORKS))
     settings = {**config.to_dict(), "num_archs": num_archs, "train_epochs": train_epochs,
                 "population": population}
     with world_of(resolve_device(device)) as (world, device):

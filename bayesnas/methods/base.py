@@ -10,7 +10,6 @@ to show while training, how it turns its posterior into one architecture, and wh
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -117,7 +116,8 @@ class Selection:
 
 
 def parse_options(options_type: type, options: dict[str, Any], method: str) -> Any:
-    """Build a method's options dataclass from a dict, with one-line errors for unknown keys or types."""
+    """Build a method's options dataclass from a dict, with one-line errors for unknown keys; the dataclass checks
+    its values' types and domains (:func:`bayesnas.domains.check_domains`)."""
     known = {f.name: f for f in dataclasses.fields(options_type)}
     unknown = set(options) - set(known)
     if unknown:
@@ -127,14 +127,6 @@ def parse_options(options_type: type, options: dict[str, Any], method: str) -> A
                               f"set it as a key of the configuration (`{config_keys[0]}=...`, or in --config)")
         raise ConfigError(f"method {method!r}: unknown option(s) {', '.join(sorted(unknown))}; "
                           f"known: {', '.join(known)}")
-    hints = typing.get_type_hints(options_type)
-    for key, value in options.items():
-        allowed = typing.get_args(hints[key]) if isinstance(hints[key], types.UnionType) else (hints[key],)
-        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if not any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise ConfigError(f"method {method!r}: option {key!r} must be {names}, got {value!r}")
     try:
         return options_type(**options)
     except ValueError as err:
@@ -149,10 +141,11 @@ class SearchMethod(ABC):
     space_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     """Space options the method sets on a space unless the configuration does (VINNAS: K = 10 ops on cells)."""
     spaces: ClassVar[tuple[str, ...]] = ()
-    """The spaces a method registered from outside the package can search, its default first (the built-in
-    methods' are :data:`bayesnas.config.METHOD_SPACES`, which ``--help`` reads without importing torch)."""
+    """The spaces a method registered from outside the package can search, its default first (a built-in method
+    declares them in the ``<module>.toml`` beside its module, which ``--help`` reads without importing torch)."""
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
-    """Presets a method registered from outside the package brings (``<name>-digits`` is the default one)."""
+    """Presets a method registered from outside the package brings (``<name>-digits`` is the default one; a
+    built-in method's are in its ``<module>.toml``)."""
     space_reasons: ClassVar[dict[str, str]] = {}
     """Why the method cannot search a space it leaves out (one line each, for the error); the spaces it can
     search are :data:`bayesnas.config.METHOD_SPACES`."""

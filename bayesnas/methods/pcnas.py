@@ -70,9 +70,9 @@ class OneShotOptions:
     latency_ms: float | None = setting(None, "> 0 or null")
     """Hard latency limit of the architectures (paper: 10 ms on a GTX 1080Ti at batch 16); null: none. Only on a
     space with a latency table (the chain)."""
-    latency_batch_size: int = setting(16, "[1, 65536]")
+    latency_batch_size: int = setting(latency.BATCH_SIZE, "[1, 65536]")
     """Batch size of the latency measurement (paper: 16)."""
-    latency_runs: int = setting(7, ">= 1")
+    latency_runs: int = setting(latency.RUNS, ">= 1")
     """Timed runs per lookup-table entry (the minimum is kept: a busy machine only adds time)."""
     latency_table: str | None = None
     """A ``latency.json`` measured elsewhere (another run's, or ``bayesnas latency --out``) for this space and batch

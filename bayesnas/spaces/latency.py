@@ -33,6 +33,10 @@ from bayesnas.spaces.profile import count_flops
 
 LATENCY_FILE = "latency.json"
 TABLE_FORMAT = 1
+BATCH_SIZE = 16
+"""Images per timed pass where none is given (PC-NAS Sec. 4.1: batch 16)."""
+RUNS = 7
+"""Timed passes per entry where none is given; the fastest is kept (a busy machine only adds time)."""
 
 
 def time_module(module: nn.Module, x: torch.Tensor, runs: int = 7, warmup: int = 2) -> float:
@@ -124,7 +128,7 @@ def device_name(device: torch.device) -> str:
     return f"{device.type}:{torch.get_num_threads()} threads"
 
 
-def measure(space: ChainSpace, device: torch.device, batch_size: int = 16, runs: int = 7,
+def measure(space: ChainSpace, device: torch.device, batch_size: int = BATCH_SIZE, runs: int = RUNS,
             warmup: int = 2, timed: bool = True) -> LatencyTable:
     """Time every (decision, option) of ``space`` and its fixed parts on ``device`` at ``batch_size`` (with
     ``timed=False`` only count their multiply-adds: every time is 0)."""
@@ -161,8 +165,8 @@ def _measure(space: ChainSpace, device: torch.device, batch_size: int, runs: int
     return LatencyTable(device_name(device), batch_size, c.to_dict(), round(fixed_ms, 5), fixed_macs, ms, macs)
 
 
-def load_or_measure(space: ChainSpace, path: str | Path | None, device: torch.device, batch_size: int = 16,
-                    runs: int = 7, write: bool = True) -> LatencyTable:
+def load_or_measure(space: ChainSpace, path: str | Path | None, device: torch.device,
+                    batch_size: int = BATCH_SIZE, runs: int = RUNS, write: bool = True) -> LatencyTable:
     """The table cached at ``path`` when it was measured for this space, device and batch size; otherwise a
     fresh measurement, written to ``path`` when ``write`` (and a path) is given."""
     table = _read(path)
