@@ -4,7 +4,10 @@ The public API (each name is imported on first use, so ``import bayesnas`` is qu
 
     run = bayesnas.search(method="gdas", epochs=5, out="runs/gdas5")   # a search, as `bayesnas search` runs it
     run = bayesnas.load_run("runs/gdas5")                              # summary, genotype, metrics(), posterior()
-    bayesnas.train(run.genotype, epochs=10)                            # the architecture alone, from scratch
+    bayesnas.train(run.genotype, epochs=10).network                    # the architecture alone, from scratch
+    run.network()                                                      # the selected network, trained, for inference
+    bayesnas.search(dataset=(x, y))                                    # your own images (tensors, arrays, a Dataset,
+                                                                       # a folder or an .npz file)
 
 and the parts to build your own: :class:`SearchConfig`, :func:`build_config`, :func:`preset`; the spaces
 (:func:`get_space`, :class:`Genotype`), the methods (:func:`get_method`) and their Pyro models, guides and
@@ -24,7 +27,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "search": "bayesnas.api", "load_run": "bayesnas.api", "train": "bayesnas.api", "Run": "bayesnas.api",
-    "predict": "bayesnas.api",
+    "predict": "bayesnas.api", "load_network": "bayesnas.api", "TrainedNetwork": "bayesnas.api",
+    "BadDataError": "bayesnas.user_data",
     "SearchConfig": "bayesnas.config", "ConfigError": "bayesnas.config", "build_config": "bayesnas.config",
     "preset": "bayesnas.config", "PRESETS": "bayesnas.config", "METHOD_SPACES": "bayesnas.config",
     "Genotype": "bayesnas.spaces", "GenotypeError": "bayesnas.spaces", "load_genotype": "bayesnas.spaces",

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from bayesnas.data import DataBundle
     from bayesnas.methods import SearchMethod
-    from bayesnas.training import TrainRecipe
+    from bayesnas.training import StandaloneTraining
 
 
 TRAINED_WEIGHTS = "model.pt"
@@ -61,6 +61,22 @@ class Run:
         from bayesnas.diagnostics import POSTERIOR_FILE, read_posterior
 
         return read_posterior(self.path / POSTERIOR_FILE)
+
+    def network(self, *, device: str | torch.device = "cpu", data_dir: str | os.PathLike | None = None,
+                download: bool = False) -> torch.nn.Module:
+        """The selected architecture with trained weights, in eval mode, for inference on images normalised as the
+        run's data (``bayesnas.load_dataset(run.config.dataset, seed=run.config.split_seed, ...)``): the network
+        ``bayesnas train`` trained into this folder (``model.pt``, on the run's own data set) where there is one,
+        else the search's retrained one (``selected.pt``), else the super-network's inherited weights."""
+        from bayesnas.data import dataset_key
+
+        if not self.finished or self.genotype is None:
+            raise ConfigError(f"{self.path} is not a finished search (no summary.json): no selected network yet")
+        trained = self.path / "train_summary.json"
+        if trained.exists() and read_json(trained).get("dataset") == dataset_key(self.config.dataset):
+            return load_network(self.path, device=device)
+        method = self.trained(device=device, data_dir=data_dir, download=download)
+        return _retrained_network(self, method) or method.inherited_network(self.genotype).eval()
 
     def trained(self, *, device: str | torch.device = "cpu", data_dir: str | os.PathLike | None = None,
                 download: bool = False) -> SearchMethod:
@@ -107,16 +123,35 @@ def search(config: SearchConfig | dict[str, Any] | str | os.PathLike | None = No
         run.summary["test_accuracy"], run.genotype, run.metrics()
     """
     from bayesnas.infer import run_search
+    from bayesnas.user_data import dataset_name
 
+    if settings.get("dataset") is not None:
+        settings["dataset"] = dataset_name(settings["dataset"])
     config = build_config(config, preset_name=preset, method=method, space_name=space_name, options=options,
                           **settings)
     if resume and out is None:
         raise ConfigError("`resume=True` needs `out`, the run folder to continue")
     if out is None:
-        name = preset or f"{config.method}-{config.dataset}"
+        name = preset or f"{config.method}-{Path(config.dataset).stem}"
         out = f"runs/{name}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_search(config, out, device=device, resume=resume, data_dir=data_dir, download=download, progress=progress)
     return load_run(out)
+
+
+def _retrained_network(run: Run, method: SearchMethod) -> torch.nn.Module | None:
+    """The selected network as the search retrained it (``selected.pt``), in eval mode; None where it did not."""
+    from bayesnas.io import load_weights
+    from bayesnas.search_folder import SELECTED_WEIGHTS
+
+    weights = run.path / SELECTED_WEIGHTS
+    if not weights.exists() or run.genotype is None:
+        return None
+    net = method.space.build(run.genotype, **method.retrain_build_options()).to(method.device)
+    try:
+        net.load_state_dict(load_weights(weights, method.device))
+    except RuntimeError as err:  # weights of another network (another run or method)
+        raise DamagedFileError(f"{weights} does not fit this run's network ({str(err).splitlines()[0]})") from None
+    return net.eval()
 
 
 PREDICT_FILE = "predict_{split}.json"
@@ -138,9 +173,8 @@ def predict(run: Run | str | os.PathLike, *, samples: int = 32, split: str = "te
 
     from bayesnas.diagnostics import save_figure
     from bayesnas.infer import config_data, load_trained, resolve_device
-    from bayesnas.io import check_writable, load_weights, write_json
+    from bayesnas.io import check_writable, write_json
     from bayesnas.predictive import SPLITS, plot_reliability, plot_sample_curve, predict_method
-    from bayesnas.search_folder import SELECTED_WEIGHTS
 
     run = run if isinstance(run, Run) else load_run(run)
     if split not in SPLITS:
@@ -155,16 +189,7 @@ def predict(run: Run | str | os.PathLike, *, samples: int = 32, split: str = "te
     data = config_data(run.config, device, data_dir, download)
     with pyro.settings.context(module_local_params=True):
         method = load_trained(run.config, run.path, data, device)
-        single = {"inherited": method.inherited_network(run.genotype), "retrained": None}
-        weights = run.path / SELECTED_WEIGHTS
-        if weights.exists():
-            net = method.space.build(run.genotype, **method.retrain_build_options()).to(device)
-            try:
-                net.load_state_dict(load_weights(weights, device))
-            except RuntimeError as err:  # weights of another network (another run or method)
-                raise DamagedFileError(f"{weights} does not fit this run's network ({str(err).splitlines()[0]})") \
-                    from None
-            single["retrained"] = net.eval()
+        single = {"inherited": method.inherited_network(run.genotype), "retrained": _retrained_network(run, method)}
         pyro.set_rng_seed(seed)
         result = predict_method(method, getattr(data, split), samples, single)
     result = {"run": str(run.path), "method": run.config.method, "split": split, "samples": samples, "seed": seed,
@@ -176,28 +201,44 @@ def predict(run: Run | str | os.PathLike, *, samples: int = 32, split: str = "te
     return result
 
 
-def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None, out: str | os.PathLike | None = None,
+class TrainedNetwork(dict):
+    """What :func:`train` returns: its ``train_summary.json`` content (a dict) and the trained ``network`` (eval
+    mode, on the device it trained on)."""
+
+    def __init__(self, summary: dict[str, Any], network: torch.nn.Module) -> None:
+        super().__init__(summary)
+        self.network = network
+
+
+def train(genotype: Genotype | str | os.PathLike, *, dataset: Any = None, out: str | os.PathLike | None = None,
           force: bool = False, epochs: int = 30, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 3e-4,
           cutout: int = 0, auxiliary: float = 0.0, drop_path: float = 0.0, precision: str = "fp32",
-          channels_last: bool = False, seed: int = 0, device: str = "auto",
-          data_dir: str | os.PathLike | None = None, download: bool = False, progress: bool = True) -> dict[str, Any]:
+          channels_last: bool = False, seed: int = 0, data_fraction: float = 1.0, device: str = "auto",
+          data_dir: str | os.PathLike | None = None, download: bool = False,
+          progress: bool = True) -> TrainedNetwork:
     """Train ``genotype``'s network from scratch (SGD with Nesterov momentum and a cosine schedule, weight decay,
     optional cutout, auxiliary head and drop-path: :class:`bayesnas.training.TrainRecipe`) and return its
-    ``train_summary.json`` content (accuracies, parameters, the per-epoch history).
+    ``train_summary.json`` content (accuracies, parameters, the per-epoch history) with the trained network
+    (:class:`TrainedNetwork`).
 
-    ``dataset`` defaults to the one the genotype was searched on; ``out`` (default: the genotype file's folder,
-    or nothing written for a :class:`Genotype` object; ``genotype`` may also name a run folder) receives
+    ``dataset`` (a name, a user's folder or ``.npz`` file, or in-memory data as :func:`search` takes them) defaults
+    to the one the genotype was searched on. On another data set the architecture is rebuilt for its channels,
+    classes and image size, as DARTS evaluates a searched cell on other data (``network_genotype`` in the summary);
+    ``data_fraction`` thins the training images only. ``out`` (default: the genotype file's folder, or nothing
+    written for a :class:`Genotype` object; ``genotype`` may also name a run folder) receives
     ``train_summary.json`` (an earlier one is replaced only with ``force=True``), the trained network's weights
-    (:data:`TRAINED_WEIGHTS`, weights only: ``net.load_state_dict(torch.load(path, weights_only=True))`` on
-    ``get_space(genotype.space, genotype.config).build(genotype)``) and a drawing of the architecture,
-    ``architecture.png`` (a file of that name that bayesnas did not write is left as it is)."""
+    (:data:`TRAINED_WEIGHTS`, weights only; :func:`load_network` rebuilds the network with them) and a drawing of
+    the architecture, ``architecture.png`` (a file of that name that bayesnas did not write is left as it is)."""
+    import torch
+
     from bayesnas.data import load_dataset
     from bayesnas.infer import resolve_device
     from bayesnas.io import check_writable
+    from bayesnas.methods import DATA_SHAPE, shaped_space
     from bayesnas.precision import resolve_precision
     from bayesnas.run_folder import LOCK, RunLock, folder_kind
-    from bayesnas.spaces import get_space
     from bayesnas.training import StandaloneTraining
+    from bayesnas.user_data import dataset_name
 
     try:
         recipe = StandaloneTraining(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -210,7 +251,7 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
     if not isinstance(genotype, Genotype):
         source = genotype_path(genotype)
         genotype = load_genotype(genotype)
-    searched_on, dataset = genotype.dataset, dataset or genotype.dataset
+    dataset = dataset_name(dataset) if dataset is not None else genotype.dataset
     if dataset is None:
         raise ConfigError("the genotype does not record the data set it was searched on; pass `dataset`")
     device = resolve_device(device)
@@ -220,28 +261,29 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: str | None = None,
                           "or choose another `out`")
     if out is not None and (out / TRAINED_WEIGHTS).exists() and not (out / "train_summary.json").exists():
         raise ConfigError(f"{out / TRAINED_WEIGHTS} was not written by bayesnas train; choose another `out`")
-    data = load_dataset(dataset, data_dir=data_dir, download=download, seed=seed).to(device)
-    space = get_space(genotype.space, genotype.config)
-    # the image size a genotype's space records is its search data's only where the genotype names that data set
-    # (older files hold the space's default size; the networks take any size)
-    shape = getattr(space.config, "image_size", None) if searched_on is not None else None
-    if (data.in_channels, data.num_classes) != (space.config.in_channels, space.config.num_classes) \
-            or shape not in (None, data.image_size):
-        size = f", {shape}x{shape} images" if shape is not None else ""
-        raise ConfigError(f"the genotype's network takes {space.config.in_channels} input channels{size} and "
-                          f"{space.config.num_classes} classes; {data.name} has {data.in_channels} channels, "
-                          f"{data.image_size}x{data.image_size} images and {data.num_classes} classes")
-    net = space.build(genotype, auxiliary=auxiliary > 0, drop_path=drop_path).to(device)
+    data = load_dataset(dataset, data_dir=data_dir, download=download, seed=seed, fraction=data_fraction).to(device)
+    # the DARTS practice: the searched architecture rebuilt for this data's channels, classes and image size
+    space = shaped_space(genotype.space, data, {k: v for k, v in genotype.config.items() if k not in DATA_SHAPE})
+    built = Genotype(genotype.space, space.config.to_dict(), genotype.choices, data.name)
+    net = space.build(built, auxiliary=auxiliary > 0, drop_path=drop_path).to(device)
+    try:
+        with torch.no_grad():
+            net.eval()(data.train.x[:2])
+    except RuntimeError as err:
+        raise ConfigError(f"the {genotype.space} network of this genotype cannot take {data.name}'s "
+                          f"{data.in_channels}x{data.image_size}x{data.image_size} images: "
+                          f"{' '.join(str(err).split())[:200]}") from None
     recipe = replace(recipe, precision=resolve_precision(precision, device))
     if out is not None:
         check_writable(out)  # before the training, not after it
     # while it trains, a second training (or a search) into the same folder is refused
     with RunLock(out / LOCK, folder_kind(out) or "training") if out is not None else contextlib.nullcontext():
-        return _train_and_write(genotype, source, net, data, recipe, seed, epochs, progress, out)
+        result = _train_and_write(genotype, built, source, net, data, recipe, progress, out)
+    return TrainedNetwork(result, net.eval())
 
 
-def _train_and_write(genotype: Genotype, source: Path | None, net: torch.nn.Module, data: DataBundle,
-                     recipe: TrainRecipe, seed: int, epochs: int, progress: bool, out: Path | None) -> dict[str, Any]:
+def _train_and_write(genotype: Genotype, built: Genotype, source: Path | None, net: torch.nn.Module,
+                     data: DataBundle, recipe: StandaloneTraining, progress: bool, out: Path | None) -> dict[str, Any]:
     """:func:`train`'s training, result and files (into ``out``, held by the caller)."""
     from bayesnas.drawing import ARCHITECTURE_FILE, draw_genotype
     from bayesnas.io import write_json
@@ -250,12 +292,14 @@ def _train_and_write(genotype: Genotype, source: Path | None, net: torch.nn.Modu
     from bayesnas.spaces.profile import count_params
     from bayesnas.training import accuracy, train_network
 
-    history = train_network(net, data.train, data.val, recipe, seed, progress=progress)
+    history = train_network(net, data.train, data.val, recipe, recipe.seed, progress=progress)
     result = {"genotype": str(source) if source is not None else genotype.to_dict(), "dataset": data.name,
+              "network_genotype": built.to_dict(), "auxiliary": recipe.aux_weight, "drop_path": recipe.drop_path,
+              "seed": recipe.seed, "train_images": len(data.train),
               "params": count_params(net), "params_with_auxiliary": count_params(net, auxiliary=True),
               "val_accuracy": accuracy(net, data.val, **recipe.evaluation()),
               "test_accuracy": accuracy(net, data.test, **recipe.evaluation()),
-              "epochs": epochs, "precision": recipe.precision, "channels_last": recipe.channels_last,
+              "epochs": recipe.epochs, "precision": recipe.precision, "channels_last": recipe.channels_last,
               "history": history}
     if out is not None:
         drawing = out / ARCHITECTURE_FILE
@@ -266,3 +310,31 @@ def _train_and_write(genotype: Genotype, source: Path | None, net: torch.nn.Modu
         if ours and not drawing.is_symlink():
             draw_genotype(genotype, drawing)
     return result
+
+
+def load_network(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The network :func:`train` (``bayesnas train``) trained into ``folder``: rebuilt from ``train_summary.json``'s
+    ``network_genotype`` with the weights of :data:`TRAINED_WEIGHTS`, in eval mode on ``device``. It takes images
+    normalised as that training's data split did (``load_dataset(summary["dataset"], seed=summary["seed"])``)."""
+    from bayesnas.infer import resolve_device
+    from bayesnas.io import load_weights
+    from bayesnas.spaces import get_space
+
+    folder = Path(folder)
+    try:
+        summary = read_json(folder / "train_summary.json")
+    except FileNotFoundError:
+        raise ConfigError(f"{folder} holds no trained network (train_summary.json is missing)") from None
+    if not isinstance(summary.get("network_genotype"), dict) or not (folder / TRAINED_WEIGHTS).is_file():
+        raise ConfigError(f"{folder} holds no network that bayesnas train saved (no network_genotype or "
+                          f"{TRAINED_WEIGHTS}; train it again)")
+    genotype = Genotype.from_dict(summary["network_genotype"])
+    device = resolve_device(device)
+    net = get_space(genotype.space, genotype.config).build(genotype, auxiliary=summary["auxiliary"] > 0,
+                                                           drop_path=summary["drop_path"]).to(device)
+    try:
+        net.load_state_dict(load_weights(folder / TRAINED_WEIGHTS, device))
+    except RuntimeError as err:
+        raise DamagedFileError(f"{folder / TRAINED_WEIGHTS} does not fit the network of "
+                               f"{folder / 'train_summary.json'} ({str(err).splitlines()[0]})") from None
+    return net.eval()

@@ -59,6 +59,9 @@ def _domain(name: str) -> str:
 def _add_common(p: argparse.ArgumentParser, dataset_default: str = "the preset's") -> None:
     p.add_argument("--dataset", help="digits (embedded), mnist, fashion-mnist, cifar10 or cifar100 "
                    f"(default: {dataset_default})")
+    p.add_argument("--data", metavar="PATH", help="your own images instead of --dataset: a folder with one sub-folder "
+                   "per class (torchvision's ImageFolder layout; optional train/, val/, test/ sub-folders) or an .npz "
+                   "file (x_train, y_train, optional x_val, y_val, x_test, y_test)")
     p.add_argument("--data-dir", help="folder holding the torchvision files of mnist/fashion-mnist/cifar")
     p.add_argument("--download", action="store_true", help="let torchvision download missing files")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -313,6 +316,18 @@ def _parse_option(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def chosen_dataset(args: argparse.Namespace) -> str | None:
+    """The data set ``--dataset`` names or ``--data`` points at (a path as its absolute path), or None."""
+    dataset, data = getattr(args, "dataset", None), getattr(args, "data", None)
+    if dataset is not None and data is not None:
+        raise ConfigError("give --dataset (a named data set) or --data (your own images), not both")
+    if data is None and dataset is None:
+        return None
+    from bayesnas.user_data import dataset_name
+
+    return dataset_name(data if data is not None else dataset)
+
+
 def search_config(args: argparse.Namespace) -> SearchConfig:
     """The configuration the flags describe: over the preset, or, with ``--resume`` into a run folder, over the
     run's own ``config.json`` (so no flag need be repeated; a flag given must agree with it, or the search refuses
@@ -328,6 +343,7 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
                  "compile")}
     if getattr(args, "fixed_reduction", False):
         settings["space"] = {"fixed_reduction": True}
+    settings["dataset"] = chosen_dataset(args)
     source: Any = args.config
     saved = Path(args.out) / "config.json" if getattr(args, "resume", False) and args.out else None
     if saved is not None and saved.is_file():  # a SearchConfig is build_config's starting point (no preset)
@@ -389,7 +405,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bayesnas.spaces import genotype_path
 
     out = Path(args.out) if args.out else genotype_path(args.genotype).parent
-    result = train(args.genotype, dataset=args.dataset, out=out, force=args.force, epochs=args.epochs,
+    result = train(args.genotype, dataset=chosen_dataset(args), out=out, force=args.force, epochs=args.epochs,
                    batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, cutout=args.cutout,
                    auxiliary=args.auxiliary, drop_path=args.drop_path, precision=args.precision,
                    channels_last=args.channels_last, seed=args.seed or 0, device=args.device,

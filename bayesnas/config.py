@@ -86,6 +86,9 @@ class SearchConfig:
     val_fraction: float = setting(0.1, "(0, 1)")
     test_fraction: float = setting(0.2, "[0, 1)")
     data_fraction: float = setting(1.0, "(0, 1]")
+    data_fingerprint: str | None = None
+    """Content hash of a user's data set (a folder or ``.npz`` file named as ``dataset``), recorded when a search
+    starts; the run then refuses data whose content differs (null: a named data set, or not yet recorded)."""
     data_seed: int | None = setting(None, "[0, 4294967295] or null")
     """Seed of the train/val/test split (null: ``seed``). ``bayesnas bench compare`` fixes it to the population's,
     so that searches of every seed see the split the population was trained and tested on."""

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from bayesnas.errors import BayesNASError
+from bayesnas.io import cache_dir
 
 __all__ = [
     "DATASETS",
@@ -156,6 +157,10 @@ class DataBundle:
     in_channels: int
     image_size: int
     source: str
+    fingerprint: str | None = None
+    """SHA-256 (16 hex digits) of a user's data set's content (:mod:`bayesnas.user_data`); None for named ones."""
+    classes: tuple[str, ...] = ()
+    """Class names of a user's data set (its class folders), label order."""
 
     def halves(self, seed: int) -> tuple[Split, Split]:
         """Split the training part into a weight split and an architecture split of (nearly) equal size.
@@ -172,6 +177,17 @@ class DataBundle:
         return dataclasses.replace(
             self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
         )
+
+
+def dataset_key(name: str | os.PathLike[str]) -> str:
+    """The name a bundle of ``name`` carries: a known data set's lower-case name (``Fashion_MNIST`` ->
+    ``fashion-mnist``), a user's folder or ``.npz`` file's absolute path, else ``name`` as given."""
+    from bayesnas.user_data import is_user_data
+
+    key = str(name).strip().lower().replace("_", "-")
+    if key in DATASETS:
+        return key
+    return os.path.abspath(name) if is_user_data(name) else os.fspath(name)
 
 
 def load_dataset(
@@ -191,11 +207,16 @@ def load_dataset(
     :class:`DatasetNotFoundError` when files are missing, :class:`DatasetCorruptedError` when they are
     unreadable and ``ValueError`` for invalid fractions.
     """
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in DATASETS:
-        raise UnknownDatasetError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
+    from bayesnas.user_data import is_user_data
+
+    key = dataset_key(name)
+    if key not in DATASETS and not is_user_data(key):
+        raise UnknownDatasetError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}, or a folder of "
+                                  "images (ImageFolder layout) or an .npz file of your own")
     _check_fraction("val_fraction", val_fraction, upper_inclusive=False)
     _check_fraction("fraction", fraction, upper_inclusive=True)
+    if key not in DATASETS:
+        return _load_user_data(key, seed, val_fraction, test_fraction, fraction)
     if key == "digits":
         _check_fraction("test_fraction", test_fraction, upper_inclusive=False)
         if val_fraction + test_fraction >= 1.0:
@@ -239,6 +260,40 @@ def load_dataset(
         image_size=int(train.x.shape[2]),
         source=source,
     )
+
+
+def _load_user_data(path: str, seed: int, val_fraction: float, test_fraction: float, fraction: float) -> DataBundle:
+    """A user's folder or ``.npz`` file (:mod:`bayesnas.user_data`), split: the splits it does not bring are drawn
+    stratified from its training images (test first, ``test_fraction`` of them, then ``val_fraction``), and only
+    then does ``fraction`` thin the training images, so that val and test stay whole."""
+    from bayesnas.user_data import BadDataError, read_user_data
+
+    images = read_user_data(path)
+    gen = torch.Generator().manual_seed(int(seed))
+    given = {split: (torch.from_numpy(x), torch.from_numpy(y)) for split, (x, y) in images.splits.items()}
+    x_tr, y_tr = given.pop("train")
+    n = len(y_tr)
+    try:
+        for split, share in (("test", test_fraction), ("val", val_fraction)):
+            if split not in given:
+                taken, rest = _stratified_take(y_tr, _count(share, n, path, split), gen)
+                given[split] = (x_tr[taken], y_tr[taken])
+                x_tr, y_tr = x_tr[rest], y_tr[rest]
+        if fraction < 1.0:
+            keep = _take_fraction(y_tr, fraction, gen, path, "training images")
+            x_tr, y_tr = x_tr[keep], y_tr[keep]
+    except ValueError as err:
+        raise BadDataError(f"too few images to split: {err}") from None
+    if len(y_tr) == 0 or len(torch.unique(y_tr)) < len(images.classes):
+        raise BadDataError(f"{path}: too few images to split: after val and test, some class has no training image "
+                           f"({len(y_tr)} training images, {len(images.classes)} classes)")
+    mean, std = _channel_stats(x_tr)
+    train, val, test = (Split(_normalise(x, mean, std), y.contiguous())
+                        for x, y in ((x_tr, y_tr), given["val"], given["test"]))
+    return DataBundle(name=path, train=train, val=val, test=test,
+                      num_classes=len(images.classes), in_channels=int(train.x.shape[1]),
+                      image_size=int(train.x.shape[2]), source=images.source, fingerprint=images.fingerprint,
+                      classes=images.classes)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -401,14 +456,6 @@ def _system_dataset_dirs() -> list[str]:
     ``/usr/local/share:/usr/share``), as Debian's ``dataset-*`` packages do (``/usr/share/datasets``)."""
     data_dirs = os.environ.get("XDG_DATA_DIRS") or "/usr/local/share:/usr/share"
     return [os.path.join(d, "datasets") for d in data_dirs.split(os.pathsep) if d]
-
-
-def cache_dir() -> str:
-    """bayesnas' cache folder: ``$BAYESNAS_CACHE``, else ``$XDG_CACHE_HOME/bayesnas`` (``~/.cache/bayesnas``)."""
-    if os.environ.get("BAYESNAS_CACHE"):
-        return os.path.abspath(os.environ["BAYESNAS_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "bayesnas")
 
 
 def _system_copy(name: str, cls: Any) -> tuple[str, str] | None:

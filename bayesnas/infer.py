@@ -44,6 +44,7 @@ from bayesnas.search_folder import (
 )
 from bayesnas.spaces.profile import count_params
 from bayesnas.training import augment, epoch_batches
+from bayesnas.user_data import BadDataError
 
 
 class SearchDivergedError(SearchError):
@@ -77,10 +78,15 @@ class StepEvent:
 
 def config_data(config: SearchConfig, device: torch.device, data_dir: str | os.PathLike | None = None,
                 download: bool = False) -> DataBundle:
-    """The data split ``config`` searches on (its data set, fractions and split seed), on ``device``."""
-    return load_dataset(config.dataset, data_dir=data_dir, download=download, seed=config.split_seed,
+    """The data split ``config`` searches on (its data set, fractions and split seed), on ``device``; a user's data
+    set whose content differs from the one the configuration recorded (``data_fingerprint``) is refused."""
+    data = load_dataset(config.dataset, data_dir=data_dir, download=download, seed=config.split_seed,
                         val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                        fraction=config.data_fraction).to(device)
+                        fraction=config.data_fraction)
+    if config.data_fingerprint is not None and data.fingerprint != config.data_fingerprint:
+        raise BadDataError(f"{config.dataset} changed since this run used it (content {data.fingerprint}, recorded "
+                           f"{config.data_fingerprint}); restore that data or start a new run")
+    return data.to(device)
 
 
 def load_trained(config: SearchConfig, run_dir: str | Path, data: DataBundle, device: torch.device) -> SearchMethod:
@@ -120,6 +126,7 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
                 on_step: Callable[[StepEvent], None] | None) -> dict[str, Any]:
     method_cls = get_method(config.method)  # unknown names fail before anything is written
     data = config_data(config, device, data_dir, download)
+    config = replace(config, data_fingerprint=data.fingerprint)  # a user's data set: pinned from now on
     pyro.set_rng_seed(config.seed)
     method = method_cls(config, data, device)  # validates options and space before anything is written
     method.world = world

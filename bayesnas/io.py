@@ -171,3 +171,11 @@ def flat_figures(figures: Mapping[str, Any], prefix: str = "") -> dict[str, Any]
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def cache_dir() -> str:
+    """bayesnas' cache folder: ``$BAYESNAS_CACHE``, else ``$XDG_CACHE_HOME/bayesnas`` (``~/.cache/bayesnas``)."""
+    if os.environ.get("BAYESNAS_CACHE"):
+        return os.path.abspath(os.environ["BAYESNAS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bayesnas")

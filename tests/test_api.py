@@ -91,7 +91,7 @@ def test_search_load_run_and_train_from_python(tmp_path, one_thread):
         bayesnas.load_run(damaged)
 
 
-def test_train_uses_the_genotypes_data_set_and_refuses_other_shapes(tmp_path, capsys, one_thread):
+def test_train_uses_the_genotypes_data_set_or_rebuilds_it_for_another(tmp_path, capsys, one_thread):
     genotype = bayesnas.get_space("cells", {"channels": 4, "in_channels": 1, "num_classes": 10, "image_size": 8}) \
         .random_genotype(torch.Generator().manual_seed(0))
     legacy = tmp_path / "legacy.json"
@@ -108,10 +108,12 @@ def test_train_uses_the_genotypes_data_set_and_refuses_other_shapes(tmp_path, ca
     fashion = tmp_path / "fashion.json"
     Genotype(genotype.space, {**genotype.config, "image_size": 28}, genotype.choices,
                    "fashion-mnist").save(fashion)
-    # a Fashion-MNIST genotype (28x28) is not trained on digits (8x8) silently
-    assert main(["train", str(fashion), "--dataset", "digits", "--epochs", "1", "--no-progress"]) == EXIT_ERROR
-    err = capsys.readouterr().err
-    assert "28x28 images" in err and "digits has 1 channels, 8x8 images" in err and len(err.splitlines()) == 1
+    # a Fashion-MNIST genotype (28x28) trained on digits is rebuilt for 8x8 images, the file left as it was
+    saved = fashion.read_bytes()
+    assert main(["train", str(fashion), "--dataset", "digits", "--epochs", "1", "--no-progress"]) == 0
+    built = json.loads((tmp_path / "train_summary.json").read_text())["network_genotype"]
+    assert built["config"]["image_size"] == 8 and built["choices"] == genotype.choices and built["dataset"] == "digits"
+    assert fashion.read_bytes() == saved
 
 
 @pytest.mark.parametrize(("message", "expected"), [

@@ -26,7 +26,8 @@ from bayesnas.training import accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
-    ("base", {"bayesnas", "errors", "domains", "io", "config", "run_folder", "data", "precision", "optimizers",
+    ("base", {"bayesnas", "errors", "domains", "io", "config", "run_folder", "user_data", "data", "precision",
+              "optimizers",
               "distributed", "compute", "distributions", "elbo", "reparam", "calibration", "select",
               "diagnostics"}),
     ("spaces", {"spaces", "drawing"}),

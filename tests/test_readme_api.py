@@ -10,10 +10,10 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def api_blocks() -> list[str]:
+def api_blocks(section: str = "Python API") -> list[str]:
     text = README.read_text()
-    section = text.split("### Python API", 1)[1].split("\n### ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    body = text.split(f"### {section}\n", 1)[1].split("\n### ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", body, re.DOTALL)
 
 
 def test_the_section_has_the_snippets_the_api_promises():
@@ -35,3 +35,16 @@ def test_readme_python_blocks_run_as_written(tmp_path, one_thread, monkeypatch):
     n_edges = namespace["shapes"]["normal"][0]
     assert tuple(ops.shape) == (100, n_edges) and int(ops.max()) < namespace["shapes"]["normal"][1]
     assert os.listdir(tmp_path) == ["runs"]  # the snippets write only their run folder
+
+
+@pytest.mark.slow
+def test_readme_own_data_block_runs_as_written(tmp_path, one_thread, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BAYESNAS_CACHE", str(tmp_path / "cache"))
+    namespace: dict = {}
+    (block,) = api_blocks("Search on your own data")
+    exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - the README's own code
+    run, trained, run2 = namespace["run"], namespace["trained"], namespace["run2"]
+    assert run.config.dataset == str(tmp_path / "my_images") and run.summary["dataset"] == run.config.dataset
+    assert trained["dataset"] == run.config.dataset and (tmp_path / "runs/mine/model.pt").is_file()
+    assert run2.config.dataset.startswith(str(tmp_path / "cache" / "data"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bayesnas.methods import gdas, oneshot, pcnas, pgnas, random_search, vinnas  # noqa: F401 (they register)
 from bayesnas.methods.base import (
+    DATA_SHAPE,
     METHODS,
     Phase,
     SearchMethod,
@@ -20,5 +21,5 @@ from bayesnas.methods.base import (
     shaped_space,
 )
 
-__all__ = ["METHODS", "Phase", "SearchMethod", "Selection", "UnknownMethodError", "get_method",
+__all__ = ["DATA_SHAPE", "METHODS", "Phase", "SearchMethod", "Selection", "UnknownMethodError", "get_method",
            "parse_options", "register", "shaped_space"]

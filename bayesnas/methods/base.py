@@ -34,12 +34,16 @@ class UnknownMethodError(BayesNASError, ValueError):
     pass
 
 
+DATA_SHAPE = ("in_channels", "num_classes", "image_size")
+"""The space options the data set fixes."""
+
+
 def shaped_space(name: str, data: DataBundle, options: Mapping[str, Any], origin: str = "") -> SearchSpace:
     """Space ``name`` shaped by the data (input channels, classes, image size where the space has them), then
     ``options``; one-line :class:`ConfigError` (prefixed by ``origin``) for a bad option."""
     space_type = SPACES[name]
     fields = typing.get_type_hints(space_type)["config"].__dataclass_fields__
-    shape = {"in_channels": data.in_channels, "num_classes": data.num_classes, "image_size": data.image_size}
+    shape = dict(zip(DATA_SHAPE, (data.in_channels, data.num_classes, data.image_size), strict=True))
     try:
         return space_type.from_dict({**{k: v for k, v in shape.items() if k in fields}, **options})
     except (TypeError, ValueError) as err:
