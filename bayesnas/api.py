@@ -111,13 +111,15 @@ def search(config: SearchConfig | dict[str, Any] | str | os.PathLike | None = No
            out: str | os.PathLike | None = None, preset: str | None = None, method: str | None = None,
            space_name: str | None = None, options: dict[str, Any] | None = None, device: str = "auto",
            resume: bool = False, data_dir: str | os.PathLike | None = None, download: bool = False,
-           progress: bool = True, **settings: Any) -> Run:
+           progress: bool = True, log_epochs: bool = False, **settings: Any) -> Run:
     """Run (or, with ``resume=True``, continue) one search, as ``bayesnas search`` does, and return the run.
 
     The configuration is built by :func:`bayesnas.config.build_config` from ``config`` (a
     :class:`SearchConfig`, a dict or a JSON file), ``preset``, ``method``, ``space_name``, ``options`` and
     ``settings`` (any other :class:`SearchConfig` key, e.g. ``epochs=5``); ``out`` defaults to
-    ``runs/<method>-<dataset>-seed<seed>-<time>``. Example::
+    ``runs/<method>-<dataset>-seed<seed>-<time>``. ``dataset`` may also be a user's own images (a folder, an
+    ``.npz`` file, tensors, arrays or a ``Dataset``: :mod:`bayesnas.user_data`). ``progress`` shows bars;
+    ``log_epochs`` prints one line per epoch instead (batch-job logs). Example::
 
         run = bayesnas.search(method="gdas", epochs=5, out="runs/gdas5")
         run.summary["test_accuracy"], run.genotype, run.metrics()
@@ -134,7 +136,8 @@ def search(config: SearchConfig | dict[str, Any] | str | os.PathLike | None = No
     if out is None:
         name = preset or f"{config.method}-{Path(config.dataset).stem}"
         out = f"runs/{name}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_search(config, out, device=device, resume=resume, data_dir=data_dir, download=download, progress=progress)
+    run_search(config, out, device=device, resume=resume, data_dir=data_dir, download=download, progress=progress,
+               log_epochs=log_epochs)
     return load_run(out)
 
 

@@ -16,6 +16,7 @@ import re
 import sys
 import textwrap
 import time
+import typing
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -67,14 +68,16 @@ def _add_common(p: argparse.ArgumentParser, dataset_default: str = "the preset's
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, help=f"random seed of splits, initialisation and sampling, {_domain('seed')} "
                    "(default: the preset's, 0)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars; a search prints one line per epoch "
+                   "instead (for batch-job logs)")
 
 
 def _add_bench_common(p: argparse.ArgumentParser,
                       data_dir_help: str = "folder holding the torchvision files of mnist/fashion-mnist/cifar") -> None:
     p.add_argument("--data-dir", help=data_dir_help)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars; a search prints one line per epoch "
+                   "instead (for batch-job logs)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--lr", type=float, help=f"learning rate of the weights, {_domain('lr')} (SGD with momentum; "
                         "VINNAS: Adam, as in its paper); architecture parameters have their own option (bayesnas "
                         "options METHOD) (default: the preset's)")
+    search.add_argument("--space-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a search-space option, e.g. channels=8 (JSON values; repeatable; `bayesnas options space "
+                        "SPACE` lists them)")
     search.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a method option, VALUE in JSON (e.g. --option num_candidates=200)")
     search.add_argument("--out", help="run folder (default: runs/<preset>-seed<seed>-<time>)")
@@ -134,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(flops: nothing is timed)")
     search.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP + "; default: the preset's, fp32")
     search.add_argument("--channels-last", action="store_true", default=None,
-                        help="channels-last memory format for images and convolutions (GPUs)")
+                        help="channels-last memory format of images and convolutions (faster on GPUs and on some CPUs)")
     search.add_argument("--compile", action="store_true", default=None,
                         help="torch.compile the super-network forward (eager fallback with a warning)")
     _add_common(search)
@@ -183,10 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     measure.set_defaults(space="chain", method=None, option=[])
 
-    options = sub.add_parser("options", formatter_class=_Formatter, help="list a method's --option keys",
-                             description="The keys --option KEY=VALUE accepts for METHOD (its options dataclass): "
-                                         "type, default and what each does; a preset may set other values.")
-    options.add_argument("method", choices=list(METHOD_SPACES), help="search method")
+    options = sub.add_parser("options", formatter_class=_Formatter, help="list the keys of a method, the "
+                             "configuration or a space",
+                             description="The keys you can set, with type, allowed values, default and what each "
+                                         "does: `options METHOD` (--option KEY=VALUE; a preset may set other values), "
+                                         "`options config` (--config files and the search flags), `options space "
+                                         "SPACE` (--space-option KEY=VALUE; channels, classes and image size come from "
+                                         "the data).")
+    options.add_argument("what", choices=[*METHOD_SPACES, "config", "space"], help="a method, config or space")
+    options.add_argument("space", nargs="?", choices=sorted(SPACE_DEFAULTS), help="the space, after `space`")
 
     diagnose = sub.add_parser("diagnose", formatter_class=_Formatter, help="summarise search posteriors",
                               description="Print az.summary of one or more run folders (several runs with "
@@ -306,10 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_option(text: str) -> tuple[str, Any]:
+def _parse_option(text: str, flag: str = "--option") -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--option expects KEY=VALUE, got {text!r}")
+        raise ConfigError(f"{flag} expects KEY=VALUE, got {text!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -341,8 +352,11 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     settings = {key: getattr(args, key, None) for key in
                 ("dataset", "seed", "epochs", "batch_size", "data_fraction", "lr", "precision", "channels_last",
                  "compile")}
+    space = dict(_parse_option(o, "--space-option") for o in getattr(args, "space_option", []))
     if getattr(args, "fixed_reduction", False):
-        settings["space"] = {"fixed_reduction": True}
+        space["fixed_reduction"] = True
+    if space:
+        settings["space"] = space
     settings["dataset"] = chosen_dataset(args)
     source: Any = args.config
     saved = Path(args.out) / "config.json" if getattr(args, "resume", False) and args.out else None
@@ -376,7 +390,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     _require_out_when_distributed(args)
     run = search(search_config(args), out=args.out, preset=args.preset, device=args.device, resume=args.resume,
-                 data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
+                 data_dir=args.data_dir, download=args.download, progress=not args.no_progress,
+                 log_epochs=args.no_progress)
     if not is_main_process():
         return 0
     config, summary, genotype, out = run.config, run.summary, run.genotype, run.path
@@ -418,7 +433,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def attribute_docs(cls: type) -> dict[str, str]:
     """The docstrings written under the fields of dataclass ``cls`` and its bases (``x: int = 0`` then
-    ``\"\"\"what x is\"\"\"``), joined into one line each."""
+    ``\"\"\"what x is\"\"\"``), as one line of plain text each."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__[:-1]):
         try:
@@ -428,8 +443,15 @@ def attribute_docs(cls: type) -> dict[str, str]:
         for field, doc in zip(body, body[1:], strict=False):
             if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) \
                     and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant):
-                docs[field.target.id] = " ".join(str(doc.value.value).split())
+                docs[field.target.id] = plain_text(str(doc.value.value))
     return docs
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as one line of plain text for the terminal (``x`` -> x, :func:`~a.b.f` -> f)."""
+    doc = re.sub(r":(\w+):`~?([^`]+)`", lambda m: m.group(2) if m.group(1) == "mod" else m.group(2).rsplit(".", 1)[-1],
+                 doc)
+    return " ".join(doc.replace("``", "").split())
 
 
 def cmd_draw(args: argparse.Namespace) -> int:
@@ -469,23 +491,42 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_options(args: argparse.Namespace) -> int:
+    if args.what == "config":
+        print_keys(SearchConfig, "configuration keys (a --config file's, or the search flags')", {}, "")
+    elif args.what == "space":
+        if args.space is None:
+            raise ConfigError(f"name the space: bayesnas options space {{{','.join(sorted(SPACE_DEFAULTS))}}}")
+        from bayesnas.methods import DATA_SHAPE
+        from bayesnas.spaces import SPACES
+
+        print_keys(typing.get_type_hints(SPACES[args.space])["config"],
+                   f"--space-option KEY=VALUE keys of the {args.space} space, with the values a preset moved to it "
+                   f"starts from", SPACE_DEFAULTS[args.space], "moved", skip=DATA_SHAPE)
+    else:
+        from bayesnas.methods import get_method
+
+        name = f"{args.what}-digits"
+        print_keys(get_method(args.what).options_type, f"--option KEY=VALUE keys of {args.what}, with the values "
+                   f"of the preset {name}", PRESETS.get(name, {}).get("options", {}), name)
+    return 0
+
+
+def print_keys(cls: type, title: str, preset_values: dict[str, Any], label: str, skip: tuple[str, ...] = ()) -> None:
+    """Each field of dataclass ``cls`` but ``skip``: type, declared domain, default, the value in ``preset_values``
+    (shown after ``label``) and its docstring."""
     import dataclasses
 
-    from bayesnas.methods import get_method
-
-    options_type = get_method(args.method).options_type
-    docs = attribute_docs(options_type)
-    name = f"{args.method}-digits"
-    preset_values = PRESETS.get(name, {}).get("options", {})
-    print(f"--option KEY=VALUE keys of {args.method}, with their defaults and the values of the preset {name}:")
-    for field in dataclasses.fields(options_type):
+    docs = attribute_docs(cls)
+    print(f"{title}:")
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
-        in_preset = f"; {name}: {json.dumps(preset_values[field.name])}" if field.name in preset_values else ""
-        domain = f", {domain_text(options_type, field.name)}" if "domain" in field.metadata else ""
-        print(f"  {field.name} ({field.type}{domain}, default {json.dumps(default)}{in_preset})")
+        preset = f"; {label}: {json.dumps(preset_values[field.name])}" if field.name in preset_values else ""
+        domain = f", {domain_text(cls, field.name)}" if "domain" in field.metadata else ""
+        print(f"  {field.name} ({field.type}{domain}, default {json.dumps(default)}{preset})")
         if field.name in docs:
             print(f"      {docs[field.name]}")
-    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -63,6 +63,8 @@ class SearchConfig:
     method: str = PRESETS[DEFAULT_PRESET]["method"]
     """The search method (the default preset's where none is given)."""
     dataset: str = "digits"
+    """A named data set (digits, mnist, fashion-mnist, cifar10, cifar100) or the path of your own images (a folder in
+    ImageFolder layout or an .npz file; :mod:`bayesnas.user_data`)."""
     space_name: str = ""
     """The search space (``cells``, ``chain``, ``branches``); empty: the method's default space."""
     space: dict[str, Any] = field(default_factory=dict)
@@ -97,7 +99,8 @@ class SearchConfig:
     (``bf16`` where the device computes it natively, else ``fp32``; resolved once per run, see
     :func:`bayesnas.precision.resolve_precision`, and recorded in ``summary.json``)."""
     channels_last: bool = False
-    """Keep images and convolution weights in channels-last memory format (faster convolutions on GPUs)."""
+    """Keep images and convolution weights in channels-last memory format (faster convolutions on GPUs and on some
+    CPUs)."""
     compile: bool = False
     """``torch.compile`` the super-network's forward (falls back to eager with a warning where it fails)."""
 

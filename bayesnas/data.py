@@ -15,9 +15,11 @@ How the splits are made
     stratified random ``val_fraction`` of the official training set is *val*, the rest *train*
     (``test_fraction`` is not used). CIFAR-100 uses the 100 fine labels.
 
-``fraction < 1`` first keeps a stratified random ``fraction`` of the images for quick runs: of all images for
-``digits``, of the official training set for the torchvision data sets, whose official test set always stays
-whole (test figures of runs on different fractions are then measured on the same images). All randomness comes
+``fraction < 1`` keeps a stratified random ``fraction`` of the training images for quick runs: on ``digits`` (and a
+user's data, :mod:`bayesnas.user_data`) of the training split, after validation and test were drawn, so that both
+stay whole; on the torchvision data sets of the official training set, before validation is drawn from it, their
+official test set staying whole. Test figures of runs on different fractions are then measured on the same
+images. All randomness comes
 from one ``torch.Generator`` seeded with ``seed``: the same seed gives identical splits, a different seed
 different ones. Within a split, images keep the order they have in the source, so training code should shuffle
 its mini-batches.
@@ -228,13 +230,12 @@ def load_dataset(
 
     if key == "digits":
         x_all, y_all, num_classes, source = _read_digits()
-        if fraction < 1.0:
-            keep = _take_fraction(y_all, fraction, gen, key, "images")
-            x_all, y_all = x_all[keep], y_all[keep]
         n = len(y_all)
         test_idx, rest = _stratified_take(y_all, _count(test_fraction, n, key, "test"), gen)
         val_pos, train_pos = _stratified_take(y_all[rest], _count(val_fraction, n, key, "val"), gen)
         train_idx, val_idx = rest[train_pos], rest[val_pos]
+        if fraction < 1.0:  # after the splits: validation and test stay whole
+            train_idx = train_idx[_take_fraction(y_all[train_idx], fraction, gen, key, "training images")]
         if len(train_idx) == 0:
             raise ValueError(f"{key}: no training images left with these fractions")
         parts = [(x_all[i], y_all[i]) for i in (train_idx, val_idx, test_idx)]

@@ -105,7 +105,7 @@ def load_trained(config: SearchConfig, run_dir: str | Path, data: DataBundle, de
 def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch.device = "auto",
                resume: bool = False, data_dir: str | Path | None = None, download: bool = False,
                progress: bool = True, on_step: Callable[[StepEvent], None] | None = None,
-               alone: bool = False) -> dict[str, Any]:
+               alone: bool = False, log_epochs: bool = False) -> dict[str, Any]:
     """Run (or resume) one search and return its ``summary.json`` content.
 
     Under ``torchrun`` the search runs over all processes (:mod:`bayesnas.distributed`); only rank 0 writes; with
@@ -118,12 +118,12 @@ def run_search(config: SearchConfig, run_dir: str | Path, *, device: str | torch
     with pyro.settings.context(module_local_params=True), worlds as (world, device):
         agree(world, {**config.to_dict(), "resume": resume}, f"search into {run_dir}")
         return _run_search(config, Path(run_dir), device, world, resume, data_dir, download,
-                           progress and world.is_main, on_step)
+                           progress and world.is_main, on_step, log_epochs and world.is_main)
 
 
 def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world: World, resume: bool,
                 data_dir: str | Path | None, download: bool, progress: bool,
-                on_step: Callable[[StepEvent], None] | None) -> dict[str, Any]:
+                on_step: Callable[[StepEvent], None] | None, log_epochs: bool) -> dict[str, Any]:
     method_cls = get_method(config.method)  # unknown names fail before anything is written
     data = config_data(config, device, data_dir, download)
     config = replace(config, data_fingerprint=data.fingerprint)  # a user's data set: pinned from now on
@@ -133,7 +133,8 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
     method.prepare(run_dir, resume)
     lock = prepare_run_dir(run_dir, config, resume, method.preseeded) if world.is_main else None
     try:
-        return _train_and_finish(config, run_dir, method, data, device, world, resume, progress, on_step)
+        return _train_and_finish(config, run_dir, method, data, device, world, resume, progress, on_step,
+                                 log_epochs)
     finally:
         if lock is not None:
             lock.release()
@@ -141,7 +142,7 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
 
 def _train_and_finish(config: SearchConfig, run_dir: Path, method: SearchMethod, data: DataBundle,
                       device: torch.device, world: World, resume: bool, progress: bool,
-                      on_step: Callable[[StepEvent], None] | None) -> dict[str, Any]:
+                      on_step: Callable[[StepEvent], None] | None, log_epochs: bool) -> dict[str, Any]:
     world.barrier()
     modules = method.modules()
     for module in modules.values():
@@ -231,6 +232,10 @@ def _train_and_finish(config: SearchConfig, run_dir: Path, method: SearchMethod,
             if world.is_main:
                 write_jsonl(metrics_path, rows)
                 checkpoint.save(config, epoch, modules, optimizers)
+            if log_epochs:  # a batch job's log: one line per epoch instead of the bar
+                print(f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}, train accuracy "
+                      f"{row['train_accuracy']:.4f}, val accuracy {row['val_accuracy']:.4f}, "
+                      f"{row['seconds']:.1f} s", flush=True)
             world.barrier()
     bar.close()
     return finish_search(method, run_dir, rows, progress)
@@ -342,7 +347,7 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
             save_tensors(run_dir / SELECTED_WEIGHTS,
                          {k: v.detach().cpu() for k, v in selection.network.state_dict().items()})
         method.export(run_dir)
-        add_predictive_groups(method, run_dir)
+        add_predictive_groups(method, run_dir, progress=progress)
         diagnostics.plot_training(run_dir)
     export_seconds = time.perf_counter() - tic  # rank 0's: the others only wait for it
     config = method.config

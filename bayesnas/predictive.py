@@ -42,6 +42,9 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 PREDICTIVE_DRAWS = 100
 """Draws of ``log_likelihood`` for methods without a ``posterior_draws`` option (PC-NAS, One-Shot)."""
+PREDICTIVE_EXAMPLES = 1000
+"""The validation examples of the exported ``log_likelihood`` group at most (evenly spaced over the split): with
+the draws, what the end-of-search export costs."""
 
 SPLITS = ("val", "test")
 
@@ -62,13 +65,16 @@ def probabilities(predict: Predictor, split: Split, batch_size: int = 512, preci
     return torch.cat(out)
 
 
-def draw_probabilities(method: SearchMethod, split: Split, samples: int, batch_size: int = 512) -> torch.Tensor:
+def draw_probabilities(method: SearchMethod, split: Split, samples: int, batch_size: int = 512,
+                       progress: bool = False) -> torch.Tensor:
     """``(S, N, C)``: the class probabilities of ``samples`` networks drawn from the method's posterior (torch's
-    global random state: seed it for reproducible draws)."""
+    global random state: seed it for reproducible draws); ``progress`` shows a bar over the draws."""
+    from tqdm import tqdm
+
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     draws = []
-    for _ in range(samples):
+    for _ in tqdm(range(samples), desc="posterior draws", disable=not progress, dynamic_ncols=True, leave=False):
         network = method.posterior_network()
         if network is None:
             raise NoPosteriorError(f"method {method.name!r} holds no posterior over networks to draw from (random "
@@ -91,27 +97,30 @@ def log_likelihood(draws: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     return picked.clamp_min(1e-30).log().double().cpu().numpy()
 
 
-def add_predictive_groups(method: SearchMethod, run_dir: Path, draws: int | None = None) -> bool:
+def add_predictive_groups(method: SearchMethod, run_dir: Path, draws: int | None = None,
+                          progress: bool = False) -> bool:
     """Add ``log_likelihood`` (``y``: chain x draw x val_example), ``posterior_predictive`` (class draws
     ``y ~ p(y | x_n, network_s)``) and ``observed_data`` (the validation labels) to the run's ``posterior.nc``;
     False (nothing written) for a method without a posterior over networks. The draws are ``draws`` fresh
     networks (default: the method's ``posterior_draws``, else :data:`PREDICTIVE_DRAWS`) from the same posterior as
-    the ``posterior`` group, not those draws themselves: LOO and WAIC read only ``log_likelihood``."""
+    the ``posterior`` group, not those draws themselves: LOO and WAIC read only ``log_likelihood``. They score at
+    most :data:`PREDICTIVE_EXAMPLES` validation examples, evenly spaced (``val_example`` holds their indices)."""
     import arviz as az
 
     from bayesnas.diagnostics import POSTERIOR_FILE, read_posterior
 
     count = draws or getattr(method.options, "posterior_draws", PREDICTIVE_DRAWS)
-    val = method.data.val
+    index = torch.linspace(0, len(method.data.val) - 1, min(len(method.data.val), PREDICTIVE_EXAMPLES)).round().long()
+    val = method.data.val.subset(index)
     try:
-        probs = draw_probabilities(method, val, count)
+        probs = draw_probabilities(method, val, count, progress=progress)
     except NoPosteriorError:
         return False
     y = val.y.cpu()
     classes = torch.distributions.Categorical(probs=probs.cpu()).sample().numpy()
     extra = az.from_dict(log_likelihood={"y": log_likelihood(probs, val.y)[None]},
                          posterior_predictive={"y": classes[None]}, observed_data={"y": y.numpy()},
-                         dims={"y": ["val_example"]}, coords={"val_example": np.arange(len(y))})
+                         dims={"y": ["val_example"]}, coords={"val_example": index.numpy()})
     path = Path(run_dir) / POSTERIOR_FILE
     idata = read_posterior(path)
     idata.extend(extra, join="right")  # a repeated export replaces the groups

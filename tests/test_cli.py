@@ -68,6 +68,34 @@ def test_options_lists_a_methods_keys_from_its_dataclass(capsys):
     assert "invalid choice: 'foo'" in capsys.readouterr().err
 
 
+def test_options_lists_the_configuration_and_a_spaces_keys_in_plain_text(capsys):
+    import dataclasses
+
+    from bayesnas.config import SPACE_DEFAULTS, SearchConfig
+
+    assert main(["options", "config"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {f.name} (" in out for f in dataclasses.fields(SearchConfig))
+    assert "  epochs (int, [1, 100000], default 40)" in out and "``" not in out and ":mod:" not in out
+    assert "The search space (cells, chain, branches)" in out  # ``cells`` in the docstring: plain here
+    assert main(["options", "space", "chain"]) == 0
+    out = capsys.readouterr().out
+    assert "  widths (tuple[int, ...], default [24, 40, 80, 96, 192, 320]; moved: [16, 32, 64])" in out
+    assert SPACE_DEFAULTS["chain"]["widths"] == [16, 32, 64] and "  image_size (" not in out  # the data's
+    assert main(["options", "space"]) == EXIT_ERROR and "name the space" in capsys.readouterr().err
+
+
+def test_space_options_are_a_flag_and_a_space_key_given_as_an_option_says_so(tmp_path, capsys):
+    from bayesnas.cli import search_config
+
+    config = search_config(build_parser().parse_args(["search", "--method", "gdas", "--space-option", "channels=6",
+                                                      "--space-option", "layout=\"NR\""]))
+    assert config.space == {**preset("gdas-digits").space, "channels": 6, "layout": "NR"}
+    assert main(["search", "--option", "channels=8", "--out", str(tmp_path / "r"), "--no-progress"]) == EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "channels: a search-space option" in err[0] and "--space-option channels=" in err[0]
+
+
 def test_help_does_not_import_torch():
     code = ("import sys\nfrom bayesnas.cli import main\ntry:\n    main(['search', '--help'])\nexcept SystemExit:\n"
             "    pass\nprint(sorted(m for m in ('torch', 'pyro', 'arviz') if m in sys.modules))")
@@ -257,7 +285,10 @@ def test_resume_needs_only_the_run_folder_and_says_where_it_resumes(tmp_path, ca
     assert main(["search", "--config", str(config), "--seed", "3", "--out", str(run), "--no-progress"]) == 0
     first = json.loads((run / "summary.json").read_text())
     (run / "summary.json").unlink()  # as if killed after its last checkpoint
-    capsys.readouterr()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [f"epoch {r['epoch'] + 1}/2: loss {r['loss']:.4f}, train accuracy {r['train_accuracy']:.4f}, "
+                     f"val accuracy {r['val_accuracy']:.4f}, {r['seconds']:.1f} s" for r in rows]  # --no-progress
     assert main(["search", "--epochs", "3", "--resume", "--out", str(run), "--no-progress"]) == EXIT_ERROR
     assert "differs in: epochs" in capsys.readouterr().err
     assert main(["search", "--resume", "--out", str(run), "--no-progress"]) == 0

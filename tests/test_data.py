@@ -175,8 +175,10 @@ def test_digits_seeds(digits: DataBundle) -> None:
 
 
 def test_digits_fraction_and_invalid_fractions() -> None:
-    small = load_dataset("digits", fraction=0.5, seed=3)
-    assert len(small.train) + len(small.val) + len(small.test) == round(0.5 * 1797)
+    small, whole = load_dataset("digits", fraction=0.5, seed=3), load_dataset("digits", seed=3)
+    assert (len(small.val), len(small.test)) == (round(0.1 * 1797), round(0.2 * 1797))  # they stay whole
+    assert torch.equal(small.test.y, whole.test.y) and torch.equal(small.val.y, whole.val.y)  # the same images
+    assert len(small.train) == round(0.5 * len(whole.train))
     with pytest.raises(ValueError, match="val_fraction"):
         load_dataset("digits", val_fraction=0.0)
     with pytest.raises(ValueError, match="test_fraction"):

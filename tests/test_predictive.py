@@ -118,6 +118,20 @@ def test_a_repeated_export_replaces_the_predictive_groups(runs, tmp_path: Path) 
     assert idata.posterior.sizes["draw"] == runs["gdas"].posterior().posterior.sizes["draw"]  # left as it was
 
 
+def test_the_exported_log_likelihood_scores_a_bounded_evenly_spaced_part_of_validation(runs, tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    (tmp_path / "posterior.nc").write_bytes((runs["gdas"].path / "posterior.nc").read_bytes())
+    method = runs["gdas"].trained()
+    monkeypatch.setattr(predictive, "PREDICTIVE_EXAMPLES", 7)
+    assert predictive.add_predictive_groups(method, tmp_path, draws=2)
+    idata = az.from_netcdf(str(tmp_path / "posterior.nc"))
+    n = len(method.data.val)
+    index = idata.log_likelihood["val_example"].values
+    assert idata.log_likelihood["y"].shape == (1, 2, 7) and index[0] == 0 and index[-1] == n - 1
+    np.testing.assert_array_equal(index, np.round(np.linspace(0, n - 1, 7)).astype(int))
+    np.testing.assert_array_equal(idata.observed_data["y"].values, method.data.val.y.numpy()[index])
+
+
 def test_predict_reports_bma_inherited_and_retrained(runs, tmp_path: Path) -> None:
     run = runs["gdas"]
     assert (run.path / SELECTED_WEIGHTS).exists()  # the run retrained its pick

@@ -26,10 +26,10 @@ SHAPE = {"in_channels": 1, "num_classes": 10, "image_size": 8}
 
 def tiny(space_name, epochs=1, **options):
     """2 candidates trained for ``epochs`` on 40 % of digits (batches of 8, so that they learn something), the best
-    retrained for 1 epoch. At seed 3 candidate 1 is the better one on both spaces."""
+    retrained for 1 epoch. At seed 0 candidate 1 is the better one on both spaces."""
     return dataclasses.replace(preset("pcnas-digits"), method="random", space_name=space_name,
                                space=dict(SPACES[space_name]), epochs=epochs, data_fraction=0.4, batch_size=8,
-                               lr=0.05, lr_min=0.0, seed=3, options={"num_samples": 2, "retrain_epochs": 1, **options})
+                               lr=0.05, lr_min=0.0, seed=0, options={"num_samples": 2, "retrain_epochs": 1, **options})
 
 
 @pytest.mark.parametrize("space_name", ["cells", "chain"])
@@ -49,7 +49,7 @@ def test_the_pick_is_the_best_validation_candidate(tmp_path, space_name):
     recorded = [c["val_accuracy"] for c in summary["candidates"]]
     assert recorded == [accuracy(net, data.val) for net in nets]
     best = max(range(2), key=lambda i: (recorded[i], -i))
-    assert recorded[0] != recorded[1] and best == 1  # seed 3: the second candidate, on both spaces
+    assert recorded[0] != recorded[1] and best == 1  # seed 0: the second candidate, on both spaces
     assert summary["best_candidate"] == best and summary["candidate_val_accuracy"] == max(recorded)
     assert summary["candidate_test_accuracy"] == accuracy(nets[best], data.test)
     assert load_genotype(run / "genotype.json") == sampled[best]

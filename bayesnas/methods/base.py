@@ -129,6 +129,12 @@ def parse_options(options_type: type, options: dict[str, Any], method: str) -> A
         if config_keys:  # e.g. --option data_fraction=0.25
             raise ConfigError(f"{', '.join(config_keys)}: a configuration key, not an option of method {method!r}; "
                               f"set it as a key of the configuration (`{config_keys[0]}=...`, or in --config)")
+        space_keys = sorted(unknown & {k for space in SPACES.values()
+                                       for k in typing.get_type_hints(space)["config"].__dataclass_fields__})
+        if space_keys:  # e.g. --option channels=8
+            raise ConfigError(f"{', '.join(space_keys)}: a search-space option, not an option of method {method!r}; "
+                              f"set it among the space options (--space-option {space_keys[0]}=..., or the space "
+                              f"dictionary of a config file or of the API)")
         raise ConfigError(f"method {method!r}: unknown option(s) {', '.join(sorted(unknown))}; "
                           f"known: {', '.join(known)}")
     try:

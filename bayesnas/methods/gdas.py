@@ -52,7 +52,9 @@ class GDASOptions:
     retrain_drop_path: float = setting(0.0, "[0, 1)")
     """Drop-path rate of the retraining (cells only)."""
     posterior_draws: int = setting(100, "[1, 100000]")
-    """Architecture draws exported to ArviZ."""
+    """Architecture draws exported to ArviZ, and networks drawn for the exported
+    ``log_likelihood`` (on at most 1,000 validation examples): the end-of-search export's cost
+    (``export_seconds``) grows with it."""
 
     def __post_init__(self) -> None:
         check_domains(self)

@@ -54,7 +54,9 @@ class PGNASOptions:
     finetune_epochs: int = setting(0, "[0, 100000]")
     """Optional fine-tuning of the selected pair (0: none, as in the paper)."""
     posterior_draws: int = setting(200, "[1, 100000]")
-    """Architecture draws exported to ArviZ."""
+    """Architecture draws exported to ArviZ, and networks drawn for the exported
+    ``log_likelihood`` (on at most 1,000 validation examples): the end-of-search export's cost
+    (``export_seconds``) grows with it."""
 
     def __post_init__(self) -> None:
         check_domains(self)

@@ -80,7 +80,9 @@ class VINNASOptions:
     retrain_batch_size: int = setting(64, "[1, 65536]")
     retrain_weight_decay: float = setting(3e-4, ">= 0")
     posterior_draws: int = setting(200, "[1, 100000]")
-    """Draws of alpha exported to ArviZ."""
+    """Draws of alpha exported to ArviZ, and networks drawn for the exported
+    ``log_likelihood`` (on at most 1,000 validation examples): the end-of-search export's cost
+    (``export_seconds``) grows with it."""
 
     def __post_init__(self) -> None:
         check_domains(self)
