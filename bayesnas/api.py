@@ -246,7 +246,8 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: Any = None, out: s
     try:
         recipe = StandaloneTraining(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                     cutout=cutout, aux_weight=auxiliary, precision=precision,
-                                    channels_last=channels_last, drop_path=drop_path, seed=seed)
+                                    channels_last=channels_last, drop_path=drop_path, seed=seed,
+                                    data_fraction=data_fraction)
     except DomainError as err:  # named as the argument (and so the command line's flag) that set it
         argument = "auxiliary" if err.name == "aux_weight" else err.name
         raise ConfigError(f"`{argument}` {err.requirement}") from None
@@ -264,7 +265,8 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: Any = None, out: s
                           "or choose another `out`")
     if out is not None and (out / TRAINED_WEIGHTS).exists() and not (out / "train_summary.json").exists():
         raise ConfigError(f"{out / TRAINED_WEIGHTS} was not written by bayesnas train; choose another `out`")
-    data = load_dataset(dataset, data_dir=data_dir, download=download, seed=seed, fraction=data_fraction).to(device)
+    data = load_dataset(dataset, data_dir=data_dir, download=download, seed=seed,
+                        fraction=recipe.data_fraction).to(device)
     # the DARTS practice: the searched architecture rebuilt for this data's channels, classes and image size
     space = shaped_space(genotype.space, data, {k: v for k, v in genotype.config.items() if k not in DATA_SHAPE})
     built = Genotype(genotype.space, space.config.to_dict(), genotype.choices, data.name)

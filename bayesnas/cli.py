@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cutout", type=int, default=0, help="cutout square side (0: off; CIFAR: 16)")
     train.add_argument("--auxiliary", type=float, default=0.0, help="auxiliary head loss weight (0: off)")
     train.add_argument("--drop-path", type=float, default=0.0, help="drop-path probability of branches")
+    train.add_argument("--data-fraction", type=float, default=1.0,
+                       help="keep this fraction of the training images (validation and test stay whole)")
     train.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     train.add_argument("--channels-last", action="store_true",
                        help="channels-last memory format for images and convolutions")
@@ -423,8 +425,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(args.genotype, dataset=chosen_dataset(args), out=out, force=args.force, epochs=args.epochs,
                    batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, cutout=args.cutout,
                    auxiliary=args.auxiliary, drop_path=args.drop_path, precision=args.precision,
-                   channels_last=args.channels_last, seed=args.seed or 0, device=args.device,
-                   data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
+                   channels_last=args.channels_last, seed=args.seed or 0, data_fraction=args.data_fraction,
+                   device=args.device, data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
     print(f"trained {args.genotype} on {result['dataset']}: test accuracy {result['test_accuracy']:.4f}, "
           f"parameters {result['params']:,} (without the auxiliary head; with it "
           f"{result['params_with_auxiliary']:,}) -> {out / 'train_summary.json'}, weights {out / 'model.pt'}")
@@ -593,6 +595,14 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     print("chains: " + "; ".join(f"{c['chain']} = {c['run']}" for c in chains))
     table = diagnostics.summary(idata)
     table.to_csv(out / "summary.csv")
+    categorical = diagnostics.categorical_variable(idata)
+    if categorical is not None:  # one row per decision, not one per (decision, op) indicator
+        decisions = diagnostics.decision_summary(idata, categorical)
+        decisions.to_csv(out / "decisions.csv")
+        diagnostics.plot_decision_forest(idata, categorical, out / "diagnose_forest.png")
+        print(f"most probable op per decision ({categorical}; probability over all runs' draws, the runs' lowest "
+              f"and highest{', r_hat across runs' if 'r_hat' in decisions else ''}; summary.csv holds every op):")
+        table = decisions.round(3)
     with pd.option_context("display.max_rows", 500, "display.max_columns", 20, "display.width", 200):
         print(table)
     print(f"ESS: the draws of q are independent, so ESS is close to the number of draws "
@@ -617,7 +627,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         diagnostics.plot_forest(idata, forest, out / "diagnose_forest.png")
     for label, run in zip(labels, args.runs, strict=True):
         diagnostics.plot_training(Path(run), out / f"training_{label.replace('/', '_')}.png")
-    print(f"written to {out}: chains.json, summary.csv and plots")
+    print(f"written to {out}: chains.json, summary.csv{', decisions.csv' if categorical else ''} and plots")
     return 0
 
 

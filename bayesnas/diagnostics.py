@@ -217,6 +217,63 @@ def summary(idata: az.InferenceData) -> Any:
     return table if idata.posterior.sizes["chain"] > 1 else table.drop(columns="r_hat")
 
 
+CATEGORICAL = ("op_choice", "op_chosen")
+"""Posterior variables of one-hot draws of each decision's op (GDAS's, PC-NAS's and One-Shot's exports)."""
+
+
+def categorical_variable(idata: az.InferenceData) -> str | None:
+    """The posterior's one-hot decision variable (:data:`CATEGORICAL`), if it has one."""
+    return next((v for v in CATEGORICAL if v in idata.posterior and "decision" in idata.posterior[v].dims), None)
+
+
+def decision_summary(idata: az.InferenceData, var_name: str) -> Any:
+    """One row per decision of the one-hot draws ``var_name`` (chains: runs of different seeds): the op chosen most
+    often over every run's draws, its probability (the share of all draws), the lowest and highest of the runs'
+    own shares, and, with two or more runs, r_hat of the indicator "this op is chosen" across them (rank-normalised
+    split r_hat, Vehtari et al. 2021; near 1 where independent searches agree, NaN where every draw agrees)."""
+    import pandas as pd
+
+    onehot = idata.posterior[var_name]
+    share = onehot.mean("draw")  # (chain, decision, op): each run's probability of each op
+    pooled = share.mean("chain")
+    rows = []
+    for decision in onehot.coords["decision"].values:
+        probabilities = pooled.sel(decision=decision).values
+        top = str(onehot.coords["op"].values[int(np.nanargmax(probabilities))])
+        runs = share.sel(decision=decision, op=top).values
+        row = {"decision": str(decision), "op": top, "probability": float(np.nanmax(probabilities)),
+               "runs_low": float(runs.min()), "runs_high": float(runs.max())}
+        if onehot.sizes["chain"] > 1:
+            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                row["r_hat"] = float(az.rhat(onehot.sel(decision=decision, op=top).values))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("decision")
+
+
+def plot_decision_forest(idata: az.InferenceData, var_name: str, path: Path) -> Path:
+    """Forest plot of :func:`decision_summary`: per decision (labelled with its most probable op), each run's
+    probability of that op (one colour per run) and the pooled probability (black)."""
+    table = decision_summary(idata, var_name)
+    share = idata.posterior[var_name].mean("draw")
+    labels = [str(c) for c in share.coords["chain"].values]
+    fig = Figure(figsize=(6.4, 1.2 + 0.24 * len(table)))
+    ax = fig.subplots()
+    rows = np.arange(len(table))[::-1]
+    ax.hlines(rows, table["runs_low"], table["runs_high"], color="0.6", linewidth=1)
+    for i, label in enumerate(labels):
+        runs = [float(share.sel(chain=share.coords["chain"].values[i], decision=d, op=op))
+                for d, op in zip(table.index, table["op"], strict=True)]
+        ax.plot(runs, rows, "o", color=f"C{i}", markersize=3.5, label=label)
+    ax.plot(table["probability"], rows, "D", color="k", markersize=4, label="all runs")
+    ax.set_yticks(rows, [f"{d}: {op}" for d, op in zip(table.index, table["op"], strict=True)], fontsize=7)
+    ax.set(xlim=(0, 1.02), xlabel="probability of the decision's most probable op",
+           title=f"{var_name}: most probable op per decision")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="run", title_fontsize=7)
+    save_figure(fig, path)
+    return path
+
+
 def plot_matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: Path) -> None:
     """A heatmap with every value written in its cell. The colour scale spans the values' own range (op
     probabilities near uniform differ in the third decimal), and column names are turned to stay legible."""

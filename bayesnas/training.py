@@ -132,6 +132,8 @@ class StandaloneTraining(TrainRecipe):
     drop_path: float = setting(0.0, "[0, 1)")
     """Drop-path rate of the cell networks (DARTS; 0: off)."""
     seed: int = setting(0, "[0, 4294967295]")
+    data_fraction: float = setting(1.0, "(0, 1]")
+    """The fraction of the training images kept (validation and test stay whole where the data set allows)."""
 
 
 def train_network(net: nn.Module, train: Split, val: Split, recipe: TrainRecipe, seed: int = 0,

@@ -334,3 +334,34 @@ def test_train_never_replaces_weights_it_did_not_write(tmp_path, capsys):
     assert main(["train", str(mine), "--epochs", "1", "--no-progress"]) == EXIT_ERROR
     assert "model.pt was not written by bayesnas train" in capsys.readouterr().err
     assert (mine / "model.pt").read_bytes() == b"my own weights" and not (mine / "train_summary.json").exists()
+
+
+def test_diagnose_summarises_a_categorical_posterior_per_decision(tmp_path):
+    """One row per decision: the op chosen most often over all runs' draws, its share, the runs' range and r_hat of
+    its indicator, against shares counted here; and the forest plot."""
+    import arviz as az
+    import numpy as np
+
+    from bayesnas import diagnostics
+
+    rng = np.random.default_rng(0)
+    ops = ["a", "b", "c"]
+    shares = np.array([[[0.9, 0.1, 0.0], [0.2, 0.3, 0.5]],  # run 0: decisions d0, d1
+                       [[0.1, 0.9, 0.0], [0.1, 0.2, 0.7]]])  # run 1: d0 disagrees with run 0, d1 agrees
+    choice = np.zeros((2, 400, 2, 3))
+    for chain in range(2):
+        for d in range(2):
+            picks = rng.choice(3, size=400, p=shares[chain, d])
+            choice[chain, np.arange(400), d, picks] = 1
+    idata = az.from_dict(posterior={"op_choice": choice}, dims={"op_choice": ["decision", "op"]},
+                         coords={"decision": ["d0", "d1"], "op": ops})
+    assert diagnostics.categorical_variable(idata) == "op_choice"
+    table = diagnostics.decision_summary(idata, "op_choice")
+    counted = choice.mean(1)  # (chain, decision, op)
+    assert table.loc["d1", "op"] == "c" and table.loc["d1", "probability"] == pytest.approx(counted[:, 1, 2].mean())
+    assert (table.loc["d1", "runs_low"], table.loc["d1", "runs_high"]) == (counted[:, 1, 2].min(),
+                                                                           counted[:, 1, 2].max())
+    top = ops.index(table.loc["d0", "op"])
+    assert table.loc["d0", "r_hat"] == pytest.approx(float(az.rhat(choice[:, :, 0, top])))
+    assert table.loc["d0", "r_hat"] > 1.5 and table.loc["d1", "r_hat"] < 1.05  # the runs disagree on d0 only
+    assert diagnostics.plot_decision_forest(idata, "op_choice", tmp_path / "forest.png").stat().st_size > 0
