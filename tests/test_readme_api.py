@@ -48,3 +48,28 @@ def test_readme_own_data_block_runs_as_written(tmp_path, one_thread, monkeypatch
     assert run.config.dataset == str(tmp_path / "my_images") and run.summary["dataset"] == run.config.dataset
     assert trained["dataset"] == run.config.dataset and (tmp_path / "runs/mine/model.pt").is_file()
     assert run2.config.dataset.startswith(str(tmp_path / "cache" / "data"))
+
+
+def readme_commands() -> list[str]:
+    """The ``bayesnas ...`` commands of README's bash blocks (continuation lines joined)."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.DOTALL)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [cmd.strip() for line in lines for cmd in line.split("&&") if cmd.strip().startswith("bayesnas ")]
+
+
+def test_readme_commands_parse_and_the_smoke_run_runs(tmp_path, one_thread, monkeypatch, capsys):
+    """Each README command line parses into a valid configuration; the smoke run runs as written (the main job's
+    minutes are CI's own first command)."""
+    import shlex
+
+    from bayesnas.cli import build_parser, main, search_config
+
+    monkeypatch.chdir(tmp_path)
+    commands = readme_commands()
+    assert any("--method pgnas" in c for c in commands) and any("runs/smoke" in c for c in commands)
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        search_config(build_parser().parse_args(argv))  # refused settings raise here
+        if "runs/smoke" in command:
+            assert main([*argv, "--no-progress"]) == 0
+            assert (tmp_path / "runs/smoke/summary.json").is_file() and "test accuracy" in capsys.readouterr().out
