@@ -34,6 +34,7 @@ _EXPORTS = {
     "Genotype": "bayesnas.spaces", "GenotypeError": "bayesnas.spaces", "load_genotype": "bayesnas.spaces",
     "get_space": "bayesnas.spaces", "get_method": "bayesnas.methods", "SearchMethod": "bayesnas.methods",
     "SearchError": "bayesnas.search_folder", "load_dataset": "bayesnas.data",
+    "count_params": "bayesnas.spaces.profile",
 }
 __all__ = sorted(_EXPORTS)
 

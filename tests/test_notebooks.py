@@ -88,6 +88,19 @@ def test_committed_notebook_has_no_outputs(name):
     assert_stripped(name)
 
 
+INTERNALS = ("bayesnas.infer", "bayesnas.config", "bayesnas.search_folder", "bayesnas.api")
+"""Modules a notebook reaches through the public API (``bayesnas.search``, ``bayesnas.preset``, ...) instead."""
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_notebooks_use_the_public_api(name):
+    import json
+
+    code = "\n".join("".join(c["source"]) for c in json.loads((NOTEBOOKS / name).read_text())["cells"]
+                     if c["cell_type"] == "code")
+    assert not [m for m in INTERNALS if re.search(rf"\b{re.escape(m)}\b", code)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_notebook_executes(name, tmp_path):
