@@ -216,7 +216,8 @@ class TrainedNetwork(dict):
 def train(genotype: Genotype | str | os.PathLike, *, dataset: Any = None, out: str | os.PathLike | None = None,
           force: bool = False, epochs: int = 30, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 3e-4,
           cutout: int = 0, auxiliary: float = 0.0, drop_path: float = 0.0, precision: str = "fp32",
-          channels_last: bool = False, seed: int = 0, data_fraction: float = 1.0, device: str = "auto",
+          channels_last: bool = False, seed: int = 0, data_fraction: float = 1.0,
+          space_options: dict[str, Any] | None = None, device: str = "auto",
           data_dir: str | os.PathLike | None = None, download: bool = False,
           progress: bool = True) -> TrainedNetwork:
     """Train ``genotype``'s network from scratch (SGD with Nesterov momentum and a cosine schedule, weight decay,
@@ -227,7 +228,9 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: Any = None, out: s
     ``dataset`` (a name, a user's folder or ``.npz`` file, or in-memory data as :func:`search` takes them) defaults
     to the one the genotype was searched on. On another data set the architecture is rebuilt for its channels,
     classes and image size, as DARTS evaluates a searched cell on other data (``network_genotype`` in the summary);
-    ``data_fraction`` thins the training images only. ``out`` (default: the genotype file's folder, or nothing
+    ``space_options`` scale it where the space allows (cells: ``eval_channels``, ``eval_layout``; chain: ``widths``,
+    ``stem_channels``; choices the new settings cannot hold are refused); ``data_fraction`` thins the training
+    images only. ``out`` (default: the genotype file's folder, or nothing
     written for a :class:`Genotype` object; ``genotype`` may also name a run folder) receives
     ``train_summary.json`` (an earlier one is replaced only with ``force=True``), the trained network's weights
     (:data:`TRAINED_WEIGHTS`, weights only; :func:`load_network` rebuilds the network with them) and a drawing of
@@ -268,7 +271,8 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: Any = None, out: s
     data = load_dataset(dataset, data_dir=data_dir, download=download, seed=seed,
                         fraction=recipe.data_fraction).to(device)
     # the DARTS practice: the searched architecture rebuilt for this data's channels, classes and image size
-    space = shaped_space(genotype.space, data, {k: v for k, v in genotype.config.items() if k not in DATA_SHAPE})
+    options = {**{k: v for k, v in genotype.config.items() if k not in DATA_SHAPE}, **(space_options or {})}
+    space = shaped_space(genotype.space, data, options, origin="space_options")
     built = Genotype(genotype.space, space.config.to_dict(), genotype.choices, data.name)
     net = space.build(built, auxiliary=auxiliary > 0, drop_path=drop_path).to(device)
     try:

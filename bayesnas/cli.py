@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cutout", type=int, default=0, help="cutout square side (0: off; CIFAR: 16)")
     train.add_argument("--auxiliary", type=float, default=0.0, help="auxiliary head loss weight (0: off)")
     train.add_argument("--drop-path", type=float, default=0.0, help="drop-path probability of branches")
+    train.add_argument("--space-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="scale the network where its space allows, e.g. eval_channels=36 or "
+                       "eval_layout=\"6NR6NR6N\" (cells), widths=[24,48,96] (chain); repeatable")
     train.add_argument("--data-fraction", type=float, default=1.0,
                        help="keep this fraction of the training images (validation and test stay whole)")
     train.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
@@ -426,6 +429,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, cutout=args.cutout,
                    auxiliary=args.auxiliary, drop_path=args.drop_path, precision=args.precision,
                    channels_last=args.channels_last, seed=args.seed or 0, data_fraction=args.data_fraction,
+                   space_options=dict(_parse_option(o, "--space-option") for o in args.space_option),
                    device=args.device, data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
     print(f"trained {args.genotype} on {result['dataset']}: test accuracy {result['test_accuracy']:.4f}, "
           f"parameters {result['params']:,} (without the auxiliary head; with it "

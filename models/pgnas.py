@@ -23,6 +23,10 @@ class PGNASModel(PyroModule):
     channels). The remaining super-network weights (stem, shortcuts, BatchNorm, classifier) are point estimates. The
     prior terms are multiplied by ``kl_scale`` (the authors' code divides the KL by a dataset size larger
     than the real one: ``kl_scale = N / N_kl``); the guide applies the same scale.
+
+    Run it under :class:`bayesnas.reparam.LocalReparameterization` (as the search loop does) for per-example
+    dropout masks (Zhou et al. 2020, Algorithm 1, line 3). In a plain SVI loop without it one mask per mini-batch is
+    drawn: the same ELBO with a noisier gradient (the selection scores fixed masks that way on purpose).
     """
 
     def __init__(self, net: nn.Module, prior_precision: float, spike_prob: float = 0.0,

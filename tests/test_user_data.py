@@ -246,6 +246,11 @@ def test_a_digits_cell_genotype_trains_on_other_data(tmp_path):
     built = trained["network_genotype"]
     assert (built["config"]["in_channels"], built["config"]["num_classes"], built["config"]["image_size"]) == (3, 3, 12)
     assert built["choices"] == run.genotype.choices and trained.network(torch.zeros(2, 3, 12, 12)).shape == (2, 3)
+    wider = bayesnas.train(run.genotype, dataset=tmp_path / "colour.npz", epochs=1, device="cpu", progress=False,
+                           space_options={"eval_channels": 8, "eval_layout": "NNR"})  # DARTS-style scaling
+    assert wider["network_genotype"]["config"]["eval_channels"] == 8 and wider["params"] > trained["params"]
+    with pytest.raises(bayesnas.GenotypeError):  # a searched cell has no place in a space of fewer states
+        bayesnas.train(run.genotype, dataset=tmp_path / "colour.npz", epochs=1, space_options={"states": 1})
     with pytest.raises(bayesnas.ConfigError, match=r"`data_fraction` must be \(0, 1\]"):
         bayesnas.train(run.genotype, dataset=tmp_path / "colour.npz", data_fraction=0.0)
     net = bayesnas.load_network(tmp_path / "colour")
