@@ -19,10 +19,9 @@ How the splits are made
 user's data, :mod:`bayesnas.user_data`) of the training split, after validation and test were drawn, so that both
 stay whole; on the torchvision data sets of the official training set, before validation is drawn from it, their
 official test set staying whole. Test figures of runs on different fractions are then measured on the same
-images. All randomness comes
-from one ``torch.Generator`` seeded with ``seed``: the same seed gives identical splits, a different seed
-different ones. Within a split, images keep the order they have in the source, so training code should shuffle
-its mini-batches.
+images. All randomness comes from one ``torch.Generator`` seeded with ``seed``: the same seed gives identical
+splits, a different seed different ones. Within a split, images keep the order they have in the source, so
+training code should shuffle its mini-batches.
 
 Images are normalised per channel with the mean and standard deviation of the *train* split only; val and test
 use the same statistics. :meth:`DataBundle.halves` splits the train part again, stratified and from its own
