@@ -218,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="instead of chains: az.compare the runs (any methods or settings on one data split) by "
                                "PSIS-LOO over their stored validation log-likelihoods; writes compare.csv/.png")
 
+    speed = sub.add_parser(
+        "speed", formatter_class=_Formatter, help="measure which numeric mode trains fastest here",
+        description="Time a few training steps of one DARTS-cell network in fp32 and bf16, each with and without "
+                    "the channels-last memory format, and print the seconds per step and the ratio to fp32. The "
+                    "result is cached per machine, device and torch version (<cache>/speed.json); --refresh "
+                    "measures again.")
+    speed.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    speed.add_argument("--refresh", action="store_true", help="measure again instead of reading the cache")
+
     predict = sub.add_parser(
         "predict", formatter_class=_Formatter, help="average predictions over a run's posterior",
         description="Bayesian model averaging: draw --samples networks from a finished run's trained posterior or "
@@ -535,6 +544,19 @@ def print_keys(cls: type, title: str, preset_values: dict[str, Any], label: str,
             print(f"      {docs[field.name]}")
 
 
+def cmd_speed(args: argparse.Namespace) -> int:
+    from bayesnas.infer import resolve_device
+    from bayesnas.speed import MODES, fastest_mode
+
+    choice = fastest_mode(resolve_device(args.device), refresh=args.refresh)
+    print(f"{choice.machine}:")
+    for mode in MODES:
+        mark = "   <- fastest" if mode == choice.mode else ""
+        print(f"  {mode:<20} {1000 * choice.seconds[mode]:9.1f} ms/step  {choice.ratio(mode):6.3f}x fp32{mark}")
+    print("cached; --refresh measures again")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from bayesnas.api import predict
 
@@ -717,7 +739,7 @@ def _bench_compare(args: argparse.Namespace) -> int:
 
 COMMANDS = {"search": cmd_search, "train": cmd_train, "draw": cmd_draw, "options": cmd_options,
             "latency": cmd_latency, "diagnose": cmd_diagnose, "predict": cmd_predict, "rank": cmd_rank,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "speed": cmd_speed}
 
 
 PYTHON_NAME = re.compile(r"`(\w+)(?:=([^`]*))?`")

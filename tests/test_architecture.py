@@ -31,7 +31,7 @@ LAYERS = [
               "distributed", "compute", "distributions", "elbo", "reparam", "calibration", "select",
               "diagnostics"}),
     ("spaces", {"spaces", "drawing"}),
-    ("inference", {"training", "predictive"}),
+    ("inference", {"training", "predictive", "speed"}),
     ("methods", {"methods", "models", "guides"}),
     ("search loop", {"infer", "search_folder"}),
     ("python api", {"api"}),

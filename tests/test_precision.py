@@ -150,3 +150,41 @@ def test_cli_auto_precision_is_resolved_and_recorded(tmp_path, monkeypatch, caps
     trained = json.loads((run / "train_summary.json").read_text())
     assert trained["precision"] == "fp32" and trained["channels_last"] is True
     assert 0 <= trained["test_accuracy"] <= 1
+
+
+def test_the_fastest_mode_is_measured_once_per_machine_and_cached(tmp_path):
+    from bayesnas.io import read_json
+    from bayesnas.speed import MODES, fastest_mode, machine_key
+
+    calls = []
+    seconds = {"fp32": 2.0, "fp32+channels-last": 1.5, "bf16": 2.5, "bf16+channels-last": 0.8}
+
+    def fake(device):
+        calls.append(device)
+        return dict(seconds)
+
+    path = tmp_path / "speed.json"
+    choice = fastest_mode("cpu", measure=fake, path=path)
+    assert (choice.mode, choice.precision, choice.channels_last) == ("bf16+channels-last", "bf16", True)
+    assert choice.ratio("bf16+channels-last") == pytest.approx(0.4) and len(calls) == 1
+    assert read_json(path) == {machine_key(torch.device("cpu")): seconds}
+    assert fastest_mode("cpu", measure=fake, path=path) == choice and len(calls) == 1  # from the cache
+    seconds["fp32"] = 0.5
+    assert fastest_mode("cpu", refresh=True, measure=fake, path=path).mode == "fp32" and len(calls) == 2
+    path.write_text(json.dumps({machine_key(torch.device("cpu")): {"fp32": "fast"}}))  # damaged: measured again
+    assert fastest_mode("cpu", measure=fake, path=path).mode == "fp32" and len(calls) == 3
+    assert set(read_json(path)[machine_key(torch.device("cpu"))]) == set(MODES)
+
+
+def test_every_mode_is_timed_and_the_command_prints_them(tmp_path, monkeypatch, capsys):
+    from bayesnas import speed
+    from bayesnas.cli import main
+
+    measured = speed.measure_modes(torch.device("cpu"), steps=1, rounds=1)
+    assert set(measured) == set(speed.MODES) and all(v > 0 for v in measured.values())
+    monkeypatch.setenv("BAYESNAS_CACHE", str(tmp_path))
+    monkeypatch.setattr(speed, "measure_modes", lambda device: {m: float(i + 1) for i, m in enumerate(speed.MODES)})
+    assert main(["speed", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "  fp32                    1000.0 ms/step   1.000x fp32   <- fastest" in out
+    assert "  bf16+channels-last      4000.0 ms/step   4.000x fp32\n" in out and (tmp_path / "speed.json").is_file()
