@@ -76,8 +76,7 @@ def _add_bench_common(p: argparse.ArgumentParser,
                       data_dir_help: str = "folder holding the torchvision files of mnist/fashion-mnist/cifar") -> None:
     p.add_argument("--data-dir", help=data_dir_help)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars; a search prints one line per epoch "
-                   "instead (for batch-job logs)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 class _Parser(argparse.ArgumentParser):
