@@ -6,6 +6,7 @@ The public API (each name is imported on first use, so ``import bayesnas`` is qu
     run = bayesnas.load_run("runs/gdas5")                              # summary, genotype, metrics(), posterior()
     bayesnas.train(run.genotype, epochs=10).network                    # the architecture alone, from scratch
     run.network()                                                      # the selected network, trained, for inference
+    bayesnas.ensemble(run, members=5)                                  # K architectures from the posterior, retrained
     bayesnas.search(dataset=(x, y))                                    # your own images (tensors, arrays, a Dataset,
                                                                        # a folder or an .npz file)
 
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "search": "bayesnas.api", "load_run": "bayesnas.api", "train": "bayesnas.api", "Run": "bayesnas.api",
     "predict": "bayesnas.api", "load_network": "bayesnas.api", "TrainedNetwork": "bayesnas.api",
+    "ensemble": "bayesnas.api",
     "BadDataError": "bayesnas.user_data",
     "SearchConfig": "bayesnas.config", "ConfigError": "bayesnas.config", "build_config": "bayesnas.config",
     "preset": "bayesnas.config", "PRESETS": "bayesnas.config", "METHOD_SPACES": "bayesnas.config",

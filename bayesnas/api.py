@@ -204,6 +204,35 @@ def predict(run: Run | str | os.PathLike, *, samples: int = 32, split: str = "te
     return result
 
 
+def ensemble(run: Run | str | os.PathLike, *, members: int = 5, strategy: str = "draws", candidates: int = 64,
+             epochs: int | None = None, seed: int = 0, resamples: int = 1000, out: str | os.PathLike | None = None,
+             device: str = "auto", data_dir: str | os.PathLike | None = None, download: bool = False,
+             progress: bool = True) -> dict[str, Any] | None:
+    """An architecture ensemble of a finished run (:mod:`bayesnas.ensembles`): ``members`` distinct architectures
+    drawn from its posterior or proposal by ``strategy`` (``draws``, ``top`` or ``greedy``, from at most
+    ``candidates`` draws), each retrained from scratch by the method's retraining recipe (``epochs`` overrides its
+    epochs), against the selected architecture retrained with ``members`` seeds (deep ensemble) and alone, scored on
+    the test split, its corrupted copies and an out-of-distribution set. Writes ``ensemble.json``, ``ensemble.md``,
+    ``shift.png``, ``reliability.png`` and the members' weights into ``out`` (default
+    ``<run>/ensemble-<strategy>-<members>``); a folder of the same settings resumes with the members it holds.
+    Returns ``ensemble.json``'s content (None on a ``torchrun`` launch's other processes). Example::
+
+        result = bayesnas.ensemble("runs/gdas5", members=5, epochs=10)
+        result["predictors"]["posterior"]["test"]["nll"]    # value and 95 % bootstrap interval
+    """
+    from bayesnas.ensembles import EnsembleSettings, build_ensemble
+
+    run = run if isinstance(run, Run) else load_run(run)
+    try:
+        settings = EnsembleSettings(members=members, strategy=strategy, candidates=candidates, epochs=epochs,
+                                    seed=seed, resamples=resamples)
+    except DomainError as err:
+        raise ConfigError(f"`{err.name}` {err.requirement}") from None
+    folder = Path(out) if out is not None else run.path / f"ensemble-{strategy}-{members}"
+    return build_ensemble(run, settings, folder, device, None if data_dir is None else str(data_dir), download,
+                          progress)
+
+
 class TrainedNetwork(dict):
     """What :func:`train` returns: its ``train_summary.json`` content (a dict) and the trained ``network`` (eval
     mode, on the device it trained on)."""

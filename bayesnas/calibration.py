@@ -84,3 +84,73 @@ def scores(probs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     probs, y = probs.double().cpu(), y.cpu()
     return {"accuracy": float((probs.argmax(1) == y).double().mean()), "nll": nll(probs, y),
             "brier": brier(probs, y), "ece": ece(probs, y)}
+
+
+def bootstrap_scores(probs: torch.Tensor, y: torch.Tensor, resamples: int = 1000, seed: int = 0
+                     ) -> dict[str, dict[str, Any]]:
+    """:func:`scores`, each with a percentile-bootstrap 95 % interval over the examples (``resamples`` resamples
+    of the ``N`` examples with replacement; ECE recomputed per resample with the same bins)."""
+    probs, y = probs.double().cpu(), y.cpu()
+    confidence, predicted = probs.max(1)
+    right = (predicted == y).double()
+    per_example = {"accuracy": right, "nll": -probs.gather(1, y[:, None]).clamp_min(1e-12).log().squeeze(1),
+                   "brier": ((probs - torch.nn.functional.one_hot(y, probs.shape[1]).double()) ** 2).sum(1)}
+    which = (torch.ceil(confidence * ECE_BINS).long() - 1).clamp(0, ECE_BINS - 1)
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randint(len(y), (resamples, len(y)), generator=generator)
+    draws = {name: values[index].mean(1) for name, values in per_example.items()}
+    cell = (torch.arange(resamples).view(-1, 1) * ECE_BINS + which[index]).view(-1)
+    gap = (torch.bincount(cell, weights=right[index].view(-1), minlength=resamples * ECE_BINS)
+           - torch.bincount(cell, weights=confidence[index].view(-1), minlength=resamples * ECE_BINS))
+    draws["ece"] = gap.view(resamples, ECE_BINS).abs().sum(1) / len(y)  # sum_b |B_b|/N |acc_b - conf_b|
+    point = scores(probs, y)
+    bounds = torch.tensor([0.025, 0.975], dtype=torch.float64)
+    return {name: {"value": point[name], "interval_95": torch.quantile(draws[name], bounds).tolist()}
+            for name in point}
+
+
+def temper(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Temperature scaling of predictive probabilities: ``softmax(log p / T)`` (Guo et al. 2017, Sec. 4.2, on
+    the log-probabilities, which for one network are its logits up to a constant)."""
+    return torch.softmax(probs.double().clamp_min(1e-12).log() / temperature, -1)
+
+
+def fit_temperature(probs: torch.Tensor, y: torch.Tensor, low: float = 0.05, high: float = 20.0,
+                    tolerance: float = 1e-4) -> float:
+    """The temperature ``T`` that minimises the NLL of :func:`temper` on ``(probs, y)`` (held-out data: the
+    validation split), by golden-section search over ``1 / T`` in ``[1 / high, 1 / low]``, where the NLL is convex
+    (a log-sum-exp of a linear function of ``1 / T``, minus a linear one)."""
+    log_p = probs.double().cpu().clamp_min(1e-12).log()
+    y = y.cpu()
+
+    def loss(beta: float) -> float:
+        return float((torch.logsumexp(beta * log_p, 1) - beta * log_p.gather(1, y[:, None]).squeeze(1)).mean())
+
+    ratio = (5 ** 0.5 - 1) / 2
+    a, b = 1 / high, 1 / low
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    while b - a > tolerance:
+        if loss(c) < loss(d):
+            b, d = d, c
+            c = b - ratio * (b - a)
+        else:
+            a, c = c, d
+            d = a + ratio * (b - a)
+    return 2 / (a + b)
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` predictive entropy ``-sum_c p_c log p_c`` in nats."""
+    probs = probs.double()
+    return -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+
+
+def disagreement(member_probs: torch.Tensor) -> float:
+    """Mean over pairs of members of the fraction of examples whose predicted classes differ, from ``(K, N, C)``
+    probabilities (0 for one member)."""
+    predicted = member_probs.argmax(-1)
+    k = len(predicted)
+    if k < 2:
+        return 0.0
+    pairs = [(predicted[i] != predicted[j]).double().mean() for i in range(k) for j in range(i + 1, k)]
+    return float(torch.stack(pairs).mean())

@@ -146,6 +146,32 @@ class Split:
         return Split(self.x[index], self.y[index])
 
 
+@dataclass(frozen=True)
+class Pixels:
+    """How a bundle's images map back to pixels: ``x = (pixel - mean) / std`` per channel, pixels in ``[0, white]``
+    (255 for 8-bit images, 16 for the digits)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    white: float
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images as pixel intensities in ``[0, 1]``."""
+        mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        return (x * std + mean) / self.white
+
+    def from_unit(self, unit: torch.Tensor) -> torch.Tensor:
+        """Pixel intensities in ``[0, 1]`` normalised as the bundle's images."""
+        mean, std = (torch.tensor(v, dtype=unit.dtype, device=unit.device).view(1, -1, 1, 1)
+                     for v in (self.mean, self.std))
+        return (unit * self.white - mean) / std
+
+
+def _pixels(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, white: float | None = None) -> Pixels:
+    white = white if white is not None else 255.0 if x.dtype == torch.uint8 else max(float(x.max()), 1.0)
+    return Pixels(tuple(mean.tolist()), tuple(std.tolist()), white)
+
+
 @dataclass(frozen=True, eq=False)
 class DataBundle:
     """A data set split into train / val / test, with what a model needs to know about it."""
@@ -162,6 +188,8 @@ class DataBundle:
     """SHA-256 (16 hex digits) of a user's data set's content (:mod:`bayesnas.user_data`); None for named ones."""
     classes: tuple[str, ...] = ()
     """Class names of a user's data set (its class folders), label order."""
+    pixels: Pixels | None = None
+    """The images' normalisation (:mod:`bayesnas.shift` corrupts images in pixel space)."""
 
     def halves(self, seed: int) -> tuple[Split, Split]:
         """Split the training part into a weight split and an architecture split of (nearly) equal size.
@@ -259,6 +287,7 @@ def load_dataset(
         in_channels=int(train.x.shape[1]),
         image_size=int(train.x.shape[2]),
         source=source,
+        pixels=_pixels(parts[0][0], mean, std, 16.0 if key == "digits" else None),
     )
 
 
@@ -293,7 +322,7 @@ def _load_user_data(path: str, seed: int, val_fraction: float, test_fraction: fl
     return DataBundle(name=path, train=train, val=val, test=test,
                       num_classes=len(images.classes), in_channels=int(train.x.shape[1]),
                       image_size=int(train.x.shape[2]), source=images.source, fingerprint=images.fingerprint,
-                      classes=images.classes)
+                      classes=images.classes, pixels=_pixels(x_tr, mean, std))
 
 
 # --------------------------------------------------------------------------------------------- helpers

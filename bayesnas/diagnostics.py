@@ -1,4 +1,5 @@
-"""ArviZ export of posteriors, multi-run summaries (seeds as chains) and the run folder's plots."""
+"""ArviZ export of posteriors, multi-run summaries (seeds as chains), the held-out comparison of runs and the run
+folder's plots."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
+from scipy.special import logsumexp
 
 from bayesnas.io import atomic_write, atomic_write_by_name, flat_figures, read_jsonl
 
@@ -144,10 +146,10 @@ SPLIT_KEYS = ("dataset", "data_seed", "val_fraction", "test_fraction", "data_fra
 """The configuration keys that fix a run's data split (``data_seed`` null means ``seed``)."""
 
 
-def compare_runs(run_dirs: Sequence[str | os.PathLike], ic: str = "loo") -> tuple[Any, dict[str, str]]:
-    """``az.compare`` of runs of any methods or settings by their ``log_likelihood`` of the same validation
-    examples (PSIS-LOO by default; Vehtari, Gelman & Gabry 2017): the table, and each row's label with its run.
-    Runs on different splits, runs without a ``log_likelihood`` group, and repeated runs are refused."""
+def compare_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[Any, dict[str, str]]:
+    """:func:`compare_heldout` of runs of any methods or settings by their ``log_likelihood`` groups, which score
+    the same validation examples: the table, and each row's label with its run. Runs on different splits or scored
+    on different examples, runs without a ``log_likelihood`` group, and repeated runs are refused."""
     resolved = [Path(run).resolve() for run in run_dirs]
     if len(set(resolved)) < len(resolved):
         raise DiagnosticsError("the same run is given more than once: compare different runs")
@@ -166,16 +168,72 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], ic: str = "loo") -> tupl
         label = f"{path.name}:{config.get('method', idata.posterior.attrs.get('method', '?'))}"
         if label in models:
             label = f"{path}:{config.get('method', '?')}"
-        models[label], splits[label], labels[label] = idata, split, str(path)
+        models[label], splits[label], labels[label] = idata.log_likelihood["y"], split, str(path)
     if len(set(splits.values())) > 1:
         detail = "; ".join(f"{label}: " + ", ".join(f"{k}={v}" for k, v in zip(SPLIT_KEYS, split, strict=True))
                            for label, split in splits.items())
         raise DiagnosticsError(f"the runs were validated on different data splits, so their log-likelihoods are "
                                f"not comparable ({detail})")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # Pareto k warnings: the table's ``warning`` column keeps them
-        table = az.compare(models, ic=ic)
+    examples = {label: np.asarray(y["val_example"]).tolist() for label, y in models.items()}
+    if len({tuple(e) for e in examples.values()}) > 1:
+        detail = "; ".join(f"{label}: {len(e)} examples" for label, e in examples.items())
+        raise DiagnosticsError(f"the runs scored different validation examples, so their log-likelihoods are not "
+                               f"comparable ({detail})")
+    table = compare_heldout({label: y.values.reshape(-1, y.shape[-1]) for label, y in models.items()})
     return table, labels
+
+
+def heldout_elpd(log_likelihood: np.ndarray) -> np.ndarray:
+    """Per example, the expected log predictive density of ``(S, N)`` log-likelihoods ``log p(y_n | network_s)``
+    of examples q never saw: ``elpd_n = log (1/S) sum_s p(y_n | network_s)``, the log of the mean predictive
+    probability over the draws (a log-sum-exp)."""
+    return logsumexp(log_likelihood, axis=0) - np.log(len(log_likelihood))
+
+
+def stacking_weights(pointwise: np.ndarray, tol: float = 1e-10, max_iter: int = 100_000) -> np.ndarray:
+    """Stacking weights of ``(N, K)`` pointwise log predictive densities of K models: the ``w`` on the simplex
+    that maximises ``sum_n log sum_k w_k exp(pointwise[n, k])`` (Yao, Vehtari, Simpson & Gelman, "Using stacking
+    to average Bayesian predictive distributions", Bayesian Analysis 2018: their LOO objective, with held-out
+    densities), by the EM update of a mixture's weights ``w_k <- mean_n w_k p_nk / sum_j w_j p_nj``, which never
+    lowers the objective (Dempster, Laird & Rubin 1977), until no weight moves by ``tol``."""
+    weights = np.full(pointwise.shape[1], 1 / pointwise.shape[1])
+    for _ in range(max_iter):
+        with np.errstate(divide="ignore"):  # a weight at 0 stays there
+            joint = pointwise + np.log(weights)
+        updated = np.exp(joint - logsumexp(joint, axis=1, keepdims=True)).mean(0)
+        if np.abs(updated - weights).max() < tol:
+            return updated
+        weights = updated
+    return weights
+
+
+def compare_heldout(log_likelihoods: Mapping[str, np.ndarray]) -> Any:
+    """Rank models by the expected log predictive density of the same N held-out examples, from each one's
+    ``(S, N)`` log-likelihoods, in ``az.compare``'s table shape, best first: ``rank``, ``elpd_heldout`` (the sum of
+    :func:`heldout_elpd`), ``elpd_diff`` (the best's minus this), ``weight`` (:func:`stacking_weights`), ``se`` and
+    ``dse`` (``sqrt(N var)`` of the pointwise values and of the pointwise differences from the best, the variance
+    with divisor N as in ArviZ's ``loo`` and ``compare``) and ``scale``. PSIS-LOO's ``p_loo`` and Pareto-k
+    ``warning`` (Vehtari, Gelman & Gabry 2017) mean nothing on held-out examples and are left out."""
+    import pandas as pd
+
+    names = list(log_likelihoods)
+    pointwise = np.stack([heldout_elpd(np.asarray(log_likelihoods[n], dtype=float)) for n in names], axis=1)
+    order = np.argsort(-pointwise.sum(0), kind="stable")
+    pointwise = pointwise[:, order]
+    n = len(pointwise)
+    differences = pointwise[:, :1] - pointwise
+    return pd.DataFrame({
+        "rank": np.arange(len(order)), "elpd_heldout": pointwise.sum(0), "elpd_diff": differences.sum(0),
+        "weight": stacking_weights(pointwise), "se": np.sqrt(n * pointwise.var(0)),
+        "dse": np.sqrt(n * differences.var(0)), "scale": "log",
+    }, index=[names[i] for i in order])
+
+
+def plot_heldout_compare(table: Any) -> Figure:
+    """``az.plot_compare`` of a :func:`compare_heldout` table: each run's ``elpd_heldout`` with its ``se``."""
+    ax = az.plot_compare(table.rename(columns={"elpd_heldout": "elpd_loo"}))  # it reads elpd_loo or elpd_waic
+    ax.set_xlabel("elpd_heldout (log)")
+    return ax.figure
 
 
 def read_posterior(path: Path) -> az.InferenceData:

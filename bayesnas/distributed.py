@@ -30,8 +30,11 @@ import datetime
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -295,3 +298,34 @@ def synchronise_batchnorm(module: nn.Module) -> nn.Module:
         elif type(child) is PyroModule[nn.BatchNorm2d]:
             child.__class__ = PyroModule[SyncedBatchNorm2d]
     return module
+
+
+CLAIMS_DIR = ".claims"
+
+
+@contextlib.contextmanager
+def work_claims(out: Path, world: World) -> Iterator[Callable[[str], bool]]:
+    """``claim(name) -> bool``: whether this rank takes the work ``name`` (always, in one process; under
+    ``torchrun``, the first rank to create its file in this launch's claims folder under ``out``): ranks share
+    searches (``bench compare``) or an ensemble's members so. All ranks meet at the end."""
+    if not world.distributed:
+        yield lambda name: True
+        return
+    claims = out / CLAIMS_DIR / world.broadcast(uuid.uuid4().hex)
+    if world.is_main:
+        shutil.rmtree(out / CLAIMS_DIR, ignore_errors=True)  # a killed launch's claims
+        claims.mkdir(parents=True)
+    world.barrier()
+    yield lambda name: _claim(claims / name)
+    world.barrier(patient=True)  # each rank's last piece of work
+    if world.is_main:
+        shutil.rmtree(out / CLAIMS_DIR, ignore_errors=True)
+
+
+def _claim(path: Path) -> bool:
+    """Whether this process created ``path`` (and so owns the work it names)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True

@@ -346,8 +346,7 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
         if selection.retrained:
             save_tensors(run_dir / SELECTED_WEIGHTS,
                          {k: v.detach().cpu() for k, v in selection.network.state_dict().items()})
-        method.export(run_dir)
-        add_predictive_groups(method, run_dir, progress=progress)
+        add_predictive_groups(method, run_dir, method.export(run_dir), progress=progress)
         diagnostics.plot_training(run_dir)
     export_seconds = time.perf_counter() - tic  # rank 0's: the others only wait for it
     config = method.config

@@ -11,17 +11,17 @@ the super-network's trained weights. Bayesian model averaging (BMA) over S such 
 (the posterior predictive of the variational posterior q, e.g. Wilson & Izmailov, "Bayesian deep learning and a
 probabilistic perspective of generalization", NeurIPS 2020, Eq. 1, with q for the posterior). :func:`predict_run`
 scores it against the one selected architecture (with inherited weights, and retrained where the search retrained
-it) with :mod:`bayesnas.calibration`; :func:`add_predictive_groups` stores ``log p(y_n | network_s)`` of the
-validation examples in ``posterior.nc`` (groups ``log_likelihood``, ``posterior_predictive``, ``observed_data``) so
-that ``az.loo`` and ``az.waic`` run on a search (Vehtari, Gelman & Gabry, "Practical Bayesian model evaluation
-using leave-one-out cross-validation and WAIC", Statistics and Computing 2017).
+it) with :mod:`bayesnas.calibration`; :func:`add_predictive_groups` stores ``log p(y_n | network_s)`` of held-out
+validation examples under the networks of the ``posterior`` group's draws in ``posterior.nc`` (groups
+``log_likelihood``, ``posterior_predictive``, ``observed_data``), from which ``bayesnas diagnose --compare`` ranks
+runs by their held-out expected log predictive density (:func:`bayesnas.diagnostics.compare_heldout`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 """A network as a function from images to logits."""
 
-PREDICTIVE_DRAWS = 100
-"""Draws of ``log_likelihood`` for methods without a ``posterior_draws`` option (PC-NAS, One-Shot)."""
 PREDICTIVE_EXAMPLES = 1000
 """The validation examples of the exported ``log_likelihood`` group at most (evenly spaced over the split): with
 the draws, what the end-of-search export costs."""
@@ -69,13 +67,21 @@ def draw_probabilities(method: SearchMethod, split: Split, samples: int, batch_s
                        progress: bool = False) -> torch.Tensor:
     """``(S, N, C)``: the class probabilities of ``samples`` networks drawn from the method's posterior (torch's
     global random state: seed it for reproducible draws); ``progress`` shows a bar over the draws."""
-    from tqdm import tqdm
-
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    networks = (method.posterior_network() for _ in range(samples))
+    return network_probabilities(method, networks, samples, split, batch_size, progress)
+
+
+def network_probabilities(method: SearchMethod, networks: Iterable[Predictor | None], count: int, split: Split,
+                          batch_size: int = 512, progress: bool = False) -> torch.Tensor:
+    """``(S, N, C)``: the class probabilities of the method's ``count`` ``networks``, made one at a time as they are
+    scored; ``progress`` shows a bar over them."""
+    from tqdm import tqdm
+
     draws = []
-    for _ in tqdm(range(samples), desc="posterior draws", disable=not progress, dynamic_ncols=True, leave=False):
-        network = method.posterior_network()
+    for network in tqdm(networks, total=count, desc="posterior draws", disable=not progress, dynamic_ncols=True,
+                        leave=False):
         if network is None:
             raise NoPosteriorError(f"method {method.name!r} holds no posterior over networks to draw from (random "
                                    "search trains each candidate alone): nothing to average")
@@ -97,23 +103,24 @@ def log_likelihood(draws: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     return picked.clamp_min(1e-30).log().double().cpu().numpy()
 
 
-def add_predictive_groups(method: SearchMethod, run_dir: Path, draws: int | None = None,
+def add_predictive_groups(method: SearchMethod, run_dir: Path, draws: list[Any] | None,
                           progress: bool = False) -> bool:
     """Add ``log_likelihood`` (``y``: chain x draw x val_example), ``posterior_predictive`` (class draws
     ``y ~ p(y | x_n, network_s)``) and ``observed_data`` (the validation labels) to the run's ``posterior.nc``;
-    False (nothing written) for a method without a posterior over networks. The draws are ``draws`` fresh
-    networks (default: the method's ``posterior_draws``, else :data:`PREDICTIVE_DRAWS`) from the same posterior as
-    the ``posterior`` group, not those draws themselves: LOO and WAIC read only ``log_likelihood``. They score at
-    most :data:`PREDICTIVE_EXAMPLES` validation examples, evenly spaced (``val_example`` holds their indices)."""
+    False (nothing written) for a method without a posterior over networks. ``draws`` are what the method's
+    :meth:`~bayesnas.methods.SearchMethod.export` returned: draw ``s`` of these groups scores the network of draw
+    ``s`` of the ``posterior`` group (:meth:`~bayesnas.methods.SearchMethod.draw_network`). They score at most
+    :data:`PREDICTIVE_EXAMPLES` validation examples, evenly spaced (``val_example`` holds their indices)."""
     import arviz as az
 
     from bayesnas.diagnostics import POSTERIOR_FILE, read_posterior
 
-    count = draws or getattr(method.options, "posterior_draws", PREDICTIVE_DRAWS)
+    if not draws:
+        return False
     index = torch.linspace(0, len(method.data.val) - 1, min(len(method.data.val), PREDICTIVE_EXAMPLES)).round().long()
     val = method.data.val.subset(index)
     try:
-        probs = draw_probabilities(method, val, count, progress=progress)
+        probs = network_probabilities(method, map(method.draw_network, draws), len(draws), val, progress=progress)
     except NoPosteriorError:
         return False
     y = val.y.cpu()

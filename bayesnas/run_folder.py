@@ -39,6 +39,10 @@ def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+def _a(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
 def folder_kind(folder: Path) -> str | None:
     """The kind the marker of ``folder`` names (None where there is no readable marker)."""
     try:
@@ -56,7 +60,7 @@ def check_folder(folder: Path, kind: str, ours: bool = False, preseeded: Collect
         raise RunFolderError(f"{folder} is a file, not a folder; choose another `out`")
     found = folder_kind(folder)
     if found is not None and found != kind:
-        raise RunFolderError(f"{folder} holds a bayesnas {found}, not a {kind}; choose another `out`")
+        raise RunFolderError(f"{folder} holds a bayesnas {found}, not {_a(kind)}; choose another `out`")
     if found is None and not ours and folder.exists() and any(p.name not in preseeded for p in folder.iterdir()):
         raise RunFolderError(f"{folder} is not empty and is not a bayesnas run folder; choose another `out` "
                              "(nothing was written)")
@@ -70,7 +74,7 @@ def pin_settings(path: Path, settings: dict[str, Any], kind: str) -> None:
         saved = read_json(path)
         keys = config_diff(saved, settings) if isinstance(saved, dict) else ["(the whole file)"]
         if keys:
-            raise RunFolderError(f"{path.parent} holds a {kind} of other settings (differ in: {', '.join(keys)}; see "
+            raise RunFolderError(f"{path.parent} holds {_a(kind)} of other settings (differ in: {', '.join(keys)}; see "
                                  f"{path}); choose another `out`")
         return
     write_json(path, settings)

@@ -61,8 +61,18 @@ def model_averaging(text: str, images: int) -> None:
             assert re.search(rf"{method}\s+{predictor}\s+[01]\.\d+\s+\d+\.\d+\s+\d\.\d+\s+\d\.\d+", text), \
                 (method, predictor)
     assert len(re.findall(r"BMA minus inherited single network: NLL [+-]\d", text)) == 2
-    assert "elpd_loo" in text and "val_example" in text  # az.loo and the stored log-likelihood's dims
-    assert re.search(r"gdas\s+\d\s+-?\d", text) and re.search(r"pgnas\s+\d\s+-?\d", text)  # az.compare's rows
+    assert "elpd_heldout" in text and "val_example" in text  # the comparison and the stored log-likelihood's dims
+    assert re.search(r"gdas\s+\d\s+-?\d", text) and re.search(r"pgnas\s+\d\s+-?\d", text)  # the table's rows
+    assert images == 3, "the plots were not rendered inline"
+
+
+def ensembles(text: str, images: int) -> None:
+    for predictor in ("posterior", "deep", "single"):  # one row per table: in distribution, and under shift
+        assert len(re.findall(rf"^\| {predictor} \| \d\.\d{{4}} \[", text, re.MULTILINE)) == 2, predictor
+        assert re.search(rf"^{predictor} +OOD AUROC \d\.\d{{4}}, members' disagreement \d\.\d{{4}}$", text,
+                         re.MULTILINE), predictor
+    assert "Posterior ensemble's NLL minus the deep ensemble's" in text
+    assert "posterior-1" in text and "deep-1" in text  # the members' table
     assert images == 3, "the plots were not rendered inline"
 
 
@@ -76,6 +86,9 @@ CASES: dict[str, tuple[dict[str, str], Callable[[str, int], None]]] = {
     "04_svi_from_scratch.ipynb": ({"BAYESNAS_NOTEBOOK_STEPS": "40"}, svi_from_scratch),
     "05_model_averaging.ipynb": ({"BAYESNAS_NOTEBOOK_EPOCHS": "2", "BAYESNAS_NOTEBOOK_DATA_FRACTION": "0.2",
                                   "BAYESNAS_NOTEBOOK_SAMPLES": "4", "BAYESNAS_NOTEBOOK_DRAWS": "16"}, model_averaging),
+    "06_ensembles.ipynb": ({"BAYESNAS_NOTEBOOK_EPOCHS": "2", "BAYESNAS_NOTEBOOK_MEMBERS": "2",
+                            "BAYESNAS_NOTEBOOK_MEMBER_EPOCHS": "1", "BAYESNAS_NOTEBOOK_DATA_FRACTION": "0.2"},
+                           ensembles),
 }
 
 

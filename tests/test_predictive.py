@@ -1,4 +1,5 @@
-"""Model averaging over a run's posterior, calibration scores, stored log-likelihoods, PSIS-LOO and az.compare."""
+"""Model averaging over a run's posterior, calibration scores, the stored log-likelihoods of the posterior's draws
+and the held-out comparison of runs."""
 
 from __future__ import annotations
 
@@ -11,19 +12,31 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from scipy.special import logsumexp
 
 import bayesnas
 from bayesnas import calibration, predictive
 from bayesnas.cli import EXIT_ERROR, main
-from bayesnas.diagnostics import DiagnosticsError, compare_runs
+from bayesnas.diagnostics import DiagnosticsError, compare_heldout, compare_runs, stacking_weights
 from bayesnas.search_folder import SELECTED_WEIGHTS
+from bayesnas.spaces.decisions import on_batch_statistics
 
 SPLIT = {"data_fraction": 0.3, "seed": 0, "device": "cpu", "progress": False}
 GDAS = {"method": "gdas", "epochs": 3, "space": {"channels": 4, "layout": "NR", "states": 2},
         "options": {"warmup_epochs": 0, "retrain_epochs": 1, "posterior_draws": 30}}
 PGNAS = {"method": "pgnas", "epochs": 2, "space": {"stem_channels": 8, "widths": [8, 16], "depths": [1, 1]},
          "options": {"num_candidates": 3, "posterior_draws": 20, "baseline": False}}
+CHAIN = {"stem_channels": 8, "stem_stride": 1, "first_block_channels": 0, "widths": [8, 16], "depths": [2, 2],
+         "strides": [1, 2], "head_channels": 0, "ops": ["MBConv_1_3", "MBConv_3_3", "Identity"],
+         "transition_op": "MBConv_1_3"}
+POOL = {"pool_size": 3, "num_evaluations": 2, "retrain_epochs": 0, "latency_proxy": "flops", "accuracy_samples": 1,
+        "eval_batch_size": 32}
+MORE = {  # the other methods with a posterior over networks, at a few seconds each
+    "pcnas": {"method": "pcnas", "epochs": 4, "space": CHAIN,
+              "options": {**POOL, "warmup_epochs": 1, "interval_epochs": 1}},
+    "oneshot": {"method": "oneshot", "epochs": 1, "space": CHAIN, "options": POOL},
+    "vinnas": {"method": "vinnas", "epochs": 2, "space": {"channels": 4, "layout": "RN", "states": 2},
+               "options": {"warmup_epochs": 1, "retrain_epochs": 0, "posterior_draws": 6, "entropy_samples": 4}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +102,7 @@ def test_gdas_draws_follow_softmax_of_the_logits(runs) -> None:
     assert stats.chisquare(counts.numpy(), expected.detach().numpy()).pvalue > 1e-3
 
 
-def test_stored_log_likelihood_gives_loo_and_waic(runs) -> None:
+def test_stored_log_likelihood_scores_the_validation_examples(runs) -> None:
     run = runs["gdas"]
     idata = run.posterior()
     method = run.trained()
@@ -98,36 +111,51 @@ def test_stored_log_likelihood_gives_loo_and_waic(runs) -> None:
     np.testing.assert_array_equal(idata.observed_data["y"].values, method.data.val.y.numpy())
     predicted = idata.posterior_predictive["y"].values
     assert predicted.shape == ll.shape and predicted.min() >= 0 and predicted.max() < 10
-    flat = ll.reshape(-1, ll.shape[-1])
-    # WAIC by hand: lppd - sum of the pointwise variances of the log-likelihood (Vehtari et al. 2017, Eq. 11-12;
-    # ArviZ takes the variance over draws with divisor S, the paper's V_s with S - 1)
-    lppd = logsumexp(flat, axis=0) - math.log(len(flat))
-    waic = lppd - flat.var(axis=0, ddof=0)
-    assert az.waic(idata).elpd_waic == pytest.approx(waic.sum(), rel=1e-9)
-    # PSIS-LOO by hand from the smoothed importance ratios 1 / p(y_n | draw) (Eq. 10)
-    log_weights, _ = az.psislw(-flat.T)  # (example, draw), normalised over the draws
-    loo_i = logsumexp(log_weights + flat.T, axis=1)
-    assert az.loo(idata).elpd_loo == pytest.approx(loo_i.sum(), rel=1e-9)
 
 
-def test_a_repeated_export_replaces_the_predictive_groups(runs, tmp_path: Path) -> None:
-    (tmp_path / "posterior.nc").write_bytes((runs["gdas"].path / "posterior.nc").read_bytes())
-    assert predictive.add_predictive_groups(runs["gdas"].trained(), tmp_path, draws=5)
-    idata = az.from_netcdf(str(tmp_path / "posterior.nc"))
-    assert idata.log_likelihood["y"].shape[:2] == (1, 5) and idata.posterior_predictive["y"].shape[:2] == (1, 5)
-    assert idata.posterior.sizes["draw"] == runs["gdas"].posterior().posterior.sizes["draw"]  # left as it was
+@pytest.mark.parametrize("name", ["gdas", "pgnas", "pcnas", "oneshot", "vinnas"])
+def test_the_log_likelihood_scores_the_posterior_groups_draws(runs, tmp_path: Path, name: str) -> None:
+    run = runs[name] if name in runs else bayesnas.search(**MORE[name], **SPLIT, out=tmp_path / name)
+    idata = run.posterior()
+    for group in ("log_likelihood", "posterior_predictive"):
+        assert idata[group].sizes["chain"] == idata.posterior.sizes["chain"] == 1
+        np.testing.assert_array_equal(idata[group]["draw"].values, idata.posterior["draw"].values)
+    if name not in ("gdas", "pcnas", "oneshot"):  # keep masks and weights are not in the posterior group
+        return
+    method = run.trained()
+    ops = list(idata.posterior["op"].values)
+    val = method.data.val.subset(torch.tensor(idata.log_likelihood["val_example"].values))
+    ll = idata.log_likelihood["y"].values[0]
+    assert len({row.tobytes() for row in ll}) > 1  # the draws are different networks, which the check tells apart
+    for s in range(idata.posterior.sizes["draw"]):
+        if name == "gdas":  # the one-hot choices of draw s, per decision group (NaN where an op is not an option)
+            table = idata.posterior["op_choice"].values[0, s]
+            arch = {g: torch.as_tensor(table[np.asarray(group.positions)][:, [ops.index(o) for o in group.options]],
+                                       dtype=torch.float32) for g, group in method.space.groups().items()}
+        else:  # the pool member of draw s: one option index per decision
+            table = idata.posterior["op_chosen"].values[0, s]
+            arch = method.space.index_architecture(
+                [d.options.index(ops[int(row.argmax())]) for d, row in zip(method.space.decisions(), table,
+                                                                            strict=True)], method.device)
+        probs = predictive.probabilities(on_batch_statistics(method.model.net, arch), val)
+        expected = probs.gather(1, val.y.view(-1, 1)).squeeze(1).log().double().numpy()
+        np.testing.assert_allclose(ll[s], expected, rtol=1e-5, atol=1e-6)
+    if name == "gdas":  # adding the predictive groups again replaces them
+        draws = method.export(tmp_path)
+        for _ in range(2):
+            assert predictive.add_predictive_groups(method, tmp_path, draws)
+        assert az.from_netcdf(str(tmp_path / "posterior.nc")).log_likelihood["y"].shape == (1, 30, len(val))
 
 
 def test_the_exported_log_likelihood_scores_a_bounded_evenly_spaced_part_of_validation(runs, tmp_path: Path,
                                                                                        monkeypatch) -> None:
-    (tmp_path / "posterior.nc").write_bytes((runs["gdas"].path / "posterior.nc").read_bytes())
     method = runs["gdas"].trained()
     monkeypatch.setattr(predictive, "PREDICTIVE_EXAMPLES", 7)
-    assert predictive.add_predictive_groups(method, tmp_path, draws=2)
+    assert predictive.add_predictive_groups(method, tmp_path, method.export(tmp_path))
     idata = az.from_netcdf(str(tmp_path / "posterior.nc"))
     n = len(method.data.val)
     index = idata.log_likelihood["val_example"].values
-    assert idata.log_likelihood["y"].shape == (1, 2, 7) and index[0] == 0 and index[-1] == n - 1
+    assert idata.log_likelihood["y"].shape == (1, 30, 7) and index[0] == 0 and index[-1] == n - 1
     np.testing.assert_array_equal(index, np.round(np.linspace(0, n - 1, 7)).astype(int))
     np.testing.assert_array_equal(idata.observed_data["y"].values, method.data.val.y.numpy()[index])
 
@@ -148,18 +176,51 @@ def test_predict_reports_bma_inherited_and_retrained(runs, tmp_path: Path) -> No
     assert main(["predict", str(run.path), "--samples", "0", "--out", str(out)]) == EXIT_ERROR
 
 
-def test_compare_runs_of_different_methods_on_one_split(runs, tmp_path: Path) -> None:
+def test_heldout_elpd_se_and_differences_of_a_hand_made_log_likelihood() -> None:
+    # p(y_n | network_s) of 2 draws x 3 held-out examples; a is better than b on every example
+    a = np.array([[0.5, 0.8, 0.2], [0.3, 0.6, 0.4]])  # mean over draws 0.4, 0.7, 0.3
+    b = np.array([[0.2, 0.5, 0.1], [0.2, 0.3, 0.3]])  # mean over draws 0.2, 0.4, 0.2
+    table = compare_heldout({"b": np.log(b), "a": np.log(a)})
+    assert list(table.index) == ["a", "b"] and list(table["rank"]) == [0, 1]
+    assert list(table.columns) == ["rank", "elpd_heldout", "elpd_diff", "weight", "se", "dse", "scale"]
+    pointwise_a, pointwise_b = np.log([0.4, 0.7, 0.3]), np.log([0.2, 0.4, 0.2])
+    assert table.loc["a", "elpd_heldout"] == pytest.approx(math.log(0.4 * 0.7 * 0.3))
+    assert table.loc["b", "elpd_heldout"] == pytest.approx(math.log(0.2 * 0.4 * 0.2))
+    # se = sqrt(N * variance with divisor N), as ArviZ's loo and compare take it
+    mean_a = pointwise_a.mean()
+    assert table.loc["a", "se"] == pytest.approx(math.sqrt(3 * sum((pointwise_a - mean_a) ** 2) / 3))
+    difference = pointwise_a - pointwise_b  # log 2, log 1.75, log 1.5
+    assert table.loc["b", "elpd_diff"] == pytest.approx(math.log(2 * 1.75 * 1.5))
+    assert table.loc["b", "dse"] == pytest.approx(math.sqrt(((difference - difference.mean()) ** 2).sum()))
+    assert table.loc["a", "elpd_diff"] == table.loc["a", "dse"] == 0
+    # a dominates b on every example: stacking puts (nearly) all its weight on a
+    assert table["weight"].sum() == pytest.approx(1) and table.loc["a", "weight"] == pytest.approx(1, abs=1e-6)
+
+
+def test_stacking_weights_maximise_the_held_out_log_score() -> None:
+    rng = np.random.default_rng(0)
+    pointwise = np.log(rng.uniform(0.05, 1, (40, 2)))  # neither model dominates
+    weights = stacking_weights(pointwise)
+    grid = np.linspace(0, 1, 10001)
+    score = np.log(np.exp(pointwise) @ np.stack([grid, 1 - grid])).sum(0)
+    assert weights.sum() == pytest.approx(1) and weights[0] == pytest.approx(grid[score.argmax()], abs=2e-4)
+    assert 0.05 < weights[0] < 0.95
+
+
+def test_compare_runs_of_different_methods_on_one_split(runs, tmp_path: Path, capsys) -> None:
     paths = [runs["gdas"].path, runs["pgnas"].path]
     table, labels = compare_runs(paths)
     assert set(labels.values()) == {str(p) for p in paths} and list(table["rank"]) == [0, 1]
-    assert table["elpd_loo"].iloc[0] >= table["elpd_loo"].iloc[1]
+    assert table["elpd_heldout"].iloc[0] >= table["elpd_heldout"].iloc[1]
+    assert table["weight"].sum() == pytest.approx(1)
     assert main(["diagnose", "--compare", *map(str, paths), "--out", str(tmp_path / "cmp")]) == 0
     assert (tmp_path / "cmp" / "compare.csv").exists() and (tmp_path / "cmp" / "compare.png").exists()
+    assert "elpd_heldout" in capsys.readouterr().out
     with pytest.raises(DiagnosticsError, match="more than once"):
         compare_runs([paths[0], paths[0]])
 
 
-def test_compare_refuses_runs_on_different_splits(runs, tmp_path: Path) -> None:
+def test_compare_refuses_runs_on_different_splits_or_examples(runs, tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     for name in ("posterior.nc", "config.json"):
@@ -168,6 +229,13 @@ def test_compare_refuses_runs_on_different_splits(runs, tmp_path: Path) -> None:
     (other / "config.json").write_text(json.dumps({**config, "data_seed": 5}))
     with pytest.raises(DiagnosticsError, match="different data splits"):
         compare_runs([runs["gdas"].path, other])
+    (other / "config.json").write_text(json.dumps(config))
+    fewer = az.from_netcdf(str(other / "posterior.nc")).isel(val_example=slice(1, None))
+    (other / "posterior.nc").unlink()
+    fewer.to_netcdf(str(other / "posterior.nc"))
+    with pytest.raises(DiagnosticsError, match="scored different validation examples") as err:
+        compare_runs([runs["gdas"].path, other])
+    assert "\n" not in str(err.value)
 
 
 def test_random_search_has_no_posterior_to_average() -> None:
@@ -180,4 +248,4 @@ def test_random_search_has_no_posterior_to_average() -> None:
                                   torch.device("cpu"))
     with pytest.raises(predictive.NoPosteriorError, match="no posterior over networks"):
         predictive.draw_probabilities(method, data.val, 2)
-    assert predictive.add_predictive_groups(method, Path("/nonexistent")) is False  # nothing read or written
+    assert predictive.add_predictive_groups(method, Path("/nonexistent"), None) is False  # nothing read or written

@@ -18,16 +18,12 @@ neural architecture search", ICLR 2020, Sec. 4).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import os
-import shutil
 import statistics
-import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +34,7 @@ from matplotlib.figure import Figure
 from bayesnas.compute import population_trainings
 from bayesnas.config import PRESETS, ConfigError, SearchConfig, on_space, preset
 from bayesnas.diagnostics import save_figure
-from bayesnas.distributed import World, agree, world_of
+from bayesnas.distributed import World, agree, work_claims, world_of
 from bayesnas.experiments.chance import curve_table, random_search_chance
 from bayesnas.experiments.population import (
     Population,
@@ -59,7 +55,6 @@ from bayesnas.run_folder import RunFolderError, check_folder, config_diff, folde
 from bayesnas.spaces import Genotype, load_genotype
 
 COMPARE_FILE = "compare.json"
-CLAIMS_DIR = ".claims"
 PLACED_FILE = "placed.jsonl"
 """The picks that are not members of the reference, trained under its recipe and seeds."""
 RANKING_FILE = "supernet_ranking.json"
@@ -276,7 +271,7 @@ def _searches(configs: dict[tuple[str, int], SearchConfig], out: Path, device: t
             if diff:
                 raise RunFolderError(f"{folder} holds a search of other settings (differs in: {', '.join(diff)}); "
                                      "choose another `out` for these settings")
-    with _claims(out, world) as claim:
+    with work_claims(out, world) as claim:
         for key, config in configs.items():
             run_dir = folders[key]
             if (run_dir / "summary.json").exists() or not claim(f"{key[0]}-{key[1]}"):
@@ -294,7 +289,7 @@ def _rankings(configs: dict[tuple[str, int], SearchConfig], out: Path, populatio
     entries = population.genotypes()
     keys = list(entries)
     genotypes = [Genotype(space.name, space.config.to_dict(), entries[k]["choices"]) for k in keys]
-    with _claims(out, world) as claim:
+    with work_claims(out, world) as claim:
         for key, config in configs.items():
             path = out / key[0] / f"seed{key[1]}" / RANKING_FILE
             if _ranking(path, keys) is not None or not claim(f"ranking-{key[0]}-{key[1]}"):
@@ -319,33 +314,6 @@ def _ranking(path: Path, members: list[str]) -> list[float] | None:
     if not isinstance(data, dict) or data.get("members") != members:
         return None
     return data.get("supernet_val_accuracy") or []
-
-
-@contextlib.contextmanager
-def _claims(out: Path, world: World) -> Iterator[Callable[[str], bool]]:
-    """``claim(name) -> bool``: whether this rank takes the work ``name`` (always, in one process; under
-    ``torchrun``, the first rank to create its file in this launch's claims folder); all ranks meet at the end."""
-    if not world.distributed:
-        yield lambda name: True
-        return
-    claims = out / CLAIMS_DIR / world.broadcast(uuid.uuid4().hex)
-    if world.is_main:
-        shutil.rmtree(out / CLAIMS_DIR, ignore_errors=True)  # a killed launch's claims
-        claims.mkdir(parents=True)
-    world.barrier()
-    yield lambda name: _claim(claims / name)
-    world.barrier(patient=True)  # each rank's last search
-    if world.is_main:
-        shutil.rmtree(out / CLAIMS_DIR, ignore_errors=True)
-
-
-def _claim(path: Path) -> bool:
-    """Whether this process created ``path`` (and so owns the work it names)."""
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        return False
-    return True
 
 
 def _random_config(population: Population, seed: int, candidates: float | None,

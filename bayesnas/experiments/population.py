@@ -49,7 +49,7 @@ from bayesnas.methods.random_search import RandomSearchOptions
 from bayesnas.run_folder import check_folder, config_diff, folder_in_use
 from bayesnas.spaces import get_space
 from bayesnas.spaces.decisions import DecisionSpace
-from bayesnas.spaces.genotype import Genotype
+from bayesnas.spaces.genotype import Genotype, genotype_key
 from bayesnas.training import TrainRecipe, accuracy, search_recipe, train_network
 
 SPEC_FILE = "population.json"
@@ -143,11 +143,6 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         if not 0 <= row["val_accuracy"] <= 1 or not 0 <= row["test_accuracy"] <= 1:
             raise DamagedFileError(f"{path}, row {number}: an accuracy outside 0..1")
     return rows
-
-
-def genotype_key(genotype: Genotype) -> str:
-    """The one-line form of a genotype's choices: equal choices, equal keys."""
-    return json.dumps(genotype.choices, sort_keys=True, separators=(",", ":"))
 
 
 def network_key(space: DecisionSpace, genotype: Genotype) -> str:

@@ -27,7 +27,7 @@ from bayesnas.errors import BayesNASError
 from bayesnas.optimizers import build_optimizer
 from bayesnas.precision import resolve_precision
 from bayesnas.spaces import SPACES, Genotype, SearchSpace
-from bayesnas.training import TrainRecipe, retrain
+from bayesnas.training import TrainRecipe, retrain, search_recipe
 
 
 class UnknownMethodError(BayesNASError, ValueError):
@@ -263,6 +263,18 @@ class SearchMethod(ABC):
         posterior over networks. Draws use torch's global random state."""
         return None
 
+    def draw_genotype(self) -> Genotype | None:
+        """One discrete architecture drawn from the trained posterior (or proposal), as a genotype to retrain from
+        scratch (:mod:`bayesnas.ensembles` builds architecture ensembles from them); None for a method without a
+        posterior over architectures. Draws use torch's global random state."""
+        return None
+
+    def retrain_recipe(self) -> TrainRecipe:
+        """How the method retrains an architecture from scratch (its selected one, an ensemble's members): by
+        default the search's own settings with no epochs of its own (a method that fine-tunes instead, PGNAS, has
+        none; the caller gives them). Precision and memory format follow :meth:`with_search_speed`."""
+        return search_recipe(self.config, 0)
+
     def retrain_build_options(self) -> dict[str, Any]:
         """Options of ``space.build`` for the retrained network (GDAS: auxiliary head, drop-path), so that its
         saved weights (``selected.pt``) load into the same structure."""
@@ -305,8 +317,15 @@ class SearchMethod(ABC):
         return dataclasses.replace(recipe, precision=self.precision, channels_last=self.config.channels_last)
 
     @abstractmethod
-    def export(self, run_dir: Path) -> None:
-        """Write the posterior (ArviZ NetCDF) and method-specific plots into the run folder."""
+    def export(self, run_dir: Path) -> list[Any] | None:
+        """Write the posterior (ArviZ NetCDF) and method-specific plots into the run folder; return the
+        architecture of each draw of its ``posterior`` group, in draw order, for :meth:`draw_network` (None: no
+        draws of networks), so that the ``log_likelihood`` group scores the same draws."""
+
+    def draw_network(self, draw: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The network of one draw that :meth:`export` returned, made as :meth:`posterior_network` makes a fresh
+        one; None for a method without a posterior over networks."""
+        return None
 
 
 METHODS: dict[str, type[SearchMethod]] = {}

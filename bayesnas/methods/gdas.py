@@ -52,9 +52,8 @@ class GDASOptions:
     retrain_drop_path: float = setting(0.0, "[0, 1)")
     """Drop-path rate of the retraining (cells only)."""
     posterior_draws: int = setting(100, "[1, 100000]")
-    """Architecture draws exported to ArviZ, and networks drawn for the exported
-    ``log_likelihood`` (on at most 1,000 validation examples): the end-of-search export's cost
-    (``export_seconds``) grows with it."""
+    """Architecture draws exported to ArviZ; the exported ``log_likelihood`` scores each draw's network (on at
+    most 1,000 validation examples): the end-of-search export's cost (``export_seconds``) grows with it."""
 
     def __post_init__(self) -> None:
         check_domains(self)
@@ -160,10 +159,7 @@ class GDAS(SearchMethod):
     def select(self, progress: bool = True) -> Selection:
         o = self.options
         genotype = self.genotype()
-        recipe = TrainRecipe(epochs=o.retrain_epochs, batch_size=self.config.batch_size, lr=o.retrain_lr,
-                             weight_decay=o.retrain_weight_decay, shift=self.config.shift, flip=self.config.flip,
-                             aux_weight=o.retrain_auxiliary)
-        net, val_acc, test_acc = self.retrain_selected(self.space, genotype, recipe, progress,
+        net, val_acc, test_acc = self.retrain_selected(self.space, genotype, self.retrain_recipe(), progress,
                                                        **self.retrain_build_options())
         extra = {
             "supernet_params": count_params(self.model.net),
@@ -171,6 +167,13 @@ class GDAS(SearchMethod):
             "retrain_epochs": o.retrain_epochs,
         }
         return Selection(genotype, net, val_acc, test_acc, extra, retrained=o.retrain_epochs > 0)
+
+    def retrain_recipe(self) -> TrainRecipe:
+        """The retraining options (``retrain_*``) with the search's batch size and augmentation."""
+        o = self.options
+        return TrainRecipe(epochs=o.retrain_epochs, batch_size=self.config.batch_size, lr=o.retrain_lr,
+                           weight_decay=o.retrain_weight_decay, shift=self.config.shift, flip=self.config.flip,
+                           aux_weight=o.retrain_auxiliary)
 
     def retrain_build_options(self) -> dict[str, Any]:
         return {"auxiliary": self.options.retrain_auxiliary > 0, "drop_path": self.options.retrain_drop_path}
@@ -182,6 +185,14 @@ class GDAS(SearchMethod):
         return {g: torch.nn.functional.one_hot(torch.multinomial(p, 1).squeeze(-1), p.shape[-1]).to(p.dtype)
                 for g, p in self.guide.probabilities().items()}
 
+    def draw_genotype(self):
+        """:meth:`draw_architecture` as a genotype: the space's derivation (Sec. 3.3) from the drawn ops weighted
+        by their probabilities (on the chain the drawn ops themselves; on cells the two inputs of each state whose
+        drawn op is most probable)."""
+        probabilities = self.guide.probabilities()
+        drawn = self.draw_architecture()
+        return self.space.derive({g: drawn[g] * p for g, p in probabilities.items()})
+
     def posterior_network(self):
         """:meth:`draw_architecture` in the super-network, BatchNorm on batch statistics as for the selected
         genotype (:meth:`inherited_network`): the single-path super-network's running averages mix every
@@ -190,15 +201,21 @@ class GDAS(SearchMethod):
         return on_batch_statistics(self.model.net, self.draw_architecture())
 
     @torch.no_grad()
-    def export(self, run_dir: Path) -> None:
+    def export(self, run_dir: Path) -> list[dict[str, torch.Tensor]]:
         """Op probabilities per (decision, op) and draws of architectures, as ``posterior.nc``; one plot of the
-        op probabilities per decision group."""
+        op probabilities per decision group. Returns the drawn one-hot choices, one dict per draw."""
         probabilities = self.guide.probabilities()
         draws = self.options.posterior_draws
-        choice = {g: torch.distributions.OneHotCategorical(probs=p).sample((draws,)).cpu().numpy()[None]
-                  for g, p in probabilities.items()}  # (chain, draw, n_g, K_g)
+        choice = {g: torch.distributions.OneHotCategorical(probs=p).sample((draws,))
+                  for g, p in probabilities.items()}  # (draw, n_g, K_g)
         probs = {g: p.cpu().numpy() for g, p in probabilities.items()}
-        diagnostics.save_decision_posterior(run_dir, self.space, {"op_choice": choice}, {"op_probability": probs},
+        drawn = {g: c.cpu().numpy()[None] for g, c in choice.items()}  # (chain, draw, n_g, K_g)
+        diagnostics.save_decision_posterior(run_dir, self.space, {"op_choice": drawn}, {"op_probability": probs},
                                             attrs=self.posterior_attrs())
         diagnostics.plot_decision_groups(self.space, probs, "GDAS op probabilities, {group}",
                                          run_dir / "op_probabilities")
+        return [{g: c[s] for g, c in choice.items()} for s in range(draws)]
+
+    def draw_network(self, draw: dict[str, torch.Tensor]):
+        """The super-network at one drawn one-hot choice per decision, as :meth:`posterior_network`."""
+        return on_batch_statistics(self.model.net, draw)

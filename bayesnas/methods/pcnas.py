@@ -47,7 +47,7 @@ from bayesnas.spaces import latency
 from bayesnas.spaces.chain import ChainSpace
 from bayesnas.spaces.decisions import DecisionSpace, batch_statistics, on_batch_statistics
 from bayesnas.spaces.profile import count_params
-from bayesnas.training import search_recipe
+from bayesnas.training import TrainRecipe, search_recipe
 
 __all__ = ["PCNAS", "Completion", "LatencyLimitError", "OneShotOptions", "PCNASModel", "PCNASOptions",
            "PartialModelPool", "UniformProposal", "conditioned_nll", "has_latency_table", "plot_fading"]
@@ -333,8 +333,7 @@ class PCNAS(SearchMethod):
         supernet_val = self.supernet_accuracy(best, self.data.val)
         supernet_test = self.supernet_accuracy(best, self.data.test)
         if o.retrain_epochs:
-            net, val_acc, test_acc = self.retrain_selected(
-                self.space, genotype, search_recipe(self.config, o.retrain_epochs, o.retrain_lr), progress)
+            net, val_acc, test_acc = self.retrain_selected(self.space, genotype, self.retrain_recipe(), progress)
         else:  # the super-network's figures; the network built (untrained) for its size
             net = self.space.build(genotype).to(self.device)
             val_acc, test_acc = supernet_val, supernet_test
@@ -365,11 +364,23 @@ class PCNAS(SearchMethod):
             extra["effective_architectures_last"] = effective[-1]
         return Selection(genotype, net, val_acc, test_acc, extra, retrained=o.retrain_epochs > 0)
 
+    def retrain_recipe(self) -> TrainRecipe:
+        """The search's settings for ``retrain_epochs`` at ``retrain_lr`` (Sec. 4.1: "the search settings")."""
+        return search_recipe(self.config, self.options.retrain_epochs, self.options.retrain_lr)
+
+    def draw_architecture(self) -> list[int]:
+        """One option index per decision: a member of the final pool (a completion of it while partial),
+        uniformly under the latency limit (Sec. 3.3); One-Shot: a uniform architecture."""
+        return list((self.pool if self.proposal_kind == "pool" else self.uniform).sample())
+
+    def draw_genotype(self):
+        """:meth:`draw_architecture` as a genotype."""
+        return self.space.genotype_from_indices(self.draw_architecture())
+
     def posterior_network(self):
         """A member of the final pool (a completion of it while partial), uniformly under the latency limit
         (Sec. 3.3); One-Shot: a uniform architecture. BatchNorm on batch statistics, as the potentials use."""
-        arch = self.architecture((self.pool if self.proposal_kind == "pool" else self.uniform).sample())
-        return on_batch_statistics(self.model.net, arch)
+        return on_batch_statistics(self.model.net, self.architecture(self.draw_architecture()))
 
     # --- export ----------------------------------------------------------------------------------------------
     def option_names(self) -> list[str]:
@@ -383,10 +394,11 @@ class PCNAS(SearchMethod):
             out[decision, names.index(op)] = 1.0
         return out
 
-    def export(self, run_dir: Path) -> None:
+    def export(self, run_dir: Path) -> list[list[int]]:
         """The final pool as ArviZ draws (``op_chosen`` one-hot per decision and option), its per-decision option
         frequencies, and plots: option frequencies and the fading curve (effective architectures and potentials
-        per interval)."""
+        per interval). Returns the pool's members, one per draw: PC-NAS's posterior is uniform over them; One-Shot's
+        ``log_likelihood`` so scores its final pool, while :meth:`posterior_network` draws its uniform proposal."""
         decisions = [d.name for d in self.decisions]
         names = self.option_names()
         chosen = np.stack([self.one_hot(m) for m in self.pool.members])[None]
@@ -400,6 +412,11 @@ class PCNAS(SearchMethod):
         diagnostics.plot_matrix(frequency.T, names, decisions, "op frequency in the final pool (op x decision)",
                                 run_dir / "op_frequencies.png")
         plot_fading(run_dir, self.pool.history)
+        return [list(m) for m in self.pool.members]
+
+    def draw_network(self, draw: list[int]):
+        """The super-network on one member's path, BatchNorm on batch statistics, as :meth:`posterior_network`."""
+        return on_batch_statistics(self.model.net, self.architecture(draw))
 
 
 def plot_fading(run_dir: Path, history: list[dict[str, Any]]) -> Path:

@@ -54,9 +54,8 @@ class PGNASOptions:
     finetune_epochs: int = setting(0, "[0, 100000]")
     """Optional fine-tuning of the selected pair (0: none, as in the paper)."""
     posterior_draws: int = setting(200, "[1, 100000]")
-    """Architecture draws exported to ArviZ, and networks drawn for the exported
-    ``log_likelihood`` (on at most 1,000 validation examples): the end-of-search export's cost
-    (``export_seconds``) grows with it."""
+    """Architecture draws exported to ArviZ; the exported ``log_likelihood`` scores each draw's network (on at
+    most 1,000 validation examples): the end-of-search export's cost (``export_seconds``) grows with it."""
 
     def __post_init__(self) -> None:
         check_domains(self)
@@ -271,6 +270,12 @@ class PGNAS(SearchMethod):
                          retrained=self.options.finetune_epochs > 0)
 
     @torch.no_grad()
+    def draw_genotype(self):
+        """The channel-level genotype of exact Bernoulli keep masks drawn with the learned drop rates (Sec. 3,
+        Algorithm 1 line 7): the channels each op keeps."""
+        return self.genotype(self.guide.sample_architecture())
+
+    @torch.no_grad()
     def posterior_network(self):
         """Exact Bernoulli keep masks drawn with the learned drop rates (the concrete-dropout posterior at zero
         temperature; Sec. 3, Algorithm 1 line 7) applied to the super-network's kernels."""
@@ -282,9 +287,9 @@ class PGNAS(SearchMethod):
         return self.space.build(genotype, inherit=self.supernet_state()).to(self.device).eval()
 
     @torch.no_grad()
-    def export(self, run_dir: Path) -> None:
+    def export(self, run_dir: Path) -> list[dict[str, torch.Tensor]]:
         """Posterior draws of the keep masks as ArviZ ``InferenceData`` (``posterior.nc``) and plots; the
-        fixed-rate baseline's pick as ``baseline_genotype.json``."""
+        fixed-rate baseline's pick as ``baseline_genotype.json``. Returns the drawn masks, one dict per draw."""
         if self._baseline_genotype is not None:
             self._baseline_genotype.save(run_dir / BASELINE_GENOTYPE)
         layers = sorted({layer.layer for layer in self.model.layers})
@@ -295,8 +300,9 @@ class PGNAS(SearchMethod):
         rates = np.zeros((len(layers), len(branches)))
         position = {(lay.layer, lay.branch): (layers.index(lay.layer), branches.index(lay.branch))
                     for lay in self.model.layers}
-        for d in range(draws):
-            for site, mask in self.guide.sample_architecture().items():
+        masks = [self.guide.sample_architecture() for _ in range(draws)]
+        for d, drawn in enumerate(masks):
+            for site, mask in drawn.items():
                 i, j = position[self._where(site)]
                 keep[0, d, i, j] = float(mask.float().mean())
                 active[0, d, i, j] = float(mask.any())
@@ -308,3 +314,9 @@ class PGNAS(SearchMethod):
             constant={"drop_rate": rates}, attrs=self.posterior_attrs())
         diagnostics.plot_matrix(rates, layers, branches, "learned drop rate p (layer x branch)",
                                 run_dir / "drop_rates.png")
+        return masks
+
+    @torch.no_grad()
+    def draw_network(self, draw: dict[str, torch.Tensor]):
+        """The super-network at one draw of keep masks, as :meth:`posterior_network`."""
+        return self.masked_supernet(draw)

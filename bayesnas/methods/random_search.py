@@ -29,7 +29,7 @@ from bayesnas import diagnostics
 from bayesnas.data import Split
 from bayesnas.domains import check_domains, setting
 from bayesnas.methods.base import Phase, SearchMethod, Selection, register
-from bayesnas.training import accuracy, search_recipe
+from bayesnas.training import TrainRecipe, accuracy, search_recipe
 
 
 @dataclass(frozen=True)
@@ -99,13 +99,16 @@ class RandomSearch(SearchMethod):
     def epoch_metrics(self) -> dict[str, Any]:
         return {"candidate_val_accuracies": self.candidate_accuracies(), "best_candidate": self.best()}
 
+    def retrain_recipe(self) -> TrainRecipe:
+        """PC-NAS's retraining recipe: the search's settings for ``retrain_epochs`` at ``retrain_lr``."""
+        return search_recipe(self.config, self.options.retrain_epochs, self.options.retrain_lr)
+
     def select(self, progress: bool = True) -> Selection:
         """The best candidate on validation, retrained from scratch by the retraining recipe."""
         o = self.options
         best = self.best()
         genotype = self.genotypes[best]
-        net, val_acc, test_acc = self.retrain_selected(
-            self.space, genotype, search_recipe(self.config, o.retrain_epochs, o.retrain_lr), progress)
+        net, val_acc, test_acc = self.retrain_selected(self.space, genotype, self.retrain_recipe(), progress)
         extra = {
             "retrained": bool(o.retrain_epochs), "retrain_epochs": o.retrain_epochs, "num_samples": o.num_samples,
             "best_candidate": best, "flops": self.space.flops(genotype),

@@ -80,9 +80,8 @@ class VINNASOptions:
     retrain_batch_size: int = setting(64, "[1, 65536]")
     retrain_weight_decay: float = setting(3e-4, ">= 0")
     posterior_draws: int = setting(200, "[1, 100000]")
-    """Draws of alpha exported to ArviZ, and networks drawn for the exported
-    ``log_likelihood`` (on at most 1,000 validation examples): the end-of-search export's cost
-    (``export_seconds``) grows with it."""
+    """Draws of alpha exported to ArviZ; the exported ``log_likelihood`` scores each draw's network (on at
+    most 1,000 validation examples): the end-of-search export's cost (``export_seconds``) grows with it."""
 
     def __post_init__(self) -> None:
         check_domains(self)
@@ -271,13 +270,11 @@ class VINNAS(SearchMethod):
         return total / len(split)
 
     def select(self, progress: bool = True) -> Selection:
-        o, c = self.options, self.config
+        o = self.options
         restored = self.guide.restore_best()
         scores = self.selection_scores()
         genotype = self.space.derive(scores)
-        recipe = TrainRecipe(epochs=o.retrain_epochs, batch_size=o.retrain_batch_size, lr=o.retrain_lr,
-                             weight_decay=o.retrain_weight_decay, shift=c.shift, flip=c.flip)
-        net, val_acc, test_acc = self.retrain_selected(self.space, genotype, recipe, progress)
+        net, val_acc, test_acc = self.retrain_selected(self.space, genotype, self.retrain_recipe(), progress)
         supernet = count_params(self.space.supernet())
         pruned = self.pruned_params()
         extra = {
@@ -293,6 +290,19 @@ class VINNAS(SearchMethod):
         }
         return Selection(genotype, net, val_acc, test_acc, extra, retrained=o.retrain_epochs > 0)
 
+    def retrain_recipe(self) -> TrainRecipe:
+        """The retraining options (``retrain_*``) with the search's augmentation."""
+        o, c = self.options, self.config
+        return TrainRecipe(epochs=o.retrain_epochs, batch_size=o.retrain_batch_size, lr=o.retrain_lr,
+                           weight_decay=o.retrain_weight_decay, shift=c.shift, flip=c.flip)
+
+    @torch.no_grad()
+    def draw_genotype(self):
+        """The space's derivation from z = softmax(alpha) with alpha drawn from q (Eq. 5): the most weighted op
+        of each decision under the draw, as the search derives its pick from the posterior."""
+        alphas = {g: self.guide.alpha_distribution(g).sample() for g in self.guide.groups}
+        return self.space.derive(self.model.op_weights(alphas))
+
     @torch.no_grad()
     def posterior_network(self):
         """Weights and alpha drawn from the Gaussian guide q (Eq. 5; no local reparameterisation: one weight draw
@@ -304,29 +314,49 @@ class VINNAS(SearchMethod):
 
     def inherited_network(self, genotype):
         """VINNAS's point estimate, the posterior-mean network it evaluates while searching (mean weights, pruned;
-        mean alpha): its weights are Gaussian and its super-network has no BatchNorm to build a genotype from."""
+        mean alpha): its weights are Gaussian and its super-network has no BatchNorm to build a genotype from. A
+        genotype of one op per decision (the chain's) runs its own path of the mean weights instead, so that
+        architectures are told apart (an architecture ensemble's greedy selection scores them so)."""
         weights = self.guide.weight_means(self.options.prune_threshold)
-        alphas = self.guide.alpha_means()
-        return lambda x: self.model.predict(x, weights, alphas)
+        if "ops" not in genotype.choices:
+            alphas = self.guide.alpha_means()
+            return lambda x: self.model.predict(x, weights, alphas)
+        path = self.space.index_architecture(self.space.indices(genotype), self.device)
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            self.model.set_weights(weights)
+            return self.model.net(x, path)
+
+        return predict
 
     @torch.no_grad()
-    def export(self, run_dir: Path) -> None:
-        """Draws of alpha and z = softmax(alpha) as ArviZ ``InferenceData`` (``posterior.nc``; dims decision, op),
-        the SNR and q's parameters as constant data, and one SNR plot per decision group."""
+    def export(self, run_dir: Path) -> list[dict[str, torch.Tensor]]:
+        """Draws of alpha and z = softmax(alpha) of the same alpha as ArviZ ``InferenceData`` (``posterior.nc``;
+        dims decision, op), the SNR and q's parameters as constant data, and one SNR plot per decision group.
+        Returns the drawn alphas, one dict per draw."""
         draws = self.options.posterior_draws
         groups = self.guide.groups
-        alpha = {g: self.guide.alpha_distribution(g).sample((draws,)).cpu().numpy()[None] for g in groups}
-        z = {g: self.model.op_weights({g: self.guide.alpha_distribution(g).sample((draws,))})[g].cpu().numpy()[None]
-             for g in groups}
+        alpha = {g: self.guide.alpha_distribution(g).sample((draws,)) for g in groups}  # (draw, n_g, K_g)
 
         def numpy(values: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
             return {g: values[g].detach().cpu().numpy() for g in groups}
 
         snr = numpy(self.guide.snr())
+        drawn = {name: {g: v[None] for g, v in numpy(values).items()}  # (chain, draw, n_g, K_g)
+                 for name, values in (("alpha", alpha), ("op_weight", self.model.op_weights(alpha)))}
         diagnostics.save_decision_posterior(
-            run_dir, self.space, {"alpha": alpha, "op_weight": z},
+            run_dir, self.space, drawn,
             {"snr": snr, "mu_alpha": numpy(self.guide.alpha_means()),
              "sigma_alpha": numpy({g: torch.exp(0.5 * v) for g, v in self.guide.log_var_alpha.items()})},
             attrs=self.posterior_attrs())
         diagnostics.plot_decision_groups(self.space, snr, "positive SNR mu/sigma^2 of alpha ({group})",
                                          run_dir / "snr")
+        return [{g: a[s] for g, a in alpha.items()} for s in range(draws)]
+
+    @torch.no_grad()
+    def draw_network(self, draw: dict[str, torch.Tensor]):
+        """The super-network at one draw's alpha, with weights drawn fresh from q for it as
+        :meth:`posterior_network` draws them (the ``posterior`` group holds no weights, so a draw's weights
+        cannot be read back from it)."""
+        weights = self.guide.sample_weights(self.options.prune_threshold)
+        return lambda x: self.model.predict(x, weights, draw)

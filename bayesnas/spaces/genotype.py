@@ -80,3 +80,8 @@ class Genotype:
         if not isinstance(data.get("dataset", ""), str):
             raise GenotypeError(f"{origin}: 'dataset' must be a data set's name")
         return cls(data["space"], data["config"], data["choices"], data.get("dataset"))
+
+
+def genotype_key(genotype: Genotype) -> str:
+    """The one-line form of a genotype's choices: equal choices, equal keys."""
+    return json.dumps(genotype.choices, sort_keys=True, separators=(",", ":"))
