@@ -270,8 +270,8 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: Any = None, out: s
     from bayesnas.infer import resolve_device
     from bayesnas.io import check_writable
     from bayesnas.methods import DATA_SHAPE, shaped_space
-    from bayesnas.precision import resolve_precision
     from bayesnas.run_folder import LOCK, RunLock, folder_kind
+    from bayesnas.speed import resolve_mode
     from bayesnas.training import StandaloneTraining
     from bayesnas.user_data import dataset_name
 
@@ -311,7 +311,8 @@ def train(genotype: Genotype | str | os.PathLike, *, dataset: Any = None, out: s
         raise ConfigError(f"the {genotype.space} network of this genotype cannot take {data.name}'s "
                           f"{data.in_channels}x{data.image_size}x{data.image_size} images: "
                           f"{' '.join(str(err).split())[:200]}") from None
-    recipe = replace(recipe, precision=resolve_precision(precision, device))
+    precision, layout = resolve_mode(precision, channels_last, device)
+    recipe = replace(recipe, precision=precision, channels_last=layout)
     if out is not None:
         check_writable(out)  # before the training, not after it
     # while it trains, a second training (or a search) into the same folder is refused

@@ -36,9 +36,9 @@ from bayesnas.domains import domain_text
 from bayesnas.errors import BayesNASError
 
 EXIT_ERROR = 2
-PRECISION_HELP = ("bf16: autocast the network to bfloat16 (KL terms and loss stay fp32); auto: bf16 where the device "
-                  "computes it natively (CPU flags avx512_bf16 or amx_bf16, CUDA bf16 support), else fp32, resolved "
-                  "once per run and recorded in the summary. fp32 stays the default until bf16 is measured faster")
+PRECISION_HELP = ("bf16: autocast the network to bfloat16 (KL terms and loss stay fp32); auto: the fastest of fp32 "
+                  "and bf16, each with and without channels-last, measured once per machine (`bayesnas speed`), "
+                  "recorded in the summary")
 EXIT_INTERRUPTED = 130
 
 
@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--latency-proxy", choices=("time", "flops"),
                         help="PC-NAS: the limit on measured milliseconds (time) or on millions of multiply-adds "
                              "(flops: nothing is timed)")
-    search.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP + "; default: the preset's, fp32")
+    search.add_argument("--precision", choices=PRECISIONS,
+                        help=PRECISION_HELP + " (the search-time training; the final retraining and its test accuracy "
+                        "stay fp32 under auto); default: the preset's, auto")
     search.add_argument("--channels-last", action="store_true", default=None,
                         help="channels-last memory format of images and convolutions (faster on GPUs and on some CPUs)")
     search.add_argument("--compile", action="store_true", default=None,

@@ -94,13 +94,15 @@ class SearchConfig:
     data_seed: int | None = setting(None, "[0, 4294967295] or null")
     """Seed of the train/val/test split (null: ``seed``). ``bayesnas bench compare`` fixes it to the population's,
     so that searches of every seed see the split the population was trained and tested on."""
-    precision: str = setting("fp32", "{" + ", ".join(PRECISIONS) + "}")
-    """``fp32``, ``bf16`` (autocast of the network; KL terms and the loss reduction stay in fp32) or ``auto``
-    (``bf16`` where the device computes it natively, else ``fp32``; resolved once per run, see
-    :func:`bayesnas.precision.resolve_precision`, and recorded in ``summary.json``)."""
+    precision: str = setting("auto", "{" + ", ".join(PRECISIONS) + "}")
+    """Of the search-time training (super-networks, random search's candidates): ``auto`` (the fastest of fp32 and
+    bf16 autocast, each with and without channels-last, measured once per machine, device and torch version:
+    :func:`bayesnas.speed.resolve_mode`), ``fp32`` or ``bf16`` (autocast of the network; KL terms and the loss
+    reduction stay in fp32). The mode a run used is recorded in ``summary.json`` (``precision``,
+    ``channels_last``, ``mode``); under ``auto`` the final retraining and its test accuracy stay fp32."""
     channels_last: bool = False
     """Keep images and convolution weights in channels-last memory format (faster convolutions on GPUs and on some
-    CPUs)."""
+    CPUs); under ``auto`` the measurement chooses the format unless this asks for channels-last."""
     compile: bool = False
     """``torch.compile`` the super-network's forward (falls back to eager with a warning where it fails)."""
 

@@ -289,7 +289,7 @@ def build_ensemble(run: Run, settings: EnsembleSettings, out: Path, device: str 
         data = config_data(run.config, device, data_dir, download)
         with pyro.settings.context(module_local_params=True):
             method = load_trained(run.config, run.path, data, device)
-        recipe = method.with_search_speed(method.retrain_recipe())
+        recipe = method.in_retraining_mode(method.retrain_recipe())
         recipe = dataclasses.replace(recipe, epochs=settings.epochs or recipe.epochs)
         if recipe.epochs == 0:
             raise ConfigError(f"method {method.name!r} of {run.path} retrains for 0 epochs: give the members' "

@@ -43,6 +43,7 @@ from bayesnas.search_folder import (
     save_tensors,
 )
 from bayesnas.spaces.profile import count_params
+from bayesnas.speed import mode_name
 from bayesnas.training import augment, epoch_batches
 from bayesnas.user_data import BadDataError
 
@@ -148,7 +149,7 @@ def _train_and_finish(config: SearchConfig, run_dir: Path, method: SearchMethod,
     for module in modules.values():
         if world.distributed:
             synchronise_batchnorm(module)
-        channels_last(module, config.channels_last)
+        channels_last(module, method.channels_last)
     if config.compile:
         compile_networks(method.networks())
     phases = method.phases()
@@ -187,7 +188,7 @@ def _train_and_finish(config: SearchConfig, run_dir: Path, method: SearchMethod,
                 for _, phase in active:
                     index = batches[phase.name][step % len(batches[phase.name])]
                     value, right = _update(phase, optimizers[phase.name][0], splits[phase.split], index, config,
-                                           method.precision, world)
+                                           (method.precision, method.channels_last), world)
                     if not math.isfinite(value):
                         bar.close()
                         raise SearchDivergedError(f"{phase.name} loss became {value} at epoch {epoch}, step {step}: "
@@ -297,14 +298,15 @@ COMPILE_BACKEND = "inductor"
 
 
 def _update(phase: Phase, optimizer: torch.optim.Optimizer, split: Split, index: torch.Tensor,
-            config: SearchConfig, precision: str, world: World = SINGLE) -> tuple[float, int]:
+            config: SearchConfig, mode: tuple[str, bool], world: World = SINGLE) -> tuple[float, int]:
     """One optimiser step of ``phase`` on the global mini-batch ``index`` of ``split``; returns the loss and
     number right over the whole batch. Each rank computes the loss of its shard, weighted by ``M_r / M``, and the
     gradients are summed over ranks (see :mod:`bayesnas.distributed`; one process: weight 1, no collectives).
-    ``precision``: the run's resolved precision (``SearchMethod.precision``)."""
+    ``mode``: the run's resolved precision and memory format (``SearchMethod.precision``, ``.channels_last``)."""
+    precision, layout = mode
     local = world.shard(index)
     x = augment(split.x[local], config.shift, config.flip)
-    x = channels_last(x, config.channels_last)
+    x = channels_last(x, layout)
     world.share_random_state(x.device)  # one architecture draw on every rank
     with pyro.validation_enabled(False), precision_context(precision, x.device):
         # diverged parameters must reach the NaN guard, not a ValueError
@@ -353,7 +355,8 @@ def finish_search(method: SearchMethod, run_dir: Path, rows: list[dict[str, Any]
     summary = {
         "method": config.method, "dataset": config.dataset, "seed": config.seed, "data_seed": config.split_seed,
         "epochs": config.epochs,
-        "device": str(method.device), "precision": method.precision,
+        "device": str(method.device), "precision": method.precision, "channels_last": method.channels_last,
+        "mode": mode_name(method.precision, method.channels_last),
         "val_accuracy": selection.val_accuracy, "test_accuracy": selection.test_accuracy,
         # sizes as the papers report them, without the auxiliary head (a training aid); with it alongside
         "params": count_params(selection.network),

@@ -1,8 +1,6 @@
-"""Numeric precision and memory format, shared by the search loop and the stand-alone trainer.
-
-``--precision auto`` resolves once per run (:func:`resolve_precision`) to ``bf16`` where the device computes
-bfloat16 natively (a CPU with ``avx512_bf16`` or ``amx_bf16``, a CUDA device for which
-``torch.cuda.is_bf16_supported()``) and to ``fp32`` elsewhere.
+"""Numeric precision and memory format, shared by the search loop and the stand-alone trainer: bf16 autocast
+(:func:`precision_context`) and the channels-last format (:func:`channels_last`). ``--precision auto`` is resolved by
+measurement, once per machine (:func:`bayesnas.speed.resolve_mode`).
 """
 
 from __future__ import annotations
@@ -13,8 +11,6 @@ from typing import TypeVar
 
 import torch
 from torch import nn
-
-from bayesnas.config import PRECISIONS
 
 CPUINFO = Path("/proc/cpuinfo")
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -34,20 +30,16 @@ def cpu_flags(path: Path | None = None) -> frozenset[str] | None:
     return None
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``fp32`` or ``bf16`` as asked; ``auto``: ``bf16`` where ``device`` computes bfloat16 natively, else ``fp32``
-    (also when the CPU's flags cannot be read)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision != "auto":
-        return precision
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 natively (a CPU with ``avx512_bf16`` or ``amx_bf16``, a CUDA device for
+    which ``torch.cuda.is_bf16_supported()``): what benchmarks report beside their timings. Native is not always
+    faster (one Intel host with AMX trained no faster in bf16), so ``--precision auto`` measures instead
+    (:func:`bayesnas.speed.resolve_mode`)."""
     device = torch.device(device)
     if device.type == "cpu":
         flags = cpu_flags()
-        return "bf16" if flags is not None and flags & BF16_CPU_FLAGS else "fp32"
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return "fp32"
+        return flags is not None and bool(flags & BF16_CPU_FLAGS)
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -5,7 +5,8 @@ memory format, measured rather than guessed from CPU flags (one Intel host with 
 batch 32, as a Fashion-MNIST search trains) in each mode after a warm-up step, the modes interleaved in rounds and
 each mode's fastest round kept (a busy machine only adds time). :func:`fastest_mode` caches the result per machine
 (the CPU model or the GPU's name), device type and torch version in ``<cache>/speed.json``, so the measurement runs
-once; ``bayesnas speed`` prints it and ``--refresh`` measures again.
+once; ``bayesnas speed`` prints it and ``--refresh`` measures again. :func:`resolve_mode` turns ``--precision auto``
+into the measured mode.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from bayesnas.config import PRECISIONS
 from bayesnas.io import DamagedFileError, cache_dir, read_json, write_json
 from bayesnas.precision import CPUINFO, channels_last, precision_context
 
@@ -123,3 +125,22 @@ def fastest_mode(device: torch.device | str, refresh: bool = False,
 def _synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def mode_name(precision: str, channels_last: bool) -> str:
+    """The name in :data:`MODES` of a resolved precision and memory format."""
+    return precision + ("+channels-last" if channels_last else "")
+
+
+def resolve_mode(precision: str, channels_last: bool, device: torch.device | str,
+                 choose: Callable[[torch.device], SpeedChoice] | None = None) -> tuple[str, bool]:
+    """The ``(precision, channels_last)`` a run trains in: as asked for ``fp32`` and ``bf16``; for ``auto`` the
+    fastest of :data:`MODES` on ``device`` as measured once per machine (``choose``, default :func:`fastest_mode`),
+    among the channels-last ones where ``channels_last`` is asked."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision, channels_last
+    seconds = (choose or fastest_mode)(torch.device(device)).seconds
+    allowed = {mode: s for mode, s in seconds.items() if MODES[mode][1] or not channels_last}
+    return MODES[min(allowed, key=allowed.get)]

@@ -22,7 +22,8 @@ from bayesnas.data import Split
 from bayesnas.domains import check_domains, setting
 from bayesnas.optimizers import build_optimizer
 from bayesnas.precision import channels_last as to_channels_last
-from bayesnas.precision import precision_context, resolve_precision
+from bayesnas.precision import precision_context
+from bayesnas.speed import resolve_mode
 
 
 @torch.no_grad()
@@ -30,9 +31,10 @@ def accuracy(net: nn.Module, split: Split, batch_size: int = 512,
              predict: Callable[[torch.Tensor], torch.Tensor] | None = None, precision: str = "fp32",
              channels_last: bool = False) -> float:
     """Top-1 accuracy on ``split`` of ``predict(x)`` (default ``net(x)``), with ``net`` in eval mode; the forward
-    in ``precision`` (``auto`` resolved for the split's device) on images in channels-last format if asked."""
+    in ``precision`` on images in channels-last format if asked (``auto``: the measured mode,
+    :func:`bayesnas.speed.resolve_mode`)."""
     predict = predict or net
-    precision = resolve_precision(precision, split.x.device)
+    precision, channels_last = resolve_mode(precision, channels_last, split.x.device)
     was_training = net.training
     net.eval()
     correct = 0
@@ -108,8 +110,8 @@ class TrainRecipe:
     aux_weight: float = setting(0.4, ">= 0")
     """Weight of the auxiliary head's loss, used when the network has one."""
     precision: str = setting("fp32", "{" + ", ".join(PRECISIONS) + "}")
-    """``fp32``, ``bf16`` (autocast of the network's forward; the loss stays fp32) or ``auto`` (see
-    :func:`bayesnas.precision.resolve_precision`); training and evaluation."""
+    """``fp32``, ``bf16`` (autocast of the network's forward; the loss stays fp32) or ``auto`` (the fastest mode
+    measured on this machine, :func:`bayesnas.speed.resolve_mode`); training and evaluation."""
     channels_last: bool = False
     """Network weights and images in channels-last memory format; training and evaluation."""
 
@@ -144,9 +146,9 @@ def train_network(net: nn.Module, train: Split, val: Split, recipe: TrainRecipe,
     the network is converted in place and the images follow."""
     torch.manual_seed(seed)
     device = train.x.device
-    precision = resolve_precision(recipe.precision, device)
-    evaluation = {**recipe.evaluation(), "precision": precision}
-    to_channels_last(net, recipe.channels_last)
+    precision, layout = resolve_mode(recipe.precision, recipe.channels_last, device)
+    evaluation = {"precision": precision, "channels_last": layout}
+    to_channels_last(net, layout)
     optimizer = build_optimizer("sgd", net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 nesterov=True, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.epochs, eta_min=recipe.lr_min)
@@ -157,7 +159,7 @@ def train_network(net: nn.Module, train: Split, val: Split, recipe: TrainRecipe,
         total, correct = 0.0, 0
         for index in epoch_batches(len(train), recipe.batch_size, seed, epoch, device):
             x, y = train.x[index], train.y[index]
-            x = to_channels_last(augment(x, recipe.shift, recipe.flip, recipe.cutout), recipe.channels_last)
+            x = to_channels_last(augment(x, recipe.shift, recipe.flip, recipe.cutout), layout)
             with precision_context(precision, device):
                 out = net(x)
             logits, aux = out if isinstance(out, tuple) else (out, None)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bayesnas.precision import resolve_precision
+from bayesnas.precision import native_bf16
 from bayesnas.spaces.ops import undilated
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,7 +76,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     layout = torch.channels_last if args.layout == "channels-last" else torch.contiguous_format
-    native = resolve_precision("auto", "cpu") == "bf16"
+    native = native_bf16("cpu")
     print(f"threads={args.threads} layout={args.layout} native_bf16={'yes' if native else 'no'} batch=64")
 
     print("depthwise k x k under autocast: bf16 against fp32 (forward + backward, ms)")

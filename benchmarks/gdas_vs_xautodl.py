@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bayesnas.precision import resolve_precision
+from bayesnas.precision import native_bf16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _gdas_step import gdas_weight_step, parse_timing_args, pin_logits, time_alternating  # noqa: E402
@@ -84,7 +84,7 @@ def main() -> None:
 
     median = time_alternating({"ours": ours, "ours_fast": fast, "xautodl": theirs}, args.repeats, args.warmup,
                               device, before_round=same_architecture)
-    native = resolve_precision("auto", device) == "bf16"
+    native = native_bf16(device)
     print(f"device={device} threads={args.threads} batch={args.batch_size}x3x32x32 layout=NNRNRN C=16 "
           f"xautodl_weights={params} native_bf16={'yes' if native else 'no'}")
     print(f"ours fp32           : median {median['ours']:.4f} s/step")

@@ -72,8 +72,8 @@ COMPILE_MODES = "bf16+cl+compile"
 SUMMARY_KEYS = ("method", "dataset", "seed", "epochs", "device", "val_accuracy", "test_accuracy", "params",
                 "search_seconds", "select_seconds", "genotype")
 # per-step limits in seconds (the overall budget can cut them)
-LIMITS = {"environment": 30, "install": 120, "cuda-tests": 150, "search": 75, "search-gdas-bf16-cl-compile": 150,
-          "throughput": 75}
+LIMITS = {"environment": 30, "install": 120, "cuda-tests": 150, "speed": 60, "search": 75,
+          "search-gdas-bf16-cl-compile": 150, "throughput": 75}
 
 
 @dataclass
@@ -283,6 +283,31 @@ def step_cuda_tests(ctx: Context, step: Step) -> None:
                 step.fail(f"{name} skipped on the GPU: {outcome}")
 
 
+SPEED_ROW = re.compile(r"^  (\S+)\s+([\d.]+) ms/step\s+([\d.]+)x fp32(   <- fastest)?$")
+SPEED_BATCH = 32  # the images of one step bayesnas.speed times
+
+
+def step_speed(ctx: Context, step: Step) -> None:
+    """``bayesnas speed --refresh``: which mode ``--precision auto`` picks on this device (the searches after this
+    step train in it), and each mode's images per second in its timed steps."""
+    args = ["speed", "--device", ctx.device, "--refresh"]
+    step.notes.append("`bayesnas " + " ".join(args) + "`")
+    code, output = run_command(launcher(ctx, ["-m", "bayesnas", *args]), min(LIMITS["speed"], ctx.left()), ctx.env)
+    step.log = output
+    if code != 0:
+        step.fail(("timed out" if code is None else f"exited with {code}") + f":\n{tail(output, 20)}")
+        return
+    rows = [m.groups() for m in map(SPEED_ROW.match, output.splitlines()) if m]
+    if len(rows) != 4 or sum(bool(r[3]) for r in rows) != 1:
+        step.fail(f"not four modes with one fastest in the output:\n{tail(output, 10)}")
+        return
+    for mode, milliseconds, ratio, fastest in rows:
+        step.figures[mode] = (f"{SPEED_BATCH * 1000 / float(milliseconds):.1f} images/s, {ratio}x fp32's time"
+                              + (" (auto's pick)" if fastest else ""))
+        if fastest:
+            step.figures["auto picks"] = mode
+
+
 def check_summary(run_dir: Path, method: str, device: str, options: list[str]) -> tuple[dict, list[str]]:
     """The run folder's summary.json and what is wrong with it (empty: nothing)."""
     problems = []
@@ -338,7 +363,7 @@ def make_search_step(name: str, method: str, options: list[str]) -> Callable[[Co
         if "torch.compile failed" in output:
             step.notes.append("torch.compile fell back to eager: " + next(
                 line for line in output.splitlines() if "torch.compile failed" in line).strip()[:300])
-        for key in ("device", "val_accuracy", "test_accuracy", "params", "search_seconds", "select_seconds"):
+        for key in ("device", "mode", "val_accuracy", "test_accuracy", "params", "search_seconds", "select_seconds"):
             if key in summary:
                 value = summary[key]
                 step.figures[key] = round(value, 4) if isinstance(value, float) else value
@@ -388,6 +413,7 @@ STEPS: list[tuple[str, Callable[[Context, Step], None]]] = [
     ("environment", step_environment),
     ("install", step_install),
     ("cuda-tests", step_cuda_tests),
+    ("speed", step_speed),
     *[(name, make_search_step(name, method, options)) for name, method, options in SEARCHES],
     *[(f"throughput-{m}", make_throughput_step(m, EAGER_MODES)) for m in METHODS],
     *[(f"throughput-{m}-compile", make_throughput_step(m, COMPILE_MODES)) for m in METHODS],

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU check of bayesnas: at most 8 minutes on one GPU (default budget 450 s, every step time-limited).
-# It runs (a) the test suite's CUDA cases, (b) one short search of each method on digits with --device cuda
-# (pgnas, vinnas, pcnas and gdas in fp32; gdas with --precision bf16 --channels-last --compile) and checks each
+# It runs (a) the test suite's CUDA cases and `bayesnas speed` (which mode --precision auto picks on the GPU, and
+# each mode's images/s), (b) one short search of each method on digits with --device cuda
+# (pgnas, vinnas, pcnas and gdas in auto's mode; gdas with --precision bf16 --channels-last --compile) and checks each
 # summary.json, (c) benchmarks/gpu_throughput.py (images/s per method and mode at batch 64 and 256; GDAS ours
 # against xautodl on the same GPU), and (d) writes OUT/gpu-check.md (GPU name, torch, CUDA and cuDNN versions,
 # every figure, every failure), OUT/gpu-check.json and OUT/gpu-check.log. Exit status 0 only when every step passed.

@@ -33,7 +33,8 @@ from bayesnas.methods import get_method  # noqa: E402
 from bayesnas.precision import channels_last  # noqa: E402
 
 PRESETS = {"pgnas": "pgnas-cifar10", "vinnas": "vinnas-cifar10", "gdas": "gdas-xautodl", "pcnas": "pcnas-small"}
-MODES = {"fp32": {}, "bf16": {"precision": "bf16"}, "bf16+cl": {"precision": "bf16", "channels_last": True},
+MODES = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
+         "bf16+cl": {"precision": "bf16", "channels_last": True},
          "bf16+cl+compile": {"precision": "bf16", "channels_last": True, "compile": True}}
 # GDAS with the layout of xautodl's search network, as in gdas_vs_xautodl.py
 GDAS_SPACE = {"in_channels": 3, "channels": 16, "layout": "NNRNRN", "states": 4, "ops": ",".join(OPS),
@@ -53,7 +54,7 @@ def search_step(method_name: str, mode: dict, batch: int, device: torch.device, 
     data = random_bundle(batch).to(device)
     method = get_method(method_name)(config, data, device)
     for module in method.modules().values():
-        channels_last(module, config.channels_last)
+        channels_last(module, method.channels_last)
     if config.compile:
         compile_networks(method.networks())
     phase = method.phases()[0]
@@ -62,7 +63,7 @@ def search_step(method_name: str, mode: dict, batch: int, device: torch.device, 
     index = torch.arange(batch, device=device)
 
     def step() -> None:
-        _update(phase, optimizer, split, index, config, method.precision)
+        _update(phase, optimizer, split, index, config, (method.precision, method.channels_last))
 
     return step, method
 

@@ -189,7 +189,7 @@ def pgnas_steps(args: argparse.Namespace, device: torch.device, sync: Callable[[
                 clock: Callable[[], float]) -> tuple[Callable[[], float], Callable[[], float]]:
     """The timed PGNAS step (ours) and its hand-written twin (plain); prints the set-up."""
     space = BranchSpaceConfig.from_dict({"num_classes": args.num_classes, **(args.space or DEFAULT_SPACE)})
-    config = SearchConfig(space=space.to_dict(), options=dict(DEFAULT_OPTIONS))
+    config = SearchConfig(space=space.to_dict(), options=dict(DEFAULT_OPTIONS), precision="fp32")
     data = synthetic_bundle(args.num_train, space.in_channels, args.image_size, args.num_classes)
     method = PGNAS(config, data, device)
     plain = PlainPGNAS(method).to(device)
@@ -315,7 +315,8 @@ def vinnas_steps(args: argparse.Namespace, device: torch.device, sync: Callable[
                  clock: Callable[[], float]) -> tuple[Callable[[], float], Callable[[], float]]:
     """The timed VINNAS stage (ours: ``VINNAS.weight_loss`` or ``architecture_loss`` + Adam) and its twin."""
     space = {"num_classes": args.num_classes, "ops": "vinnas", **(args.space or VINNAS_SPACE)}
-    config = SearchConfig(method="vinnas", epochs=2, lr=3e-3, space=space, options=dict(VINNAS_OPTIONS))
+    config = SearchConfig(method="vinnas", epochs=2, lr=3e-3, space=space, options=dict(VINNAS_OPTIONS),
+                          precision="fp32")
     data = synthetic_bundle(args.num_train, space["in_channels"], args.image_size, args.num_classes)
     method = VINNAS(config, data, device)
     method.begin_epoch(config.epochs - 1)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bayesnas.precision import resolve_precision
+from bayesnas.precision import native_bf16
 from bayesnas.spaces import get_space
 from bayesnas.training import TrainRecipe, train_network
 
@@ -76,7 +76,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for mode in modes:
             rates[mode].append(run(mode))
-    native = resolve_precision("auto", device) == "bf16"
+    native = native_bf16(device)
     print(f"device=cpu threads={args.threads} native_bf16={'yes' if native else 'no'} space={args.space} "
           f"images={len(data.train)}x{args.in_channels}x{args.image_size}x{args.image_size} "
           f"params={sum(p.numel() for p in space.build(genotype).parameters())} "

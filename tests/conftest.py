@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -30,3 +31,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def measured_fp32(tmp_path_factory):
+    """Searches train in ``--precision auto`` by default, the mode measured fastest on the machine: the tests see a
+    private cache folder whose measurement makes fp32 the fastest, so that their figures do not depend on the
+    machine (the tests of ``auto`` fake their own measurements)."""
+    from bayesnas.speed import MODES, SPEED_FILE, machine_key
+
+    folder = tmp_path_factory.mktemp("bayesnas-cache")
+    seconds = {mode: float(i + 1) for i, mode in enumerate(MODES)}  # fp32 first and fastest
+    (folder / SPEED_FILE).write_text(json.dumps({machine_key(torch.device("cpu")): seconds}))
+    saved = os.environ.get("BAYESNAS_CACHE")
+    os.environ["BAYESNAS_CACHE"] = str(folder)
+    yield
+    if saved is None:
+        del os.environ["BAYESNAS_CACHE"]
+    else:
+        os.environ["BAYESNAS_CACHE"] = saved

@@ -53,7 +53,7 @@ def test_summary_check_finds_what_is_wrong(tmp_path: Path) -> None:
 
 def test_steps_cover_every_method_in_every_mode() -> None:
     names = [name for name, _ in load_gpu_check().STEPS]
-    assert names[:3] == ["environment", "install", "cuda-tests"]
+    assert names[:4] == ["environment", "install", "cuda-tests", "speed"]
     methods = ("pgnas", "vinnas", "pcnas", "gdas")
     assert [n for n in names if n.startswith("search-")] == [f"search-{m}" for m in methods] + [
         "search-gdas-bf16-cl-compile"]
@@ -82,13 +82,14 @@ def test_cuda_tests_step_collects_and_reports_the_cases(tmp_path: Path, monkeypa
 # same code with another method or mode (the CLI tests search with every method on the CPU, and
 # tests/test_speed_options.py compiled and bf16 channels-last searches), and the cuda-tests step is tested above on
 # one file; the whole dry run takes about 4.5 minutes on one thread, too long for the suite's budget
-DRY_STEPS = ["install", "search-pgnas", "throughput-gdas-compile"]
+DRY_STEPS = ["install", "speed", "search-pgnas", "throughput-gdas-compile"]
 
 
 @pytest.mark.slow
 def test_dry_run_passes(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    # its own cache: the speed step measures this machine, and the search after it trains in the mode it picked
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "BAYESNAS_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--only", ",".join(DRY_STEPS), str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
@@ -100,7 +101,11 @@ def test_dry_run_passes(tmp_path: Path) -> None:
     result = json.loads((out / "gpu-check.json").read_text())
     assert result["passed"] and [s["name"] for s in result["steps"]] == names
     assert all(s["ok"] and not s["failures"] for s in result["steps"])
+    speed = next(s for s in result["steps"] if s["name"] == "speed")
+    assert speed["figures"]["auto picks"] in ("fp32", "fp32+channels-last", "bf16", "bf16+channels-last")
+    assert "(auto's pick)" in speed["figures"][speed["figures"]["auto picks"]]
     search = next(s for s in result["steps"] if s["name"] == "search-pgnas")
+    assert search["figures"]["mode"] == speed["figures"]["auto picks"]
     assert search["figures"]["device"] == "cpu" and 0 <= search["figures"]["test_accuracy"] <= 1
     rows = {(r["method"], r["mode"]) for r in result["throughput"]}
     assert rows == {("gdas", "bf16+cl+compile")}

@@ -76,6 +76,26 @@ def test_population_rows_sizes_and_files(population):
     assert (pop.folder / "accuracy_vs_params.png").stat().st_size > 0
 
 
+def test_a_population_is_fp32_unless_asked_and_refuses_members_of_another_mode(tmp_path, monkeypatch):
+    from bayesnas.speed import SPEED_FILE, machine_key
+
+    assert population_spec("chain", "digits", TINY).recipe.precision == "fp32"  # the fast mode is opt-in here
+    spec = population_spec("chain", "digits", {**TINY, "precision": "auto"})
+    monkeypatch.setenv("BAYESNAS_CACHE", str(tmp_path))
+
+    def fastest(mode: str) -> None:
+        seconds = {m: 2.0 for m in ("fp32", "fp32+channels-last", "bf16", "bf16+channels-last")}
+        (tmp_path / SPEED_FILE).write_text(json.dumps({machine_key(torch.device("cpu")): {**seconds, mode: 1.0}}))
+
+    fastest("fp32+channels-last")
+    build_population(spec, tmp_path / "pop", n=1, device="cpu", progress=False)
+    assert [r["mode"] for r in read_jsonl(tmp_path / "pop" / "population.jsonl")] == ["fp32+channels-last"]
+    fastest("bf16")  # the same population continued where auto measures another mode
+    with pytest.raises(ConfigError, match=r"trained in fp32\+channels-last, and its precision 'auto' trains in bf16"):
+        build_population(spec, tmp_path / "pop", n=2, device="cpu", progress=False)
+    assert len(read_jsonl(tmp_path / "pop" / "population.jsonl")) == 1
+
+
 def test_population_refuses_other_configuration_and_foreign_folders(population, tmp_path):
     pop, _ = population
     other = population_spec("chain", "digits", {**TINY, "options": {"retrain_epochs": 2}})

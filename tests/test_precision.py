@@ -12,26 +12,50 @@ from bayesnas.cli import main
 from bayesnas.data import Split, load_dataset
 from bayesnas.infer import run_search
 from bayesnas.io import read_jsonl
-from bayesnas.precision import cpu_flags, resolve_precision
+from bayesnas.precision import cpu_flags, native_bf16
 from bayesnas.training import TrainRecipe, accuracy, train_network
-from tests.conftest import TINY
 
 FIGURES = ("val_accuracy", "test_accuracy", "params", "baseline_test_accuracy", "baseline_params", "drop_rate")
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ({"fpu", "avx2", "avx512f"}, "fp32"),
-    ({"fpu", "avx512f", "avx512_bf16"}, "bf16"),
-    ({"fpu", "amx_tile", "amx_bf16"}, "bf16"),
-    ({"avx512_fp16", "bf16"}, "fp32"),  # only the two flags of native bf16 arithmetic count
-    (None, "fp32"),  # flags unknown
+def fake_speed(cache, seconds: dict[str, float]) -> None:
+    """A cache folder whose measurement for this machine's CPU is ``seconds`` per mode."""
+    from bayesnas.speed import SPEED_FILE, machine_key
+
+    (cache / SPEED_FILE).write_text(json.dumps({machine_key(torch.device("cpu")): seconds}))
+
+
+@pytest.mark.parametrize("seconds, expected, expected_channels_last", [
+    ({"fp32": 1.0, "fp32+channels-last": 2.0, "bf16": 3.0, "bf16+channels-last": 4.0}, ("fp32", False),
+     ("fp32", True)),
+    ({"fp32": 4.0, "fp32+channels-last": 2.0, "bf16": 3.0, "bf16+channels-last": 1.0}, ("bf16", True),
+     ("bf16", True)),
+    ({"fp32": 4.0, "fp32+channels-last": 3.0, "bf16": 1.0, "bf16+channels-last": 2.0}, ("bf16", False),
+     ("bf16", True)),  # asking for channels-last restricts auto to the channels-last modes
 ])
-def test_auto_on_cpu_follows_the_bf16_flags(monkeypatch, flags, expected):
+def test_auto_is_the_fastest_measured_mode(tmp_path, monkeypatch, seconds, expected, expected_channels_last):
+    from bayesnas.speed import resolve_mode
+
+    monkeypatch.setenv("BAYESNAS_CACHE", str(tmp_path))
+    fake_speed(tmp_path, seconds)
+    assert resolve_mode("auto", False, "cpu") == expected
+    assert resolve_mode("auto", True, torch.device("cpu")) == expected_channels_last
+    # what the user asks explicitly is kept, whatever was measured
+    assert resolve_mode("fp32", False, "cpu") == ("fp32", False) and resolve_mode("bf16", True, "cpu") == ("bf16", True)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_mode("fp16", False, "cpu")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({"fpu", "avx2", "avx512f"}, False),
+    ({"fpu", "avx512f", "avx512_bf16"}, True),
+    ({"fpu", "amx_tile", "amx_bf16"}, True),
+    ({"avx512_fp16", "bf16"}, False),  # only the two flags of native bf16 arithmetic count
+    (None, False),  # flags unknown
+])
+def test_native_bf16_follows_the_cpu_flags(monkeypatch, flags, expected):
     monkeypatch.setattr(bayesnas.precision, "cpu_flags", lambda: None if flags is None else frozenset(flags))
-    assert resolve_precision("auto", torch.device("cpu")) == expected
-    assert resolve_precision("auto", "cpu") == expected
-    # what the user asks explicitly is kept, whatever the CPU
-    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    assert native_bf16("cpu") is expected
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
@@ -45,18 +69,12 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 
 @pytest.mark.parametrize("supported", [True, False])
-def test_auto_on_cuda_follows_is_bf16_supported(monkeypatch, supported):
+def test_native_bf16_on_cuda_follows_is_bf16_supported(monkeypatch, supported):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
     monkeypatch.setattr(bayesnas.precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))  # not consulted
-    assert resolve_precision("auto", torch.device("cuda")) == ("bf16" if supported else "fp32")
-    assert resolve_precision("auto", torch.device("cuda", 1)) == ("bf16" if supported else "fp32")
-
-
-def test_auto_elsewhere_is_fp32_and_bad_values_are_refused():
-    assert resolve_precision("auto", torch.device("meta")) == "fp32"
-    with pytest.raises(ValueError, match="precision must be one of"):
-        resolve_precision("fp16", "cpu")
+    assert native_bf16(torch.device("cuda", 1)) is supported
+    assert native_bf16(torch.device("meta")) is False
 
 
 def _digits(n: int = 480) -> tuple[Split, Split]:
@@ -134,17 +152,31 @@ def test_channels_last_survives_a_checkpoint_round_trip(tiny_config, tmp_path, o
     assert not all(w.is_contiguous() for w in kernels.values())
 
 
-def test_cli_auto_precision_is_resolved_and_recorded(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bayesnas.precision, "cpu_flags", lambda: frozenset({"fpu", "amx_bf16"}))
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({**TINY, "epochs": 1}))
-    run = tmp_path / "run"
-    assert main(["search", "--config", str(config), "--precision", "auto", "--device", "cpu", "--out", str(run),
-                 "--no-progress"]) == 0
-    assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
-    assert json.loads((run / "config.json").read_text())["precision"] == "auto"  # what the user asked
+def test_auto_is_the_default_resolved_recorded_and_retrains_in_fp32(tmp_path, monkeypatch, capsys):
+    import bayesnas.methods.base
 
-    monkeypatch.setattr(bayesnas.precision, "cpu_flags", lambda: None)
+    monkeypatch.setenv("BAYESNAS_CACHE", str(tmp_path))
+    fake_speed(tmp_path, {"fp32": 4.0, "fp32+channels-last": 3.0, "bf16": 2.0, "bf16+channels-last": 1.0})
+    recipes = []
+    real = bayesnas.methods.base.retrain
+
+    def spy(space, genotype, train, val, test, recipe, *args, **kwargs):
+        recipes.append(recipe)
+        return real(space, genotype, train, val, test, recipe, *args, **kwargs)
+
+    monkeypatch.setattr(bayesnas.methods.base, "retrain", spy)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"method": "gdas", "epochs": 1, "data_fraction": 0.2,
+                                  "space": {"channels": 4, "layout": "NR", "states": 2},
+                                  "options": {"warmup_epochs": 0, "retrain_epochs": 1}}))
+    run = tmp_path / "run"
+    assert main(["search", "--config", str(config), "--device", "cpu", "--out", str(run), "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["precision"], summary["channels_last"], summary["mode"]) == ("bf16", True, "bf16+channels-last")
+    assert json.loads((run / "config.json").read_text())["precision"] == "auto"  # the default, as asked
+    assert [(r.precision, r.channels_last) for r in recipes] == [("fp32", True)]  # the retraining stays fp32
+
+    fake_speed(tmp_path, {"fp32": 1.0, "fp32+channels-last": 3.0, "bf16": 2.0, "bf16+channels-last": 4.0})
     assert main(["train", str(run / "genotype.json"), "--epochs", "1", "--precision", "auto", "--channels-last",
                  "--device", "cpu", "--no-progress"]) == 0
     trained = json.loads((run / "train_summary.json").read_text())

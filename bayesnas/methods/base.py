@@ -25,8 +25,8 @@ from bayesnas.data import DataBundle, Split
 from bayesnas.distributed import SINGLE, World
 from bayesnas.errors import BayesNASError
 from bayesnas.optimizers import build_optimizer
-from bayesnas.precision import resolve_precision
 from bayesnas.spaces import SPACES, Genotype, SearchSpace
+from bayesnas.speed import resolve_mode
 from bayesnas.training import TrainRecipe, retrain, search_recipe
 
 
@@ -182,9 +182,10 @@ class SearchMethod(ABC):
         self.config = config
         self.data = data
         self.device = device
-        self.precision = resolve_precision(config.precision, device)
-        """The run's precision, ``config.precision`` with ``auto`` resolved for ``device`` (once per run; the search
-        loop, the retraining and ``summary.json`` use it, ``config.json`` keeps what was asked)."""
+        self.precision, self.channels_last = resolve_mode(config.precision, config.channels_last, device)
+        """The run's precision and memory format: ``config.precision`` and ``config.channels_last``, ``auto`` resolved
+        to the fastest mode measured on this machine (once per run; the search loop and ``summary.json`` use them,
+        ``config.json`` keeps what was asked)."""
         self.options = parse_options(self.options_type, config.options, self.name)
 
     def check_warmup(self, warmup_epochs: int) -> None:
@@ -272,7 +273,7 @@ class SearchMethod(ABC):
     def retrain_recipe(self) -> TrainRecipe:
         """How the method retrains an architecture from scratch (its selected one, an ensemble's members): by
         default the search's own settings with no epochs of its own (a method that fine-tunes instead, PGNAS, has
-        none; the caller gives them). Precision and memory format follow :meth:`with_search_speed`."""
+        none; the caller gives them). Precision and memory format follow :meth:`in_retraining_mode`."""
         return search_recipe(self.config, 0)
 
     def retrain_build_options(self) -> dict[str, Any]:
@@ -302,19 +303,22 @@ class SearchMethod(ABC):
                          **build_options: Any) -> tuple[nn.Module, float, float]:
         """``(network, val acc, test acc)`` of the selected ``genotype``: retrained from scratch by ``recipe``; with
         ``recipe.epochs == 0`` built untrained (for its size) with the super-network's accuracy, for callers that
-        retrain it themselves under their own budget (``bayesnas bench``). The retraining runs in the search's
-        precision and memory format (:meth:`with_search_speed`)."""
-        recipe = self.with_search_speed(recipe)
+        retrain it themselves under their own budget (``bayesnas bench``). The retraining runs in
+        :meth:`in_retraining_mode`."""
+        recipe = self.in_retraining_mode(recipe)
         if recipe.epochs:
             return retrain(space, genotype, self.data.train, self.data.val, self.data.test, recipe, self.config.seed,
                            progress, **build_options)
         net = space.build(genotype, **build_options).to(self.device)
         return net, self.accuracy(self.data.val), self.accuracy(self.data.test)
 
-    def with_search_speed(self, recipe: TrainRecipe) -> TrainRecipe:
-        """``recipe`` with the search's resolved precision and channels-last setting (every retraining and
-        fine-tuning of a method goes through here)."""
-        return dataclasses.replace(recipe, precision=self.precision, channels_last=self.config.channels_last)
+    def in_retraining_mode(self, recipe: TrainRecipe) -> TrainRecipe:
+        """``recipe`` in the run's memory format and, where the configuration asked for a precision, in that one;
+        under ``auto`` in fp32, so that the retrained network and every test accuracy reported of it do not depend
+        on which mode a machine measured fastest (every retraining and fine-tuning of a method goes through
+        here)."""
+        precision = "fp32" if self.config.precision == "auto" else self.precision
+        return dataclasses.replace(recipe, precision=precision, channels_last=self.channels_last)
 
     @abstractmethod
     def export(self, run_dir: Path) -> list[Any] | None:

@@ -237,7 +237,7 @@ class PGNAS(SearchMethod):
         return genotype, net, result
 
     def _finetune(self, net, progress: bool) -> float:
-        recipe = self.with_search_speed(TrainRecipe(epochs=self.options.finetune_epochs,
+        recipe = self.in_retraining_mode(TrainRecipe(epochs=self.options.finetune_epochs,
                                                     batch_size=self.config.batch_size, lr=self.config.lr / 10,
                                                     weight_decay=0.0))
         train_network(net, self.data.train, self.data.val, recipe, self.config.seed, progress, "fine-tune")
