@@ -43,7 +43,7 @@ from bayesnas.search_folder import (
     save_tensors,
 )
 from bayesnas.spaces.profile import count_params
-from bayesnas.speed import mode_name
+from bayesnas.speed import fastest_mode, mode_name
 from bayesnas.training import augment, epoch_batches
 from bayesnas.user_data import BadDataError
 
@@ -129,7 +129,12 @@ def _run_search(config: SearchConfig, run_dir: Path, device: torch.device, world
     data = config_data(config, device, data_dir, download)
     config = replace(config, data_fingerprint=data.fingerprint)  # a user's data set: pinned from now on
     pyro.set_rng_seed(config.seed)
+    if config.precision == "auto" and world.distributed:  # one measurement, read back from the cache by every rank
+        if world.is_main:
+            fastest_mode(device)
+        world.barrier()
     method = method_cls(config, data, device)  # validates options and space before anything is written
+    agree(world, {"mode": mode_name(method.precision, method.channels_last)}, f"numeric mode of {run_dir}")
     method.world = world
     method.prepare(run_dir, resume)
     lock = prepare_run_dir(run_dir, config, resume, method.preseeded) if world.is_main else None

@@ -12,6 +12,7 @@ into the measured mode.
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,6 +118,8 @@ def fastest_mode(device: torch.device | str, refresh: bool = False,
     valid = isinstance(entry, dict) and set(entry) == set(MODES) and all(
         isinstance(v, float) and v > 0 for v in entry.values())
     if refresh or not valid:
+        print(f"bayesnas: timing fp32 and bf16, with and without channels-last, on {device.type} (once per machine; "
+              "`bayesnas speed` shows the result)", file=sys.stderr)
         entry = (measure or measure_modes)(device)
         write_json(path, {**cached, key: entry})
     return SpeedChoice(key, min(entry, key=entry.get), dict(entry))
