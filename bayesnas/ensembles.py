@@ -188,7 +188,7 @@ def train_members(method: SearchMethod, plan: Sequence[Member], recipe: TrainRec
             write_json(folder / f"{member.name}.json", {
                 "name": member.name, "seed": member.seed, "genotype": member.genotype.to_dict(),
                 "val_accuracy": val_acc, "test_accuracy": test_acc,
-                "seconds": round(time.perf_counter() - start, 2)})
+                "seconds": round(time.perf_counter() - start, 2), "rank": world.rank})
             save_tensors(folder / f"{member.name}.pt", net.state_dict())
 
 

@@ -1,20 +1,20 @@
-"""Do bf16 + channels-last and fp32 training agree? Two populations of the same genotypes, one per precision.
+"""Does the fast mode rank architectures as fp32 does? Two populations of the same genotypes, one per mode.
 
-Build both with ``bayesnas bench population`` from the same draws (same space, split and seed of the draws; only
-``precision``/``channels_last`` differ), the fp32 one with two training seeds so that seed noise has a yardstick:
+Build both with ``bayesnas bench population`` from the same space, split and recipe (only ``precision`` and
+``channels_last`` differ), each with two training seeds, so that seed noise is the yardstick:
 
     echo '{"precision": "fp32"}' > fp32.json
-    echo '{"precision": "bf16", "channels_last": true}' > bf16.json
-    bayesnas bench population --space cells --dataset digits --config fp32.json --n 20 --seeds 2 \
-        --train-epochs 10 --out pop-fp32
-    bayesnas bench population --space cells --dataset digits --config bf16.json --n 20 --seeds 1 \
-        --train-epochs 10 --out pop-bf16
-    python benchmarks/precision_agreement.py pop-fp32 pop-bf16
+    echo '{"precision": "bf16", "channels_last": true}' > fast.json
+    bayesnas bench population --space chain --dataset fashion-mnist --config fp32.json --n 24 --seeds 2 --out pop-fp32
+    bayesnas bench population --space chain --dataset fashion-mnist --config fast.json --n 24 --seeds 2 --out pop-fast
+    python benchmarks/precision_agreement.py pop-fp32 pop-fast
 
-It prints, over the genotypes in both: the mean test accuracy of each, the paired t-test of bf16 - fp32 (same
-training seed 0, so the same initialisation and batches), Spearman's rho between the two precisions' accuracies and,
-for scale, between fp32's two training seeds, the mean absolute differences, and the median seconds per training
-(``ratio=`` bf16 / fp32; on a CPU without native bf16 the bf16 arithmetic is emulated and slower).
+(the fp32 population may be a larger one that holds the genotypes: only the genotypes in both are compared). Over
+those genotypes it prints the mean test accuracy of each mode, the paired difference fast - fp32 (same training seed:
+the same initialisation and batches) with its t-test, and Kendall's tau and Spearman's rho, each with a bootstrap 95 %
+interval over the genotypes, of: fp32 seed 0 against seed 1 (what a training seed alone changes), the fast mode
+against fp32 at the same seed, the fast mode's own two seeds, and the two-seed means of both modes; then the median
+seconds per training (``ratio=`` fast / fp32).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import statistics
 
 from scipy import stats
 
+from bayesnas.experiments.compare import rank_correlation
 from bayesnas.experiments.population import Population
 
 
@@ -32,29 +33,42 @@ def accuracies(population: Population, seed: int) -> dict[str, dict[str, float]]
     return {r["key"]: r for r in population.rows if r["seed"] == seed}
 
 
+def line(label: str, x: list[float], y: list[float]) -> str:
+    r = rank_correlation(x, y, resamples=2000)
+    tau, rho = r["kendall_tau_95"], r["spearman_rho_95"]
+    return (f"{label:<34} Kendall tau {r['kendall_tau']:+.3f} [{tau[0]:+.3f}, {tau[1]:+.3f}]  "
+            f"Spearman rho {r['spearman_rho']:+.3f} [{rho[0]:+.3f}, {rho[1]:+.3f}]")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("fp32", help="population trained in fp32, two training seeds")
-    parser.add_argument("bf16", help="the same genotypes trained in bf16 + channels-last")
+    parser.add_argument("fp32", help="population trained in fp32, training seeds 0 and 1")
+    parser.add_argument("fast", help="the same genotypes trained in the fast mode, seeds 0 and 1")
     args = parser.parse_args()
-    fp32, bf16 = Population(args.fp32), Population(args.bf16)
-    first, second, fast = accuracies(fp32, 0), accuracies(fp32, 1), accuracies(bf16, 0)
-    keys = [k for k in first if k in fast and k in second]
+    fp32, fast = Population(args.fp32), Population(args.fast)
+    slow0, slow1, fast0, fast1 = accuracies(fp32, 0), accuracies(fp32, 1), accuracies(fast, 0), accuracies(fast, 1)
+    keys = [k for k in fast0 if k in fast1 and k in slow0 and k in slow1]
     if len(keys) < 3:
-        raise SystemExit("fewer than 3 genotypes trained in both precisions (and with two fp32 seeds)")
-    a, b, c = ([rows[k]["test_accuracy"] for k in keys] for rows in (first, fast, second))
-    print(f"{len(keys)} genotypes; recipe epochs {fp32.spec.recipe.epochs}; {fp32.spec.config.dataset}")
-    print(f"test accuracy: fp32 {statistics.fmean(a):.4f} +- {statistics.stdev(a):.4f}, bf16+cl "
-          f"{statistics.fmean(b):.4f} +- {statistics.stdev(b):.4f} (seed 0); fp32 seed 1 {statistics.fmean(c):.4f}")
-    paired = stats.ttest_rel(b, a)
-    print(f"paired bf16 - fp32: mean {statistics.fmean(y - x for x, y in zip(a, b, strict=True)):+.4f}, "
-          f"t = {paired.statistic:.2f}, p = {paired.pvalue:.3f}")
-    print(f"spearman fp32 vs bf16+cl (seed 0): {stats.spearmanr(a, b).statistic:+.3f}; "
-          f"fp32 seed 0 vs seed 1 (seed noise alone): {stats.spearmanr(a, c).statistic:+.3f}")
-    print(f"mean |fp32 - bf16+cl| {statistics.fmean(abs(x - y) for x, y in zip(a, b, strict=True)):.4f}; "
-          f"mean |fp32 seed 0 - seed 1| {statistics.fmean(abs(x - y) for x, y in zip(a, c, strict=True)):.4f}")
-    slow, quick = (statistics.median(rows[k]["seconds"] for k in keys) for rows in (first, fast))
-    print(f"seconds per training (median): fp32 {slow:.1f}, bf16+cl {quick:.1f}")
+        raise SystemExit("fewer than 3 genotypes trained with seeds 0 and 1 in both modes")
+    a0, a1, b0, b1 = ([rows[k]["test_accuracy"] for k in keys] for rows in (slow0, slow1, fast0, fast1))
+    modes = sorted({r.get("mode", fast.spec.recipe.precision) for r in fast.rows})
+    print(f"{len(keys)} genotypes, seeds 0 and 1 in each mode; fast mode {', '.join(modes)}; recipe epochs "
+          f"{fp32.spec.recipe.epochs}; {fp32.spec.config.dataset}")
+    print(f"test accuracy (mean of both seeds): fp32 {statistics.fmean(a0 + a1):.4f}, fast "
+          f"{statistics.fmean(b0 + b1):.4f}")
+    differences = [y - x for x, y in zip(a0 + a1, b0 + b1, strict=True)]
+    paired = stats.ttest_rel(b0 + b1, a0 + a1)
+    print(f"paired fast - fp32 (same seed): mean {statistics.fmean(differences):+.4f}, t = {paired.statistic:.2f}, "
+          f"p = {paired.pvalue:.3f}; mean |fast - fp32| {statistics.fmean(abs(d) for d in differences):.4f}, mean "
+          f"|fp32 seed 0 - seed 1| {statistics.fmean(abs(x - y) for x, y in zip(a0, a1, strict=True)):.4f}")
+    print(line("fp32 seed 0 vs fp32 seed 1", a0, a1))
+    print(line("fast seed 0 vs fp32 seed 0", b0, a0))
+    print(line("fast seed 1 vs fp32 seed 1", b1, a1))
+    print(line("fast seed 0 vs fast seed 1", b0, b1))
+    means = [(x + y) / 2 for x, y in zip(a0, a1, strict=True)], [(x + y) / 2 for x, y in zip(b0, b1, strict=True)]
+    print(line("fast mean vs fp32 mean", means[1], means[0]))
+    slow, quick = (statistics.median(rows[k]["seconds"] for k in keys) for rows in (slow0, fast0))
+    print(f"seconds per training (median): fp32 {slow:.1f}, fast {quick:.1f}")
     print(f"ratio={quick / slow:.2f}")
 
 

@@ -200,3 +200,25 @@ def test_random_search_is_refused_before_anything_is_written(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert code == EXIT_ERROR and "no posterior over architectures" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_share_the_members_and_reach_the_figures_of_one_process(gdas_run, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.two_ranks import free_port
+
+    alone = bayesnas.ensemble(gdas_run, out=tmp_path / "alone", **FAST)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(free_port()), "-m", "bayesnas", "ensemble", str(gdas_run.path), "--members", "2", "--epochs", "1",
+               "--resamples", "50", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "ranks")]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("| posterior |") == 2  # rank 0 alone prints the two tables
+    shared = json.loads((tmp_path / "ranks" / "ensemble.json").read_text())
+    assert shared["predictors"] == json.loads(json.dumps(alone["predictors"]))
+    assert {m["rank"] for m in shared["members"]} == {0, 1}  # each rank trained members
+    assert not (tmp_path / "ranks" / "members" / ".claims").exists()
