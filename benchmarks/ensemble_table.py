@@ -41,7 +41,10 @@ def verdict(result: dict) -> str:
         parts.append(f"{where}: {', '.join(marks)}")
     accuracy = "yes" if post["test"]["accuracy"]["interval_95"][0] > deep["test"]["accuracy"]["interval_95"][1] \
         else "no"
-    return "; ".join(parts) + f"; test accuracy above with intervals apart: {accuracy}"
+    paired = "; ".join(f"{where.replace('_', ' ')} {d['mean']:+.4f} [{d['interval_95'][0]:+.4f}, "
+                       f"{d['interval_95'][1]:+.4f}]" for where, d in result["posterior_nll_minus_deep"].items())
+    return (f"{'; '.join(parts)}; test accuracy above with intervals apart: {accuracy}. Paired NLL difference "
+            f"posterior - deep (bootstrap 95 %): {paired}")
 
 
 def main() -> None:
