@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from bayesnas import calibration, shift
 from bayesnas.config import ConfigError
+from bayesnas.data import Split
 from bayesnas.domains import check_domains, setting
 from bayesnas.io import load_weights, read_json, write_json
 from bayesnas.predictive import NoPosteriorError, probabilities
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from bayesnas.api import Run
-    from bayesnas.data import DataBundle, Split
+    from bayesnas.data import DataBundle
     from bayesnas.distributed import World
     from bayesnas.methods import SearchMethod
     from bayesnas.training import TrainRecipe
@@ -229,7 +230,7 @@ def score_predictors(groups: dict[str, Sequence[nn.Module]], data: DataBundle, p
             "reliability": dataclasses.asdict(calibration.reliability(test[name], y)),
         }
         if ood is not None:
-            unlabelled = type(data.test)(ood, torch.full((len(ood),), -1, dtype=torch.long, device=ood.device))
+            unlabelled = Split(ood, torch.full((len(ood),), -1, dtype=torch.long, device=ood.device))  # no labels
             unknown = member_probabilities(nets, unlabelled, precision).mean(0)
             result[name]["ood_auroc"] = shift.auroc(calibration.entropy(test[name]), calibration.entropy(unknown))
     differences: dict[str, Any] = {}
