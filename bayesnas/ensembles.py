@@ -89,13 +89,6 @@ class Member:
     seed: int
 
 
-def _distinct(method: SearchMethod, draws: int) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for _ in range(draws):
-        counts[genotype_key(_draw(method))] += 1
-    return counts
-
-
 def _draw(method: SearchMethod) -> Genotype:
     genotype = method.draw_genotype()
     if genotype is None:
