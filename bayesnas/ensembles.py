@@ -116,8 +116,9 @@ def choose_architectures(method: SearchMethod, settings: EnsembleSettings,
         counts: Counter[str] = Counter()
         for _ in range(m):
             genotype = _draw(method)
-            genotypes.setdefault(genotype_key(genotype), genotype)
-            counts[genotype_key(genotype)] += 1
+            key = genotype_key(genotype)
+            genotypes.setdefault(key, genotype)
+            counts[key] += 1
         info: dict[str, Any] = {"draws": m, "distinct": len(genotypes)}
         if settings.strategy == "top":
             ranked = sorted(genotypes, key=lambda key: -counts[key])  # stable: first appearance breaks ties
@@ -349,7 +350,8 @@ def _inherited_score(method: SearchMethod, val: Split) -> Callable[[Genotype], t
     return score
 
 
-def _cell(score: dict[str, Any]) -> str:
+def score_cell(score: dict[str, Any]) -> str:
+    """A score with its 95 % interval, as the tables print it."""
     low, high = score["interval_95"]
     return f"{score['value']:.4f} [{low:.4f}, {high:.4f}]"
 
@@ -363,15 +365,15 @@ def report_table(result: dict[str, Any]) -> str:
     for name, p in predictors.items():
         t, tt = p["test"], p["test_tempered"]
         auroc = p.get("ood_auroc")
-        lines.append(f"| {name} | {_cell(t['accuracy'])} | {_cell(t['nll'])} | {_cell(t['brier'])} | "
-                     f"{_cell(t['ece'])} | {_cell(tt['nll'])} | {_cell(tt['ece'])} | {p['temperature']:.3f} | "
-                     f"{p['disagreement']:.4f} | {'-' if auroc is None else f'{auroc:.4f}'} |")
+        lines.append(f"| {name} | {score_cell(t['accuracy'])} | {score_cell(t['nll'])} | {score_cell(t['brier'])} | "
+                     f"{score_cell(t['ece'])} | {score_cell(tt['nll'])} | {score_cell(tt['ece'])} | "
+                     f"{p['temperature']:.3f} | {p['disagreement']:.4f} | {'-' if auroc is None else f'{auroc:.4f}'} |")
     lines += ["", "| predictor | " + " | ".join(f"NLL s{s}" for s in shift.SEVERITIES) + " | "
               + " | ".join(f"ECE s{s}" for s in shift.SEVERITIES) + " |",
               "|---|" + "---|" * (2 * len(shift.SEVERITIES))]
     for name, p in predictors.items():
-        nll = [_cell(p["severity"][str(s)]["nll"]) for s in shift.SEVERITIES]
-        ece = [_cell(p["severity"][str(s)]["ece"]) for s in shift.SEVERITIES]
+        nll = [score_cell(p["severity"][str(s)]["nll"]) for s in shift.SEVERITIES]
+        ece = [score_cell(p["severity"][str(s)]["ece"]) for s in shift.SEVERITIES]
         lines.append(f"| {name} | " + " | ".join(nll + ece) + " |")
     differences = result.get("posterior_nll_minus_deep") or {}
     if differences:

@@ -17,12 +17,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from bayesnas.ensembles import score_cell as cell
 from bayesnas.shift import SEVERITIES
-
-
-def cell(score: dict) -> str:
-    low, high = score["interval_95"]
-    return f"{score['value']:.4f} [{low:.4f}, {high:.4f}]"
 
 
 def apart_below(a: dict, b: dict) -> bool:
